@@ -1,0 +1,3 @@
+"""speechdistill: knowledge distillation for speech recognisers."""
+
+__version__ = "0.1.0"
