@@ -67,17 +67,26 @@ def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> Aud
     return report
 
 
-def load_audio(recording) -> np.ndarray:
-    """A lhotse ``Recording`` -> (T,) float32 mono at 16 kHz (soxr resampling)."""
+def load_audio(recording, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+    """A lhotse ``Recording`` (or the part ``[offset, offset + duration)`` of it) ->
+    (T,) float32 mono at 16 kHz. Channels are averaged; resampling is soxr's."""
     source = recording.sources[0]
+    sr = recording.sampling_rate
+    start = int(round(offset * sr))
+    frames = -1 if duration is None else int(round(duration * sr))
     if len(recording.sources) == 1 and source.type == "file" and not recording.transforms:
         try:
-            samples, sr = sf.read(source.source, dtype="float32", always_2d=True)
+            samples, sr = sf.read(source.source, start=start, frames=frames, dtype="float32",
+                                  always_2d=True)  # fmt: skip
         except (RuntimeError, sf.LibsndfileError, OSError) as e:
             raise BadAudioError(
                 f"recording {recording.id}: cannot read {source.source} ({e})"
             ) from None
-        samples = samples[:, source.channels] if samples.shape[1] > 1 else samples
     else:
-        samples, sr = recording.load_audio().T, recording.sampling_rate
+        samples = recording.load_audio(offset=offset, duration=duration).T
     return to_mono_16k(samples, sr, f"recording {recording.id}")
+
+
+def load_cut_audio(cut) -> np.ndarray:
+    """The audio of a lhotse cut (its recording between the cut's start and end)."""
+    return load_audio(cut.recording, cut.start, cut.duration)

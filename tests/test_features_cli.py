@@ -1,0 +1,58 @@
+"""Features (stored and on the fly) and the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from speechdistill.cli import _parser
+from speechdistill.data.audio import load_audio
+from speechdistill.data.features import FbankExtractor, load_cuts_with_features
+
+
+def test_stored_features_match_on_the_fly(tiny_units):
+    corpus = tiny_units.parent
+    cuts = load_cuts_with_features(corpus, "dev")
+    fbank = FbankExtractor()
+    for cut in cuts.subset(first=3):
+        stored = cut.load_features()
+        fresh = fbank(load_audio(cut.recording))
+        assert stored.shape == fresh.shape == (fbank.num_frames(cut.recording.num_samples), 80)
+        assert np.abs(stored - fresh).max() < 0.1  # lilcom compression error only
+
+
+def test_both_extractors_give_the_same_frame_count():
+    x = np.random.default_rng(0).normal(0, 0.1, 16000 + 77).astype(np.float32)
+    a, b = FbankExtractor("kaldi-native")(x), FbankExtractor("lhotse")(x)
+    assert a.shape == b.shape == (FbankExtractor().num_frames(len(x)), 80)
+    with pytest.raises(ValueError, match="unknown feature extractor 'mfcc'; valid: kaldi-native, lhotse"):
+        FbankExtractor("mfcc")
+
+
+def _subcommands(parser, prefix=()):
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from _subcommands(sub, prefix + (name,))
+
+
+def test_every_subcommand_has_help():
+    commands = list(_subcommands(_parser()))
+    assert ("corpus", "build") in commands and ("units", "build") in commands
+    for cmd in [()] + commands:
+        out = subprocess.run([sys.executable, "-m", "speechdistill.cli", *cmd, "--help"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, cmd
+        assert "usage: speechdistill" in out.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "speechdistill.cli", "units", "build", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("error:") and "lm_text.txt is missing" in out.stderr
+    assert "Traceback" not in out.stderr
