@@ -126,3 +126,13 @@ def test_missing_debian_packages_are_named(monkeypatch, tmp_path):
     text.write_text("\n".join(f"Sentence {n} is spoken here by a voice." for n in names))
     with pytest.raises(MissingPackageError, match="apt-get install flite"):
         build_corpus("small", tmp_path / "c", text=text, show_progress=False)
+
+
+def test_build_from_a_user_text_file(tmp_path):
+    names = ["".join(chr(97 + (i // 26**k) % 26) for k in range(3)) for i in range(400)]
+    text = tmp_path / "mine.txt"
+    text.write_text("\n".join(f"The {n} walked to the market early." for n in names))
+    summary = build_corpus("tiny", tmp_path / "c", text=text, show_progress=False)
+    assert summary["text_source"] == str(text) and summary["skipped"] == {}
+    assert summary["splits"]["train"]["utterances"] == 64
+    assert summary["lm_text"]["sentences"] == 400 - 96
