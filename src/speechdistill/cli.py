@@ -114,6 +114,30 @@ def _parser() -> argparse.ArgumentParser:
                     help="fewest training frames a tied state may have")  # fmt: skip
     ub.add_argument("--g2p", action=argparse.BooleanOptionalAction, default=True,
                     help="pronounce words missing from CMUdict with eSpeak's rules")  # fmt: skip
+    tr = sub.add_parser("train", formatter_class=_Formatter, help="train an acoustic model",
+                        description="Train from a YAML config with dotted overrides.\n\n"
+                        "  speechdistill train configs/baseline.yaml optim.lr=1e-3 out_dir=exp/b2\n"
+                        "  torchrun --nproc-per-node 2 -m speechdistill.cli train configs/baseline.yaml "
+                        "strategy=ddp devices=2")  # fmt: skip
+    tr.add_argument("config", type=Path, help="YAML config (see configs/)")
+    tr.add_argument("overrides", nargs="*", help="key=value, e.g. model.encoder.preset=s")
+    tr.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                    help="continue from {out_dir}/last if it exists")  # fmt: skip
+
+    ev = sub.add_parser("evaluate", formatter_class=_Formatter, help="decode and score a checkpoint",
+                        description="  speechdistill evaluate exp/baseline/best --data data/small --split test")  # fmt: skip
+    ev.add_argument("checkpoint", type=Path, help="checkpoint prefix (e.g. exp/baseline/best)")
+    ev.add_argument("--data", type=Path, required=True, help="corpus dir or Kaldi data dir")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--beam", type=int, default=0, help="beam size; 0 or 1: greedy")
+    ev.add_argument("--units", type=Path, default=None, help="unit inventory (default: the training corpus's)")
+
+    ex = sub.add_parser("export", formatter_class=_Formatter, help="export without taps (TorchScript, ONNX)",
+                        description="  speechdistill export exp/baseline/best --out exp/baseline/export")  # fmt: skip
+    ex.add_argument("checkpoint", type=Path)
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True)
+    ex.add_argument("--torchscript", action=argparse.BooleanOptionalAction, default=True)
     return p
 
 
@@ -131,7 +155,25 @@ def print_summary(summary: dict, title: str = "corpus") -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.command == "corpus":
+    if args.command == "train":
+        from speechdistill.config import load_config
+        from speechdistill.train import TrainConfig, train
+
+        summary = train(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)
+        console.print_json(data=summary)
+    elif args.command == "evaluate":
+        from speechdistill.evaluate import evaluate
+
+        scores = evaluate(args.checkpoint, args.data, args.split, args.beam, args.units)
+        name = "WER" if scores["unit"] == "subword" else "PER"
+        console.print(f"{args.split}: {name} {scores['wer']:.2f}%  CER {scores['cer']:.2f}%  "
+                      f"({scores['num_utterances']} utterances, {scores['decoder']})")  # fmt: skip
+    elif args.command == "export":
+        from speechdistill.export import export
+
+        for kind, path in export(args.checkpoint, args.out, args.torchscript, args.onnx).items():
+            console.print(f"{kind}: {path}")
+    elif args.command == "corpus":
         if args.action == "build":
             from speechdistill.data.corpus import build_corpus
 
@@ -181,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)])  # fmt: skip
     try:
         _run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         # Expected faults (bad input, missing packages) get one clear line, not a traceback.
         log.debug("traceback", exc_info=True)
         sys.exit(f"error: {e}")

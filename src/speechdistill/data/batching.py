@@ -1,0 +1,125 @@
+"""Batches for acoustic-model training: padded features, CTC targets, and the
+frame-level targets of every tap at the encoder's frame rate.
+
+    >>> ds = AsrDataset(units, main_unit="subword", taps=cfg.model.taps, frames_fn=enc_frames,
+    ...                 frame_shift=0.04)
+    >>> sampler = make_sampler(cuts, max_duration=200, shuffle=True, seed=0)
+    >>> batch = ds(next(iter(sampler)))        # a Batch
+
+Legend: N batch, T frames, F features, U target units. Frame-level targets use
+-100 where there is no label (padding), so cross-entropy ignores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler
+
+from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.features import FbankExtractor
+from speechdistill.units.phones import SIL
+from speechdistill.units.subword import subword_alignment
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    feats: torch.Tensor  # (N, T, F)
+    feat_lens: torch.Tensor  # (N,)
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor]]  # unit -> (N, U) padded ids, (N,) lengths
+    frame_targets: dict[str, torch.Tensor]  # tap name -> (N, T') class ids, IGNORE on padding
+    texts: list[str]
+
+    def to(self, device) -> Batch:
+        return Batch(self.ids, self.feats.to(device), self.feat_lens.to(device),
+                     {k: (a.to(device), b.to(device)) for k, (a, b) in self.targets.items()},
+                     {k: v.to(device) for k, v in self.frame_targets.items()}, self.texts)  # fmt: skip
+
+
+def _pad(seqs: list[list[int]], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), max(1, int(lens.max()) if len(seqs) else 1)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out, lens
+
+
+class AsrDataset(torch.utils.data.Dataset):
+    """Maps a CutSet (one batch from a lhotse sampler) to a ``Batch``."""
+
+    def __init__(self, units, main_unit: str, taps=(), frames_fn: Callable[[int], int] = lambda t: t,
+                 frame_shift: float = 0.04, on_the_fly: bool = False):  # fmt: skip
+        self.units = units
+        self.main_unit = main_unit
+        self.taps = list(taps)
+        self.frames_fn = frames_fn
+        self.frame_shift = frame_shift
+        self.fbank = FbankExtractor() if on_the_fly else None
+        self.phone_index = {p: i for i, p in enumerate(units.phone_list)}
+        self.seq_units = {main_unit} | {t.unit for t in self.taps if t.kind == "ctc"}
+
+    def sequence(self, cut, unit: str) -> list[int]:
+        """CTC target ids (blank = 0 excluded): subword ids + 1; phone ids (SIL = 0 is
+        the blank), from the alignment when there is one (what was said), else the lexicon."""
+        sup = cut.supervisions[0]
+        if unit == "subword":
+            return [i + 1 for i in self.units.sp.encode(sup.text)]
+        ali = (sup.alignment or {}).get("phone")
+        phones = [a.symbol for a in ali if a.symbol != SIL] if ali else self.units.phones(sup.text)
+        return [self.phone_index[p] for p in phones]
+
+    def frame_labels(self, cut, unit: str, T: int) -> np.ndarray:
+        sup = cut.supervisions[0]
+        ali = sup.alignment or {}
+        if "phone" not in ali:
+            raise ValueError(f"utterance {cut.id} has no phone alignment; frame-level {unit} taps "
+                             "need alignments (the built-in corpus has them)")  # fmt: skip
+        phones = ali["phone"]
+        if unit == "senone":
+            return self.units.tree.frame_labels(phones, self.frame_shift, T)
+        if unit == "phone":
+            spans = [(a.start, a.duration, self.phone_index[a.symbol]) for a in phones]
+        else:
+            pieces = subword_alignment(ali["word"], self.units.sp)
+            spans = [(a.start, a.duration, self.units.sp.piece_to_id(a.symbol) + 1) for a in pieces]
+        labels = np.zeros(T, np.int64)  # 0: SIL for phones, "outside a word" for subwords
+        centres = (np.arange(T) + 0.5) * self.frame_shift
+        for start, dur, label in spans:
+            labels[(centres >= start) & (centres < start + dur)] = label
+        return labels
+
+    def __getitem__(self, cuts: CutSet) -> Batch:
+        cuts = cuts.sort_by_duration(ascending=False)
+        feats = []
+        for cut in cuts:
+            x = self.fbank(load_cut_audio(cut)) if self.fbank else cut.load_features()
+            feats.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        feat_lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)  # (N, T, F)
+        targets = {u: _pad([self.sequence(c, u) for c in cuts]) for u in self.seq_units}
+        T_out = [self.frames_fn(int(t)) for t in feat_lens]
+        frame_targets = {}
+        for tap in self.taps:
+            if tap.kind != "frame":
+                continue
+            lab = torch.full((len(cuts), max(T_out)), IGNORE, dtype=torch.long)
+            for i, (cut, t) in enumerate(zip(cuts, T_out, strict=True)):
+                lab[i, :t] = torch.from_numpy(self.frame_labels(cut, tap.unit, t))
+            frame_targets[tap.name] = lab
+        return Batch([c.id for c in cuts], padded, feat_lens, targets, frame_targets,
+                     [c.supervisions[0].text for c in cuts])  # fmt: skip
+
+
+def make_sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_buckets: int = 10,
+                 world_size: int = 1, rank: int = 0, drop_last: bool = False) -> DynamicBucketingSampler:  # fmt: skip
+    """Length-bucketed batches of at most ``max_duration`` seconds per process."""
+    return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
+                                   num_buckets=num_buckets, world_size=world_size, rank=rank,
+                                   drop_last=drop_last)  # fmt: skip

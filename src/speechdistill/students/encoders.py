@@ -1,0 +1,222 @@
+"""Acoustic encoders that return the output of every block, with lengths.
+
+    >>> enc = build_encoder(EncoderConfig(kind="conformer", preset="xs"), input_dim=80)
+    >>> layers, lens = enc.extract_features(feats, feat_lens)   # all blocks
+    >>> y, y_lens = enc(feats, feat_lens)                       # last block only
+
+Legend: N batch, T frames, C channels. ``layers[k]`` is the output of block
+k+1 (``layers[-1]`` is the encoder output); taps name blocks 1..num_blocks.
+Padded frames never influence real frames: attention is masked, and padded
+frames are zeroed before every convolution, so a padded batch gives the same
+outputs as utterances one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRESETS = {
+    # name: (num_blocks, d_model, num_heads, ff_dim); xs is for tests and the demo.
+    "xs": (6, 144, 4, 576),
+    "s": (12, 256, 4, 1024),
+    "m": (16, 384, 6, 1536),
+    "l": (17, 512, 8, 2048),  # Conformer-L-sized, for LibriSpeech 960 h
+}
+KINDS = ("conformer", "transformer", "blstm")
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = "conformer"
+    preset: str | None = "xs"  # fills the four sizes below when set
+    num_blocks: int = 6
+    d_model: int = 144
+    num_heads: int = 4
+    ff_dim: int = 576
+    conv_kernel: int = 15
+    dropout: float = 0.1
+    subsampling: int = 4  # 1, 2, 4 or 8: frame shift = 10 ms x subsampling
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ValueError(f"preset={self.preset!r}; valid presets: {', '.join(PRESETS)}")
+            self.num_blocks, self.d_model, self.num_heads, self.ff_dim = PRESETS[self.preset]
+        for name in ("num_blocks", "d_model", "num_heads", "ff_dim", "conv_kernel"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.subsampling not in (1, 2, 4, 8):
+            raise ValueError(f"subsampling={self.subsampling}; valid: 1, 2, 4, 8")
+        if self.kind != "blstm" and self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def frame_shift(self) -> float:
+        return 0.01 * self.subsampling
+
+
+def padding_mask(lens: torch.Tensor, T: int) -> torch.Tensor:
+    """(N,) lengths -> (N, T) bool, True on padded frames."""
+    return torch.arange(T, device=lens.device)[None, :] >= lens[:, None]
+
+
+class ConvSubsampling(nn.Module):
+    """Stride-2 3x3 convolutions over (time, frequency), one per factor of 2.
+
+    Each stride-2 conv with kernel 3 and no padding maps T frames to
+    (T - 1) // 2; ``out_lengths`` applies the same arithmetic.
+    """
+
+    def __init__(self, input_dim: int, d_model: int, factor: int, channels: int = 64):
+        super().__init__()
+        self.num_convs = int(math.log2(factor))
+        convs, f = [], input_dim
+        for i in range(self.num_convs):
+            convs += [nn.Conv2d(1 if i == 0 else channels, channels, 3, stride=2), nn.ReLU()]
+            f = (f - 1) // 2
+        self.convs = nn.Sequential(*convs)
+        self.out = nn.Linear(channels * f if self.num_convs else input_dim, d_model)
+
+    def out_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.num_convs):
+            lens = torch.div(lens - 1, 2, rounding_mode="floor")
+        return lens.clamp(min=0)
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor):
+        """(N, T, F), (N,) -> (N, T', C), (N,)"""
+        if self.num_convs == 0:
+            return self.out(x), lens
+        x = x.masked_fill(padding_mask(lens, x.shape[1])[..., None], 0.0)
+        x = self.convs(x.unsqueeze(1))  # (N, ch, T', F')
+        N, ch, T, f = x.shape
+        x = self.out(x.transpose(1, 2).reshape(N, T, ch * f))  # (N, T', C)
+        return x, self.out_lengths(lens)
+
+
+def sinusoidal(T: int, C: int, device) -> torch.Tensor:
+    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, C, 2, device=device, dtype=torch.float32) * (-math.log(1e4) / C))
+    pe = torch.zeros(T, C, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : C // 2]
+    return pe  # (T, C)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d: int, ff: int, dropout: float):
+        super().__init__(nn.LayerNorm(d), nn.Linear(d, ff), nn.SiLU(), nn.Dropout(dropout),
+                         nn.Linear(ff, d), nn.Dropout(dropout))  # fmt: skip
+
+
+class ConvModule(nn.Module):
+    """Conformer convolution module. LayerNorm replaces BatchNorm so that an
+    utterance's output never depends on the others in its batch."""
+
+    def __init__(self, d: int, kernel: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.pointwise1 = nn.Conv1d(d, 2 * d, 1)
+        self.depthwise = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
+        self.norm2 = nn.LayerNorm(d)
+        self.pointwise2 = nn.Conv1d(d, d, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """(N, T, C), pad (N, T) -> (N, T, C)"""
+        y = F.glu(self.pointwise1(self.norm(x).transpose(1, 2)), dim=1)  # (N, C, T)
+        y = self.depthwise(y.masked_fill(pad[:, None, :], 0.0))
+        y = self.pointwise2(F.silu(self.norm2(y.transpose(1, 2)).transpose(1, 2)))
+        return self.dropout(y.transpose(1, 2))
+
+
+class ConformerBlock(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.ff1 = FeedForward(d, cfg.ff_dim, cfg.dropout)
+        self.attn_norm = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.conv = ConvModule(d, cfg.conv_kernel, cfg.dropout)
+        self.ff2 = FeedForward(d, cfg.ff_dim, cfg.dropout)
+        self.out_norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = x + 0.5 * self.ff1(x)
+        q = self.attn_norm(x)
+        x = x + self.attn_dropout(self.attn(q, q, q, key_padding_mask=pad, need_weights=False)[0])
+        x = x + self.conv(x, pad)
+        x = x + 0.5 * self.ff2(x)
+        return self.out_norm(x).masked_fill(pad[..., None], 0.0)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.ff_dim, cfg.dropout,
+                                                batch_first=True, norm_first=True)  # fmt: skip
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, src_key_padding_mask=pad).masked_fill(pad[..., None], 0.0)
+
+
+class BLSTMBlock(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.lstm = nn.LSTM(cfg.d_model, cfg.d_model // 2, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        lens = (~pad).sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+        y, _ = self.lstm(packed)
+        y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        return self.dropout(y).masked_fill(pad[..., None], 0.0)
+
+
+BLOCKS = {"conformer": ConformerBlock, "transformer": TransformerBlock, "blstm": BLSTMBlock}
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig, input_dim: int = 80):
+        super().__init__()
+        self.cfg = cfg
+        self.subsampling = ConvSubsampling(input_dim, cfg.d_model, cfg.subsampling)
+        self.blocks = nn.ModuleList(BLOCKS[cfg.kind](cfg) for _ in range(cfg.num_blocks))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def extract_features(self, x: torch.Tensor, lens: torch.Tensor, num_blocks: int | None = None):
+        """(N, T, F), (N,) -> [(N, T', C)] * num_blocks, (N,): the first ``num_blocks``
+        block outputs (all by default)."""
+        x, lens = self.subsampling(x, lens)
+        pad = padding_mask(lens, x.shape[1])
+        if self.cfg.kind != "blstm":
+            x = x + sinusoidal(x.shape[1], x.shape[2], x.device)
+        x = self.dropout(x).masked_fill(pad[..., None], 0.0)
+        outs = []
+        for block in self.blocks[: num_blocks or len(self.blocks)]:
+            x = block(x, pad)
+            outs.append(x)
+        return outs, lens
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor):
+        """(N, T, F), (N,) -> (N, T', C), (N,)"""
+        outs, lens = self.extract_features(x, lens)
+        return outs[-1], lens
+
+
+def build_encoder(cfg: EncoderConfig, input_dim: int = 80) -> Encoder:
+    return Encoder(cfg, input_dim)
