@@ -26,8 +26,15 @@ from pathlib import Path
 
 import torch
 
-from speechdistill.checkpoint import (load_checkpoint, load_model_state, load_optimizer,
-                                      optimizer_tensors, rng_state, save_checkpoint, set_rng_state)  # fmt: skip
+from speechdistill.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    load_optimizer,
+    optimizer_tensors,  # fmt: skip
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from speechdistill.config import save_config, to_dict
 from speechdistill.data.batching import AsrDataset, Batch, make_sampler
 from speechdistill.distill.losses import ctc_loss, frame_ce
@@ -294,6 +301,30 @@ class Trainer:
                                            num_workers=self.cfg.data.num_workers,
                                            generator=torch.Generator().manual_seed(self.cfg.seed))  # fmt: skip
 
+    def forward_backward(self, batch: Batch, accumulating: bool = False) -> tuple[dict, dict]:
+        """SpecAugment, loss, backward (gradients synchronised unless accumulating)."""
+        cfg, fabric = self.cfg, self.fabric
+        batch = batch.to(fabric.device)
+        if cfg.specaug.enabled:
+            batch.feats = spec_augment(batch.feats, batch.feat_lens, cfg.specaug)
+        with fabric.no_backward_sync(self.model, enabled=accumulating):
+            loss, terms, info = compute_loss(self.model, batch, cfg)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {float(loss)} at step {self.state.step} (epoch {self.state.epoch}) "
+                    f"on utterances {batch.ids[:8]}; terms {terms}. Nothing was saved from this "
+                    "step; lower optim.lr or check these utterances")  # fmt: skip
+            fabric.backward(loss / cfg.optim.accumulate)
+        return terms, info
+
+    def optimizer_step(self) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+
     def train_one_epoch(self, epoch: int) -> bool:
         """Returns False when max_steps is reached."""
         cfg, fabric, st = self.cfg, self.fabric, self.state
@@ -311,18 +342,8 @@ class Trainer:
             ready = fabric.all_reduce(torch.tensor(float(batch is not None)), reduce_op="sum")
             if float(ready) < fabric.world_size:
                 break
-            batch = batch.to(fabric.device)
-            if cfg.specaug.enabled:
-                batch.feats = spec_augment(batch.feats, batch.feat_lens, cfg.specaug)
             accumulating = (st.batch_in_epoch + 1) % cfg.optim.accumulate != 0
-            with fabric.no_backward_sync(self.model, enabled=accumulating):
-                loss, terms, info = compute_loss(self.model, batch, cfg)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {float(loss)} at step {st.step} (epoch {epoch}) on utterances "
-                        f"{batch.ids[:8]}; terms {terms}. Nothing was saved from this step; "
-                        "lower optim.lr or check these utterances")  # fmt: skip
-                fabric.backward(loss / cfg.optim.accumulate)
+            terms, info = self.forward_backward(batch, accumulating)
             st.skipped_utterances += len(info["skipped"])
             for utt in info["skipped"]:
                 log.debug("skipped %s: transcript too long for its frames (CTC)", utt)
@@ -332,12 +353,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{terms['total']:.3f}")
             if accumulating:
                 continue
-            if cfg.optim.grad_clip > 0:
-                fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            st.step += 1
+            self.optimizer_step()
             if st.step % cfg.log_every == 0:
                 self._log({"step": st.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0]} | terms)
             if st.step % cfg.checkpoint_every == 0:

@@ -1,0 +1,102 @@
+"""Encoders and the model: per-block outputs, lengths, padding invariance, taps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechdistill.config import ConfigError, from_dict
+from speechdistill.students.encoders import EncoderConfig, build_encoder
+from speechdistill.students.model import AcousticModel, ModelConfig, TapConfig
+
+KINDS = ("conformer", "transformer", "blstm")
+
+
+def tiny_encoder(kind: str, subsampling: int = 4) -> EncoderConfig:
+    return EncoderConfig(kind=kind, preset=None, num_blocks=3, d_model=32, num_heads=4, ff_dim=64,
+                         conv_kernel=5, dropout=0.1, subsampling=subsampling)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("subsampling", [1, 2, 4, 8])
+def test_every_block_output_with_lengths(kind, subsampling):
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_encoder(kind, subsampling), input_dim=80).eval()
+    lens = torch.tensor([100, 73, 41])
+    layers, out_lens = enc.extract_features(torch.randn(3, 100, 80), lens)
+    assert len(layers) == 3
+    expected = lens.clone()
+    for _ in range(int(subsampling).bit_length() - 1):
+        expected = (expected - 1) // 2
+    assert out_lens.tolist() == expected.tolist()
+    for y in layers:
+        assert y.shape == (3, int(expected.max()), 32)
+        assert (y[1, int(expected[1]):] == 0).all(), "padded frames are zero"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padded_batch_equals_one_by_one(kind):
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_encoder(kind), input_dim=80).eval()
+    x = torch.randn(3, 120, 80)
+    lens = torch.tensor([120, 90, 47])
+    with torch.no_grad():
+        layers, out_lens = enc.extract_features(x, lens)
+        for i in range(3):
+            single, single_lens = enc.extract_features(x[i : i + 1, : lens[i]], lens[i : i + 1])
+            t = int(single_lens[0])
+            assert t == int(out_lens[i])
+            for a, b in zip(layers, single, strict=True):
+                torch.testing.assert_close(a[i, :t], b[0, :t], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_first_k_blocks_equal_the_full_run(kind):
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_encoder(kind), input_dim=80).eval()
+    x, lens = torch.randn(2, 60, 80), torch.tensor([60, 33])
+    with torch.no_grad():
+        full, _ = enc.extract_features(x, lens)
+        part, _ = enc.extract_features(x, lens, num_blocks=2)
+        last, _ = enc(x, lens)
+    assert len(part) == 2
+    for a, b in zip(part, full[:2], strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(last, full[-1])
+
+
+def test_taps_validated_and_dropped_for_inference():
+    enc = tiny_encoder("conformer")
+    with pytest.raises(ValueError, match="layer 4 is outside the encoder's blocks 1..3"):
+        ModelConfig(encoder=enc, taps=[TapConfig(layer=4)])
+    with pytest.raises(ValueError, match="layer 0 is outside"):
+        ModelConfig(encoder=enc, taps=[TapConfig(layer=0)])
+    with pytest.raises(ValueError, match="CTC tap over senones"):
+        TapConfig(layer=1, unit="senone", kind="ctc")
+    with pytest.raises(ConfigError, match=r"taps\[0\]: expected a mapping|unknown config key taps\[0\]\.depth"):
+        from_dict(ModelConfig, {"taps": [{"depth": 2}]})
+    cfg = ModelConfig(encoder=enc, taps=[TapConfig(layer=1, unit="senone"), TapConfig(layer=2, unit="phone", kind="ctc")])
+    vocab = {"subword": 50, "phone": 40, "senone": 120}
+    model = AcousticModel(cfg, vocab).eval()
+    out = model(torch.randn(2, 64, 80), torch.tensor([64, 50]))
+    assert out.main.shape == (2, 15, 51)
+    assert out.taps["senone@1"].shape == (2, 15, 120)
+    assert out.taps["phone-ctc@2"].shape == (2, 15, 40)
+    inference = model.without_taps()
+    assert not any("taps" in k for k in inference.state_dict())
+    log_probs, lens = inference(torch.randn(2, 64, 80), torch.tensor([64, 50]))
+    assert log_probs.shape == (2, 15, 51) and lens.tolist() == [15, 11]
+    assert model.num_params(with_taps=False) == sum(p.numel() for p in inference.parameters())
+
+
+def test_config_errors_name_the_key():
+    from speechdistill.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="unknown config key optim.learning_rate; valid keys of optim: lr, "):
+        from_dict(TrainConfig, {"optim": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match="model.encoder.num_blocks: expected an integer, got 'six'"):
+        from_dict(TrainConfig, {"model": {"encoder": {"preset": None, "num_blocks": "six"}}})
+    with pytest.raises(ConfigError, match="num_blocks must be positive, got -2"):
+        from_dict(TrainConfig, {"model": {"encoder": {"preset": None, "num_blocks": -2}}})
+    with pytest.raises(ConfigError, match="valid presets: xs, s, m, l"):
+        from_dict(TrainConfig, {"model": {"encoder": {"preset": "huge"}}})

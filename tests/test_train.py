@@ -1,0 +1,149 @@
+"""End-to-end training on the tiny corpus: a real run, resume after a kill, DDP,
+evaluation, export, and checkpoint faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speechdistill.checkpoint import CheckpointError, load_checkpoint
+from speechdistill.config import from_dict
+from speechdistill.train import TrainConfig, train
+
+TESTS = Path(__file__).parent
+
+
+def tiny_config(corpus, out, **optim) -> TrainConfig:
+    return from_dict(TrainConfig, {
+        "out_dir": str(out), "progress": False, "checkpoint_every": 4, "log_every": 2,
+        "data": {"corpus": str(corpus), "max_duration": 30.0},
+        "model": {"encoder": {"preset": None, "num_blocks": 3, "d_model": 48, "num_heads": 4, "ff_dim": 96},
+                  "taps": [{"layer": 1, "unit": "senone"}, {"layer": 2, "unit": "phone", "kind": "ctc"}]},
+        "optim": {"lr": 0.003, "warmup_steps": 5, "max_epochs": 3} | optim,
+    })
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_units, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    summary = train(tiny_config(tiny_units.parent, out, max_steps=16))
+    return out, summary
+
+
+def _cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "speechdistill.cli", *map(str, args)],
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_training_runs_logs_every_term_and_learns(trained):
+    out, summary = trained
+    assert summary["steps"] == 16 and summary["skipped_utterances"] == 0
+    rows = [line.split(",") for line in (out / "log.csv").read_text().splitlines()[1:]]
+    keys = {r[1] for r in rows}
+    assert {"ctc", "senone@1", "phone-ctc@2", "total", "lr", "dev_total", "dev_error"} <= keys
+    totals = [float(r[2]) for r in rows if r[1] == "total"]
+    assert totals[-1] < totals[0], "the loss should fall over 16 steps"
+    for name in ("best", "last"):
+        tensors, meta = load_checkpoint(out / name)
+        assert meta["kind"] == "acoustic-model" and "model.main.weight" in tensors
+
+
+def test_killed_run_resumes_to_the_same_weights(trained, tiny_units, tmp_path):
+    out, _ = trained
+    killed = tmp_path / "killed"
+    cfg = tiny_config(tiny_units.parent, killed, max_steps=16)
+    from speechdistill.config import save_config
+
+    save_config(cfg, tmp_path / "cfg.yaml")
+    proc = _cli("train", tmp_path / "cfg.yaml", "debug_kill_at_step=15", check=False)
+    assert proc.returncode == -9, "the run should have been killed at step 15"
+    state = json.loads((killed / "last.json").read_text())["state"]
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (12, 1, 3), "resume mid-epoch"
+    _cli("train", tmp_path / "cfg.yaml", "--resume")
+    a = load_file(out / "last.safetensors")
+    b = load_file(killed / "last.safetensors")
+    for k in a:
+        if k.startswith("model."):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_ddp_two_processes_match_one(tiny_units, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        d.mkdir()
+    subprocess.run([sys.executable, TESTS / "ddp_step.py", tiny_units.parent, one], check=True,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29533", TESTS / "ddp_step.py", tiny_units.parent, two],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = json.loads((one / "loss.json").read_text()), json.loads((two / "loss.json").read_text())
+    assert (a["world_size"], b["world_size"]) == (1, 2)
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    ga, gb = load_file(one / "grads.safetensors"), load_file(two / "grads.safetensors")
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-3, atol=1e-6, msg=k)
+
+
+def test_evaluate_writes_hypotheses(trained, tiny_units):
+    out, _ = trained
+    proc = _cli("evaluate", out / "best", "--data", tiny_units.parent, "--split", "test")
+    assert "WER" in proc.stdout
+    rows = (out / "test.hyp.tsv").read_text().splitlines()
+    assert len(rows) == 16 and all(len(r.split("\t")) == 3 for r in rows)
+    scores = json.loads((out / "test.scores.json").read_text())
+    assert scores["num_utterances"] == 16 and scores["wer"] >= 0
+
+
+def test_export_onnx_matches_pytorch(trained, tmp_path):
+    import onnxruntime as ort
+
+    from speechdistill.evaluate import load_inference_model
+    from speechdistill.export import export
+
+    out, _ = trained
+    written = export(out / "best", tmp_path)
+    model, _, _ = load_inference_model(out / "best")
+    feats, lens = torch.randn(3, 177, 80), torch.tensor([177, 120, 64])
+    with torch.no_grad():
+        ref, ref_lens = model(feats, lens)
+    sess = ort.InferenceSession(str(written["onnx"]), providers=["CPUExecutionProvider"])
+    got, got_lens = sess.run(None, {"feats": feats.numpy(), "feat_lens": lens.numpy()})
+    assert got_lens.tolist() == ref_lens.tolist()
+    for i, t in enumerate(ref_lens.tolist()):
+        np.testing.assert_allclose(got[i, :t], ref[i, :t].numpy(), atol=1e-3)
+    scripted = torch.jit.load(str(written["torchscript"]))
+    ts, ts_lens = scripted(feats, lens)
+    assert ts_lens.tolist() == ref_lens.tolist()
+    torch.testing.assert_close(ts[0, : ref_lens[0]], ref[0, : ref_lens[0]], atol=1e-4, rtol=1e-4)
+
+
+def test_truncated_or_foreign_checkpoints_are_named(trained, tmp_path):
+    out, _ = trained
+    for ext in ("safetensors", "json"):
+        shutil.copy(out / f"best.{ext}", tmp_path / f"cut.{ext}")
+    data = (tmp_path / "cut.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors is truncated"):
+        load_checkpoint(tmp_path / "cut")
+    from speechdistill.checkpoint import load_model_state
+    from speechdistill.students.model import AcousticModel, ModelConfig
+
+    tensors, meta = load_checkpoint(out / "best")
+    other = AcousticModel(ModelConfig(), meta["vocab"])
+    with pytest.raises(CheckpointError, match="is from another model"):
+        load_model_state(other, tensors, "model.", out / "best")
+    proc = _cli("evaluate", tmp_path / "cut", "--data", "x", check=False)
+    assert proc.returncode == 1 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
