@@ -147,3 +147,17 @@ def test_truncated_or_foreign_checkpoints_are_named(trained, tmp_path):
         load_model_state(other, tensors, "model.", out / "best")
     proc = _cli("evaluate", tmp_path / "cut", "--data", "x", check=False)
     assert proc.returncode == 1 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nan_loss_stops_with_step_and_utterances(trained, tiny_units, tmp_path):
+    from speechdistill.train import NonFiniteLossError, Trainer
+
+    trainer = Trainer(tiny_config(tiny_units.parent, tmp_path / "nan", max_steps=4))
+    cuts = sorted(trainer.train_cuts, key=lambda c: c.id)[:3]
+    from lhotse import CutSet
+
+    batch = trainer.dataset[CutSet.from_cuts(cuts)]
+    batch.feats[1, 5, 3] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 0 .*on utterances \['espeak-"):
+        trainer.forward_backward(batch)
+    assert not (tmp_path / "nan" / "last.safetensors").exists(), "nothing is saved from a NaN step"

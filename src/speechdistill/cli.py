@@ -165,8 +165,8 @@ def _run(args: argparse.Namespace) -> None:
         from speechdistill.evaluate import evaluate
 
         scores = evaluate(args.checkpoint, args.data, args.split, args.beam, args.units)
-        name = "WER" if scores["unit"] == "subword" else "PER"
-        console.print(f"{args.split}: {name} {scores['wer']:.2f}%  CER {scores['cer']:.2f}%  "
+        words = f"WER {scores['wer']:.2f}%  CER {scores['cer']:.2f}%  " if scores["unit"] == "subword" else ""
+        console.print(f"{args.split}: {words}PER {scores['per']:.2f}%  "
                       f"({scores['num_utterances']} utterances, {scores['decoder']})")  # fmt: skip
     elif args.command == "export":
         from speechdistill.export import export

@@ -4,9 +4,10 @@
     speechdistill evaluate exp/baseline/best --data data/kaldi/test_clean --beam 8
 
 Writes ``{out}/{split}.hyp.tsv`` (id, reference, hypothesis) and
-``{out}/{split}.scores.json``; prints WER and CER (subword models) or PER
-(phone models; the PER reference is the aligned phones when the corpus has
-alignments, else the lexicon pronunciation).
+``{out}/{split}.scores.json``. Subword models: WER and CER, and a PER computed
+on the lexicon pronunciations (CMUdict, else G2P) of the reference and
+hypothesised words. Phone models: PER against the aligned phones when the
+corpus has alignments, else the lexicon pronunciation.
 """
 
 from __future__ import annotations
@@ -39,8 +40,27 @@ def decode_cuts(model, dataset, cuts, unit: str, units, max_duration: float = 20
             rows.append((utt, _to_text(ref_ids, unit, units), _to_text(hyps[i], unit, units)))
     rows.sort()
     scores = error_rates([r[1] for r in rows], [r[2] for r in rows])
-    return {"error_rate": scores["wer"], "wer": scores["wer"], "cer": scores["cer"], "rows": rows,
-            "num_utterances": len(rows)}  # fmt: skip
+    result = {"error_rate": scores["wer"], "wer": scores["wer"], "cer": scores["cer"], "rows": rows,
+              "num_utterances": len(rows)}  # fmt: skip
+    if unit == "subword":
+        result["per"] = error_rates([_phones(r[1], units) for r in rows],
+                                    [_phones(r[2], units) for r in rows])["wer"]  # fmt: skip
+    else:
+        result["per"] = result["wer"]
+    return result
+
+
+def _phones(text: str, units) -> str:
+    """Word text -> lexicon phones (CMUdict, else G2P); a word G2P cannot say is dropped."""
+    from speechdistill.units.lexicon import UnpronounceableWordError
+
+    out = []
+    for w in text.split():
+        try:
+            out += units.lexicon.pronounce(w)
+        except UnpronounceableWordError:
+            continue
+    return " ".join(out)
 
 
 def _to_text(ids: list[int], unit: str, units) -> str:
