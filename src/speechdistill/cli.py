@@ -114,6 +114,29 @@ def _parser() -> argparse.ArgumentParser:
                     help="fewest training frames a tied state may have")  # fmt: skip
     ub.add_argument("--g2p", action=argparse.BooleanOptionalAction, default=True,
                     help="pronounce words missing from CMUdict with eSpeak's rules")  # fmt: skip
+    lm = sub.add_parser("lm", help="train the unit language models (teachers)", formatter_class=_Formatter)
+    lsub = lm.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lt = lsub.add_parser("train", formatter_class=_Formatter, help="train one unit's LM; prints dev perplexity",
+                         description="  speechdistill lm train data/small --unit phone --arch lstm")  # fmt: skip
+    lt.add_argument("corpus", type=Path)
+    lt.add_argument("--unit", choices=("subword", "phone", "senone"), required=True)
+    lt.add_argument("--arch", choices=("lstm", "transformer", "masked"), default="lstm",
+                    help="causal LSTM, causal Transformer, or bidirectional masked Transformer")  # fmt: skip
+    lt.add_argument("--d-model", type=int, default=256)
+    lt.add_argument("--num-layers", type=int, default=2)
+    lt.add_argument("--epochs", type=int, default=1)
+    lt.add_argument("--lr", type=float, default=2e-3)
+    lt.add_argument("--max-tokens", type=int, default=6000, help="tokens per batch")
+    lt.add_argument("--max-sentences", type=int, default=0, help="use the first N sentences (0: all)")
+
+    te = sub.add_parser("teach", formatter_class=_Formatter, help="cache an LM's soft labels for training",
+                        description="  speechdistill teach data/small --unit phone --top-k 8 --temperature 3")  # fmt: skip
+    te.add_argument("corpus", type=Path)
+    te.add_argument("--unit", choices=("subword", "phone", "senone"), required=True)
+    te.add_argument("--top-k", type=int, default=8)
+    te.add_argument("--temperature", type=float, default=3.0)
+    te.add_argument("--lm", type=Path, default=None, help="LM checkpoint (default: CORPUS/lm/UNIT)")
+
     tr = sub.add_parser("train", formatter_class=_Formatter, help="train an acoustic model",
                         description="Train from a YAML config with dotted overrides.\n\n"
                         "  speechdistill train configs/baseline.yaml optim.lr=1e-3 out_dir=exp/b2\n"
@@ -161,6 +184,21 @@ def _run(args: argparse.Namespace) -> None:
 
         summary = train(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)
         console.print_json(data=summary)
+    elif args.command == "lm":
+        from speechdistill.teachers.lm import LMConfig
+        from speechdistill.teachers.lm_train import train_lm
+
+        meta = train_lm(args.corpus, args.unit, LMConfig(args.arch, args.d_model, args.num_layers),
+                        args.epochs, args.max_tokens, args.lr, args.max_sentences)  # fmt: skip
+        console.print(f"{args.unit} LM ({args.arch}): dev perplexity {meta['dev_perplexity']:.2f} "
+                      f"({meta['train_tokens']} training tokens, {meta['train_seconds']} s)")  # fmt: skip
+    elif args.command == "teach":
+        from speechdistill.distill.soft_labels import build_cache
+
+        meta = build_cache(args.corpus, args.unit, args.top_k, args.temperature, args.lm)
+        console.print(f"{args.unit} soft labels: {meta['utterances']} utterances, {meta['positions']} "
+                      f"positions, {meta['bytes'] / 1e6:.1f} MB "
+                      f"({meta['bytes_per_hour_of_audio'] / 1e6:.1f} MB per hour of audio)")  # fmt: skip
     elif args.command == "evaluate":
         from speechdistill.evaluate import evaluate
 

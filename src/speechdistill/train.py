@@ -37,7 +37,7 @@ from speechdistill.checkpoint import (
 )
 from speechdistill.config import save_config, to_dict
 from speechdistill.data.batching import AsrDataset, Batch, make_sampler
-from speechdistill.distill.losses import ctc_loss, frame_ce
+from speechdistill.distill.losses import ctc_loss, ctc_viterbi, frame_ce, kd_kl
 from speechdistill.students.model import AcousticModel, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,24 @@ class SpecAugConfig:
 
 
 @dataclass
+class InterpConfig:
+    """Label interpolation on the main output (Bai et al. 2019; Futami et al. 2020):
+    on the frames of the Viterbi CTC path, the main output is also trained towards the
+    LM's soft label: L_main = (1 - w) * L_ctc + w * CE(p_LM, main), w ramped linearly
+    from 0 over ``ramp_steps`` (0: no ramp)."""
+
+    enabled: bool = False
+    weight: float = 0.3
+    top_k: int = 8
+    temperature: float = 3.0
+    ramp_steps: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.weight <= 1:
+            raise ValueError(f"interp weight must be in [0, 1], got {self.weight}")
+
+
+@dataclass
 class TrainConfig:
     name: str = "baseline"
     seed: int = 0
@@ -93,6 +111,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     specaug: SpecAugConfig = field(default_factory=SpecAugConfig)
+    interp: InterpConfig = field(default_factory=InterpConfig)
     precision: str = "32-true"  # or "bf16-mixed"
     accelerator: str = "cpu"  # "cpu", "gpu", "auto"
     devices: int = 1
@@ -131,8 +150,33 @@ def spec_augment(feats: torch.Tensor, lens: torch.Tensor, cfg: SpecAugConfig) ->
     return feats
 
 
-def compute_loss(model, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float], dict]:
-    """Total loss, every named term (floats, for the logs), and info (skipped utterances)."""
+def interp_ce(log_probs, lens, targets, target_lens, soft) -> torch.Tensor:
+    """Mean over Viterbi-aligned label frames of -sum_c p_LM(c) log q(c): the LM's
+    soft label for the target position each frame emits (CTC classes = unit + 1)."""
+    values, indices = soft  # (N, U, k) each
+    terms = []
+    for n in range(log_probs.shape[0]):
+        T, U = int(lens[n]), int(target_lens[n])
+        if U == 0 or T < U:
+            continue
+        pos = torch.tensor(ctc_viterbi(log_probs[n, :T], targets[n, :U].tolist()), device=log_probs.device)
+        frames = (pos >= 0).nonzero().flatten()
+        if len(frames) == 0:
+            continue
+        p = values[n, pos[frames]].float()  # (F, k)
+        logq = log_probs[n, frames].gather(-1, indices[n, pos[frames]] + 1)
+        terms.append(-(p * logq).sum(-1))
+    if not terms:
+        return log_probs.sum() * 0.0
+    return torch.cat(terms).mean()
+
+
+def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict[str, float], dict]:
+    """Total loss, every named term (floats, for the logs), and info (skipped utterances).
+
+    L = (1 - w_interp) (1 - sum w_ctc_taps) CTC_main + w_interp CE_interp
+        + sum_ctc_taps w CTC_tap + sum_frame_taps w (KD_tap + ce_weight CE_tap)
+    """
     out = model(batch.feats, batch.feat_lens)
     mcfg = cfg.model
     targets, target_lens = batch.targets[mcfg.main_unit]
@@ -140,12 +184,26 @@ def compute_loss(model, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, d
     ctc_tap_weight = sum(t.weight for t in mcfg.taps if t.kind == "ctc")
     total = (1.0 - ctc_tap_weight) * main
     terms = {"ctc": float(main.detach())}
+    if cfg.interp.enabled and "main" in batch.soft:  # dev batches carry no soft labels
+        w = cfg.interp.weight * (min(1.0, step / cfg.interp.ramp_steps) if cfg.interp.ramp_steps else 1.0)
+        interp = interp_ce(out.main, out.lens, targets, target_lens, batch.soft["main"])
+        total = (1.0 - w) * total + w * interp
+        terms["interp"] = float(interp.detach())
+        terms["interp_weight"] = w
     for tap in mcfg.taps:
         if tap.kind == "ctc":
             t, tl = batch.targets[tap.unit]
             term, _ = ctc_loss(out.taps[tap.name], out.lens, t, tl)
         else:
-            term = frame_ce(out.taps[tap.name], batch.frame_targets[tap.name])
+            term = out.taps[tap.name].sum() * 0.0
+            if tap.ce_weight > 0:
+                ce = frame_ce(out.taps[tap.name], batch.frame_targets[tap.name])
+                term = term + tap.ce_weight * ce
+                terms[f"{tap.name}.ce"] = float(ce.detach())
+            if tap.kd and tap.name in batch.soft:
+                kd = kd_kl(out.taps[tap.name], *batch.soft[tap.name], tap.temperature)
+                term = term + kd
+                terms[f"{tap.name}.kd"] = float(kd.detach())
         total = total + tap.weight * term
         terms[tap.name] = float(term.detach())
     terms["total"] = float(total.detach())
@@ -206,6 +264,7 @@ class Trainer:
                                            weight_decay=cfg.optim.weight_decay)  # fmt: skip
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.warmup_steps))
         self.state = State()
+        self._tb = None
         if resume and (self.out / "last.json").exists():
             self._restore(self.out / "last")
         elif not resume:
@@ -215,9 +274,14 @@ class Trainer:
         self.model, self.optimizer = self.fabric.setup(self.model, self.optimizer)
         enc = cfg.model.encoder
         sub = self._raw_model().encoder.subsampling
-        self.dataset = AsrDataset(self.units, cfg.model.main_unit, cfg.model.taps,
-                                  frames_fn=lambda t: int(sub.out_lengths(torch.tensor([t]))[0]),
-                                  frame_shift=enc.frame_shift, on_the_fly=cfg.data.on_the_fly_features)  # fmt: skip
+        def dataset(caches):
+            return AsrDataset(self.units, cfg.model.main_unit, cfg.model.taps,
+                              frames_fn=lambda t: int(sub.out_lengths(torch.tensor([t]))[0]),
+                              frame_shift=enc.frame_shift, on_the_fly=cfg.data.on_the_fly_features,
+                              caches=caches)  # fmt: skip
+
+        self.dataset = dataset(self._open_caches())
+        self.dev_dataset = dataset(None)  # soft labels exist for training utterances only
 
     # -- set-up ---------------------------------------------------------------------
     def _raw_model(self) -> AcousticModel:
@@ -260,6 +324,26 @@ class Trainer:
         self.model.feat_mean.copy_(mean.float())
         self.model.feat_std.copy_(std.float())
 
+    def _open_caches(self) -> dict:
+        """Soft-label caches of the KD taps ("tap name") and of label interpolation ("main")."""
+        from speechdistill.distill.soft_labels import SoftLabelCache
+
+        corpus = Path(self.cfg.data.corpus)
+        wanted = {t.name: (t.unit, t.top_k, t.temperature) for t in self.cfg.model.taps if t.kd}
+        if self.cfg.interp.enabled:
+            i = self.cfg.interp
+            wanted["main"] = (self.cfg.model.main_unit, i.top_k, i.temperature)
+        caches, opened = {}, {}
+        for name, (unit, k, temp) in wanted.items():
+            prefix = corpus / "soft_labels" / f"{unit}-k{k}-T{temp:g}"
+            if not prefix.with_suffix(".json").exists():
+                raise FileNotFoundError(f"soft-label cache {prefix} is missing: run `speechdistill "
+                                        f"teach {corpus} --unit {unit} --top-k {k} --temperature {temp:g}`")  # fmt: skip
+            if prefix not in opened:
+                opened[prefix] = SoftLabelCache.open(prefix, corpus / "lm" / unit, corpus / "units")
+            caches[name] = opened[prefix]
+        return caches
+
     # -- checkpoints ----------------------------------------------------------------
     def _meta(self) -> dict:
         return {"kind": "acoustic-model", "config": to_dict(self.cfg), "vocab": self.vocab,
@@ -292,12 +376,12 @@ class Trainer:
                  self.state.epoch, self.state.batch_in_epoch)  # fmt: skip
 
     # -- the loop -------------------------------------------------------------------
-    def _loader(self, cuts, shuffle: bool, epoch: int, skip: int = 0):
+    def _loader(self, cuts, shuffle: bool, epoch: int, skip: int = 0, dataset=None):
         sampler = make_sampler(cuts, self.cfg.data.max_duration, shuffle, self.cfg.seed,
                                self.cfg.data.num_buckets, self.fabric.world_size, self.fabric.global_rank)  # fmt: skip
         sampler.set_epoch(epoch)
         # Own generator: creating a loader must not draw from the global RNG (resume).
-        return torch.utils.data.DataLoader(self.dataset, sampler=_Skip(sampler, skip), batch_size=None,
+        return torch.utils.data.DataLoader(dataset or self.dataset, sampler=_Skip(sampler, skip), batch_size=None,
                                            num_workers=self.cfg.data.num_workers,
                                            generator=torch.Generator().manual_seed(self.cfg.seed))  # fmt: skip
 
@@ -308,7 +392,7 @@ class Trainer:
         if cfg.specaug.enabled:
             batch.feats = spec_augment(batch.feats, batch.feat_lens, cfg.specaug)
         with fabric.no_backward_sync(self.model, enabled=accumulating):
-            loss, terms, info = compute_loss(self.model, batch, cfg)
+            loss, terms, info = compute_loss(self.model, batch, cfg, self.state.step)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {float(loss)} at step {self.state.step} (epoch {self.state.epoch}) "
@@ -376,13 +460,13 @@ class Trainer:
         self.model.eval()
         terms_sum: dict[str, float] = {}
         n = 0
-        for batch in self._loader(self.dev_cuts, False, 0):
-            _, terms, _ = compute_loss(self.model, batch.to(self.fabric.device), self.cfg)
+        for batch in self._loader(self.dev_cuts, False, 0, dataset=self.dev_dataset):
+            _, terms, _ = compute_loss(self.model, batch.to(self.fabric.device), self.cfg, self.state.step)
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v
             n += 1
         result = {f"dev_{k}": v / max(1, n) for k, v in terms_sum.items()}
-        scores = decode_cuts(self._raw_model().without_taps(), self.dataset, self.dev_cuts,
+        scores = decode_cuts(self._raw_model().without_taps(), self.dev_dataset, self.dev_cuts,
                              self.cfg.model.main_unit, self.units, max_duration=self.cfg.data.max_duration)  # fmt: skip
         result["dev_error"] = scores["error_rate"]
         self.model.train()
@@ -391,6 +475,17 @@ class Trainer:
     def _log(self, row: dict) -> None:
         if not self.fabric.is_global_zero:
             return
+        if self._tb is None:
+            try:  # TensorBoard when installed; the CSV always
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                self._tb = False
+        if self._tb:
+            for k, v in row.items():
+                if k != "step":
+                    self._tb.add_scalar(k, v, row["step"])
         path = self.out / "log.csv"
         new = not path.exists()
         with open(path, "a", newline="") as f:

@@ -12,8 +12,9 @@ Legend: N batch, T frames, F features, U target units. Frame-level targets use
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,11 +37,15 @@ class Batch:
     targets: dict[str, tuple[torch.Tensor, torch.Tensor]]  # unit -> (N, U) padded ids, (N,) lengths
     frame_targets: dict[str, torch.Tensor]  # tap name -> (N, T') class ids, IGNORE on padding
     texts: list[str]
+    # soft labels: KD tap name -> ((N, T', k) probs, (N, T', k) class ids, (N, T') mask);
+    # "main" (label interpolation) -> ((N, U, k) probs, (N, U, k) unit ids) per target position
+    soft: dict[str, tuple] = field(default_factory=dict)
 
     def to(self, device) -> Batch:
         return Batch(self.ids, self.feats.to(device), self.feat_lens.to(device),
                      {k: (a.to(device), b.to(device)) for k, (a, b) in self.targets.items()},
-                     {k: v.to(device) for k, v in self.frame_targets.items()}, self.texts)  # fmt: skip
+                     {k: v.to(device) for k, v in self.frame_targets.items()}, self.texts,
+                     {k: tuple(x.to(device) for x in v) for k, v in self.soft.items()})  # fmt: skip
 
 
 def _pad(seqs: list[list[int]], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +60,7 @@ class AsrDataset(torch.utils.data.Dataset):
     """Maps a CutSet (one batch from a lhotse sampler) to a ``Batch``."""
 
     def __init__(self, units, main_unit: str, taps=(), frames_fn: Callable[[int], int] = lambda t: t,
-                 frame_shift: float = 0.04, on_the_fly: bool = False):  # fmt: skip
+                 frame_shift: float = 0.04, on_the_fly: bool = False, caches=None):  # fmt: skip
         self.units = units
         self.main_unit = main_unit
         self.taps = list(taps)
@@ -64,6 +69,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.fbank = FbankExtractor() if on_the_fly else None
         self.phone_index = {p: i for i, p in enumerate(units.phone_list)}
         self.seq_units = {main_unit} | {t.unit for t in self.taps if t.kind == "ctc"}
+        self.caches = caches or {}
 
     def sequence(self, cut, unit: str) -> list[int]:
         """CTC target ids (blank = 0 excluded): subword ids + 1; phone ids (SIL = 0 is
@@ -113,13 +119,50 @@ class AsrDataset(torch.utils.data.Dataset):
             for i, (cut, t) in enumerate(zip(cuts, T_out, strict=True)):
                 lab[i, :t] = torch.from_numpy(self.frame_labels(cut, tap.unit, t))
             frame_targets[tap.name] = lab
+        soft = {}
+        for tap in self.taps:
+            if tap.name in self.caches:
+                soft[tap.name] = self._soft_frames(self.caches[tap.name], cuts, T_out, tap.unit)
+        if "main" in self.caches:
+            soft["main"] = self._soft_positions(self.caches["main"], cuts, targets[self.main_unit][0].shape[1])
         return Batch([c.id for c in cuts], padded, feat_lens, targets, frame_targets,
-                     [c.supervisions[0].text for c in cuts])  # fmt: skip
+                     [c.supervisions[0].text for c in cuts], soft)  # fmt: skip
+
+    def _soft_frames(self, cache, cuts, T_out: list[int], unit: str):
+        k, N, T = cache.k, len(cuts), max(T_out)
+        values, indices = torch.zeros(N, T, k), torch.zeros(N, T, k, dtype=torch.long)
+        mask = torch.zeros(N, T, dtype=torch.bool)
+        offset = 1 if unit == "subword" else 0  # frame subword classes: 0 = outside a word
+        for i, (cut, t) in enumerate(zip(cuts, T_out, strict=True)):
+            if cut.id not in cache:
+                raise KeyError(f"utterance {cut.id} is not in soft-label cache {cache.meta['unit']}; "
+                               "rebuild it with `speechdistill teach`")  # fmt: skip
+            v, ix, m = cache.frames(cut.id, self.frame_shift, t)
+            values[i, :t], indices[i, :t], mask[i, :t] = v, ix + offset * m[:, None], m
+        return values, indices, mask
+
+    def _soft_positions(self, cache, cuts, U: int):
+        k, N = cache.k, len(cuts)
+        values, indices = torch.zeros(N, U, k), torch.zeros(N, U, k, dtype=torch.long)
+        for i, cut in enumerate(cuts):
+            if cut.id not in cache:
+                raise KeyError(f"utterance {cut.id} is not in soft-label cache {cache.meta['unit']}; "
+                               "rebuild it with `speechdistill teach`")  # fmt: skip
+            v = cache.tensors[f"{cut.id}/values"].float()
+            if len(v) != len(self.sequence(cut, self.main_unit)):
+                raise ValueError(f"utterance {cut.id}: the soft-label cache has {len(v)} positions but "
+                                 "the transcript has a different number of units; rebuild the cache")  # fmt: skip
+            values[i, : len(v)] = v
+            indices[i, : len(v)] = cache.tensors[f"{cut.id}/indices"].long()
+        return values, indices
 
 
 def make_sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, num_buckets: int = 10,
                  world_size: int = 1, rank: int = 0, drop_last: bool = False) -> DynamicBucketingSampler:  # fmt: skip
     """Length-bucketed batches of at most ``max_duration`` seconds per process."""
+    # lhotse warns that eager CutSets gain nothing from dynamic bucketing; ours fit in
+    # memory, and the dynamic sampler is the one that handles DDP ranks and resumption.
+    warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly")
     return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
                                    num_buckets=num_buckets, world_size=world_size, rank=rank,
                                    drop_last=drop_last)  # fmt: skip

@@ -51,3 +51,68 @@ def frame_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                            ignore_index=IGNORE)  # fmt: skip
+
+
+def kd_kl(logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor,
+          temperature: float) -> torch.Tensor:  # fmt: skip
+    """Distillation from top-k soft labels (Hinton et al. 2015):
+
+        T^2 * KL(p || softmax(z / T)) = T^2 * sum_k p_k (log p_k - log softmax(z / T)[i_k])
+
+    averaged over frames where ``mask`` is true. ``logits`` (N, T, V); ``values``
+    (N, T, k) teacher probabilities (already softened with T and renormalised),
+    ``indices`` (N, T, k) their unit ids, ``mask`` (N, T). The T^2 factor keeps
+    the gradient scale independent of T.
+    """
+    Tn = min(logits.shape[1], values.shape[1])
+    logits, values, indices, mask = logits[:, :Tn], values[:, :Tn], indices[:, :Tn], mask[:, :Tn]
+    if not mask.any():
+        return logits.sum() * 0.0
+    log_q = (logits.float() / temperature).log_softmax(-1).gather(-1, indices)  # (N, T, k)
+    p = values.float()
+    kl = (p * (p.clamp(min=1e-12).log() - log_q)).sum(-1)  # (N, T)
+    return temperature**2 * kl[mask].mean()
+
+
+def interpolated_target(hard: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                        num_classes: int, weight: float) -> torch.Tensor:  # fmt: skip
+    """Label interpolation (Bai et al. 2019; Futami et al. 2020):
+    (1 - w) * one_hot(hard) + w * p_LM, with p_LM given sparsely (top-k).
+    ``hard`` (...,), ``values``/``indices`` (..., k) -> (..., num_classes), rows sum to one."""
+    target = (1.0 - weight) * F.one_hot(hard, num_classes).float()
+    return target.scatter_add(-1, indices, weight * values.float())
+
+
+def ctc_viterbi(log_probs: torch.Tensor, targets: list[int]) -> list[int]:
+    """Most probable CTC alignment of ``targets`` to (T, V) log-probs (blank = 0).
+    Returns, per frame, the index of the target position it emits, or -1 for blank.
+    Written by hand: torchaudio's ``forced_align`` cannot be installed beside torch 2.13."""
+    T, U = log_probs.shape[0], len(targets)
+    S = 2 * U + 1  # blank, y1, blank, y2, ..., yU, blank
+    labels = [0 if s % 2 == 0 else targets[s // 2] for s in range(S)]
+    lp = log_probs.detach().float().cpu()
+    neg = float("-inf")
+    score = torch.full((T, S), neg)
+    back = torch.zeros((T, S), dtype=torch.long)
+    score[0, 0] = lp[0, 0]
+    if S > 1:
+        score[0, 1] = lp[0, labels[1]]
+    for t in range(1, T):
+        prev = score[t - 1]
+        stay = prev
+        step = torch.cat([torch.tensor([neg]), prev[:-1]])
+        skip = torch.cat([torch.tensor([neg, neg]), prev[:-2]])
+        # a skip over a blank is allowed only between different labels
+        allowed = torch.tensor([s % 2 == 1 and s >= 2 and labels[s] != labels[s - 2] for s in range(S)])
+        skip = torch.where(allowed, skip, torch.tensor(neg))
+        cands = torch.stack([stay, step, skip])  # (3, S)
+        best, arg = cands.max(0)
+        score[t] = best + lp[t, labels]
+        back[t] = arg
+    end = S - 1 if S == 1 or score[T - 1, S - 1] >= score[T - 1, S - 2] else S - 2
+    path = [0] * T
+    s = end
+    for t in range(T - 1, -1, -1):
+        path[t] = s
+        s -= int(back[t, s])
+    return [p // 2 if p % 2 == 1 else -1 for p in path]

@@ -31,6 +31,10 @@ class TapConfig:
     unit: str = "senone"
     kind: str = "frame"  # "frame" (per-frame classifier) or "ctc"
     weight: float = 0.3
+    kd: bool = False  # frame taps: distil the unit LM's soft labels (T^2-scaled KL)
+    ce_weight: float = 1.0  # frame taps: weight of CE to the aligned truth, beside KD
+    top_k: int = 8  # which soft-label cache: {unit}-k{top_k}-T{temperature}
+    temperature: float = 3.0
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -39,8 +43,12 @@ class TapConfig:
             raise ValueError(f"tap kind={self.kind!r}; valid: frame, ctc")
         if self.kind == "ctc" and self.unit == "senone":
             raise ValueError("a CTC tap over senones makes no sense (senones are frame units)")
-        if self.weight < 0:
-            raise ValueError(f"tap weight must be >= 0, got {self.weight}")
+        if self.weight < 0 or self.ce_weight < 0:
+            raise ValueError(f"tap weights must be >= 0, got {self.weight}, {self.ce_weight}")
+        if self.kd and self.kind != "frame":
+            raise ValueError("kd applies to frame taps (a CTC tap has no per-frame target)")
+        if self.top_k < 1 or self.temperature <= 0:
+            raise ValueError(f"top_k must be >= 1 and temperature > 0, got {self.top_k}, {self.temperature}")
 
     @property
     def name(self) -> str:

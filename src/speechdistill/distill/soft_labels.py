@@ -1,0 +1,148 @@
+"""Soft labels from the unit LMs, computed once and cached on disk.
+
+    speechdistill teach data/small --unit phone --top-k 8 --temperature 3
+    >>> cache = SoftLabelCache.open("data/small/soft_labels/phone-k8-T3", lm="data/small/lm/phone")
+    >>> values, indices, mask = cache.frames(utt_id, frame_shift=0.04, num_frames=T)
+
+For each training utterance the *reference* unit sequence is read off its
+alignment (subword pieces from the word spans, shared by letters; phones
+without SIL; senones: each phone's tied states, the phone's span cut into
+equal parts), the LM gives its distribution at every position
+(``UnitLM.position_logits``), softened with temperature T, truncated to the
+top k and renormalised. Stored per position: fp16 values (P, k), int32 unit
+ids (P, k) and the position's time span (P, 2) in seconds, so the labels
+can be spread over frames at any frame rate. A frame takes the label of the
+position whose span contains its centre; frames in no span (pauses) have
+none.
+
+The cache's JSON holds a fingerprint of (LM weights, unit inventory, unit,
+k, T); opening it with an LM or inventory that does not match is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from speechdistill.progress import progress
+from speechdistill.teachers.lm import top_k_soft_labels
+from speechdistill.units.phones import SIL
+from speechdistill.units.subword import split_span, subword_alignment
+
+UNIT_FILES = ("subword.model", "phones.txt", "senones.json", "lexicon.txt")
+
+
+class StaleCacheError(ValueError):
+    """A soft-label cache that does not match the LM or unit inventory in use."""
+
+
+def fingerprint(lm_prefix: str | Path, units_dir: str | Path, unit: str, k: int, temperature: float) -> str:
+    h = hashlib.sha256()
+    h.update(Path(f"{lm_prefix}.safetensors").read_bytes())
+    for name in UNIT_FILES:
+        h.update((Path(units_dir) / name).read_bytes())
+    h.update(f"{unit}|{k}|{temperature:g}".encode())
+    return h.hexdigest()
+
+
+def reference_positions(cut, unit: str, units) -> tuple[list[int], list[tuple[float, float]]]:
+    """Unit ids of an utterance's reference sequence and each position's (start, duration)."""
+    ali = cut.supervisions[0].alignment or {}
+    if "phone" not in ali:
+        raise ValueError(f"utterance {cut.id} has no phone alignment; soft labels need one")
+    if unit == "subword":
+        pieces = subword_alignment(ali["word"], units.sp)
+        return [units.sp.piece_to_id(a.symbol) for a in pieces], [(a.start, a.duration) for a in pieces]
+    phones = [a for a in ali["phone"] if a.symbol != SIL]
+    if unit == "phone":
+        index = {p: i for i, p in enumerate(units.phone_list)}
+        return [index[a.symbol] for a in phones], [(a.start, a.duration) for a in phones]
+    S = units.tree.states_per_phone
+    ids = units.tree.sequence([a.symbol for a in phones])  # same convention as the LM text
+    spans = [s for a in phones for s in split_span(a.start, a.duration, [1] * S)]
+    return ids, spans
+
+
+def spread_to_frames(spans: np.ndarray, frame_shift: float, num_frames: int) -> np.ndarray:
+    """(P, 2) spans -> (T,) position index of each frame (by its centre), -1 for none."""
+    owner = np.full(num_frames, -1, dtype=np.int64)
+    centres = (np.arange(num_frames) + 0.5) * frame_shift
+    for p, (start, dur) in enumerate(spans):
+        owner[(centres >= start) & (centres < start + dur)] = p
+    return owner
+
+
+@torch.no_grad()
+def build_cache(corpus: str | Path, unit: str, k: int = 8, temperature: float = 3.0,
+                lm_prefix: str | Path | None = None, split: str = "train",
+                show_progress: bool = True) -> dict:  # fmt: skip
+    """Compute and write ``{corpus}/soft_labels/{unit}-k{k}-T{T}``; returns its metadata."""
+    from speechdistill.data.corpus import load_split
+    from speechdistill.teachers.lm_train import load_lm
+    from speechdistill.units.inventory import Units
+
+    corpus = Path(corpus)
+    lm_prefix = Path(lm_prefix or corpus / "lm" / unit)
+    lm, lm_meta = load_lm(lm_prefix)
+    if lm_meta["unit"] != unit:
+        raise ValueError(f"{lm_prefix} is a {lm_meta['unit']} LM, not a {unit} LM")
+    units = Units(corpus / "units")
+    tensors: dict[str, torch.Tensor] = {}
+    cuts = load_split(corpus, split)
+    positions = 0
+    for cut in progress(cuts, total=len(cuts), desc=f"{unit} soft labels", enable=show_progress):
+        ids, spans = reference_positions(cut, unit, units)
+        if not ids:
+            continue
+        logits = lm.position_logits(torch.tensor([ids]))[0]  # (P, V)
+        values, indices = top_k_soft_labels(logits, k, temperature)
+        tensors[f"{cut.id}/values"] = values.half()
+        tensors[f"{cut.id}/indices"] = indices.int()
+        tensors[f"{cut.id}/spans"] = torch.tensor(spans, dtype=torch.float32)
+        positions += len(ids)
+    hours = sum(c.duration for c in cuts) / 3600
+    prefix = corpus / "soft_labels" / f"{unit}-k{k}-T{temperature:g}"
+    meta = {"kind": "soft-labels", "unit": unit, "top_k": k, "temperature": temperature,
+            "lm": str(lm_prefix), "lm_dev_perplexity": lm_meta.get("dev_perplexity"), "split": split,
+            "utterances": len(tensors) // 3, "positions": positions,
+            "fingerprint": fingerprint(lm_prefix, corpus / "units", unit, k, temperature)}  # fmt: skip
+    path = save_checkpoint(prefix, tensors, meta)
+    size = path.stat().st_size
+    return meta | {"bytes": size, "bytes_per_hour_of_audio": round(size / hours) if hours else None}
+
+
+class SoftLabelCache:
+    """A loaded cache. ``frames`` spreads one utterance's labels over frames."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], meta: dict):
+        self.tensors, self.meta = tensors, meta
+        self.k = meta["top_k"]
+
+    @classmethod
+    def open(cls, prefix: str | Path, lm: str | Path, units_dir: str | Path) -> SoftLabelCache:
+        try:
+            tensors, meta = load_checkpoint(prefix)
+        except CheckpointError as e:
+            raise StaleCacheError(f"soft-label cache {prefix} cannot be used: {e}") from None
+        want = fingerprint(lm, units_dir, meta["unit"], meta["top_k"], meta["temperature"])
+        if meta.get("fingerprint") != want:
+            raise StaleCacheError(
+                f"soft-label cache {prefix} is stale: it was built from another LM or unit "
+                f"inventory than {lm} and {units_dir}; rebuild it with `speechdistill teach`")  # fmt: skip
+        return cls(tensors, meta)
+
+    def __contains__(self, utt: str) -> bool:
+        return f"{utt}/values" in self.tensors
+
+    def frames(self, utt: str, frame_shift: float, num_frames: int):
+        """-> (T, k) float32 probabilities, (T, k) int64 unit ids, (T,) bool mask."""
+        values = self.tensors[f"{utt}/values"].float()
+        indices = self.tensors[f"{utt}/indices"].long()
+        owner = torch.from_numpy(spread_to_frames(self.tensors[f"{utt}/spans"].numpy(), frame_shift, num_frames))
+        mask = owner >= 0
+        idx = owner.clamp(min=0)
+        return values[idx] * mask[:, None], indices[idx] * mask[:, None], mask

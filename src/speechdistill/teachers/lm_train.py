@@ -1,0 +1,130 @@
+"""Training and loading the unit LMs.
+
+    speechdistill lm train data/small --unit senone --arch lstm --epochs 2
+    >>> lm, meta = load_lm("data/small/lm/senone")
+
+The training text is ``{corpus}/units/lm_text.{unit}.txt``; dev perplexity is
+measured on the dev split's transcripts in the same unit (never in the LM
+text). Saved as ``{corpus}/lm/{unit}.safetensors`` + ``.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from speechdistill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from speechdistill.progress import progress
+from speechdistill.teachers.lm import LMConfig, UnitLM, perplexity
+
+log = logging.getLogger(__name__)
+
+
+def unit_ids(units, unit: str, line: str) -> list[int]:
+    """One line of ``lm_text.{unit}.txt`` -> ids."""
+    toks = line.split()
+    if unit == "subword":
+        return [units.sp.piece_to_id(t) for t in toks]
+    if unit == "phone":
+        index = {p: i for i, p in enumerate(units.phone_list)}
+        return [index[t] for t in toks]
+    return [int(t) for t in toks]
+
+
+def text_ids(units, unit: str, text: str) -> list[int]:
+    """A transcript -> ids of the unit, converted the way the LM text was."""
+    return units.encode(text, unit)
+
+
+def _batches(seqs: list[list[int]], max_tokens: int, shuffle: bool, rng: random.Random):
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    batches, cur, longest = [], [], 0
+    for i in order:
+        longest = max(longest, len(seqs[i]))
+        if cur and longest * (len(cur) + 1) > max_tokens:
+            batches.append(cur)
+            cur, longest = [], len(seqs[i])
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    if shuffle:
+        rng.shuffle(batches)
+    for b in batches:
+        lens = torch.tensor([len(seqs[i]) for i in b])
+        ids = torch.zeros(len(b), int(lens.max()), dtype=torch.long)
+        for j, i in enumerate(b):
+            ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
+        yield ids, lens
+
+
+@torch.no_grad()
+def dev_perplexity(lm: UnitLM, seqs: list[list[int]], max_tokens: int = 8000) -> float:
+    lm.eval()
+    total, count = 0.0, 0
+    torch.manual_seed(0)  # masked LMs draw their masks
+    for ids, lens in _batches(seqs, max_tokens, False, random.Random(0)):
+        n = int(lens.sum())
+        total += float(lm.loss(ids, lens)) * n
+        count += n
+    return perplexity(total / max(1, count))
+
+
+def train_lm(corpus: str | Path, unit: str, cfg: LMConfig | None = None, epochs: int = 1,
+             max_tokens: int = 6000, lr: float = 2e-3, max_sentences: int = 0, seed: int = 0,
+             show_progress: bool = True) -> dict:  # fmt: skip
+    """Train the ``unit`` LM of ``corpus``; returns its JSON metadata (with dev perplexity)."""
+    from speechdistill.data.corpus import load_split
+    from speechdistill.units.inventory import Units
+
+    cfg = cfg or LMConfig()
+    corpus = Path(corpus)
+    units = Units(corpus / "units")
+    text = corpus / "units" / f"lm_text.{unit}.txt"
+    if not text.exists():
+        raise FileNotFoundError(f"{text} is missing: run `speechdistill units build {corpus}`")
+    lines = text.read_text().splitlines()
+    if max_sentences:
+        lines = lines[:max_sentences]
+    seqs = [s for s in (unit_ids(units, unit, line)[: cfg.max_len] for line in lines) if s]
+    dev = [text_ids(units, unit, c.supervisions[0].text)[: cfg.max_len] for c in load_split(corpus, "dev")]
+    torch.manual_seed(seed)
+    lm = UnitLM(cfg, units.vocab_size(unit))
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
+    rng = random.Random(seed)
+    start = time.time()
+    history = []
+    for epoch in range(epochs):
+        lm.train()
+        n_batches = sum(1 for _ in _batches(seqs, max_tokens, False, rng))
+        for ids, lens in progress(_batches(seqs, max_tokens, True, rng), total=n_batches,
+                                  desc=f"{unit} LM epoch {epoch}", enable=show_progress):  # fmt: skip
+            loss = lm.loss(ids, lens)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+            opt.step()
+        ppl = dev_perplexity(lm, dev)
+        history.append({"epoch": epoch, "dev_perplexity": round(ppl, 3)})
+        log.info("%s LM (%s) epoch %d: dev perplexity %.2f", unit, cfg.arch, epoch, ppl)
+    meta = {"kind": "unit-lm", "unit": unit, "config": asdict(cfg), "vocab_size": units.vocab_size(unit),
+            "dev_perplexity": history[-1]["dev_perplexity"], "history": history,
+            "train_sentences": len(seqs), "train_tokens": sum(map(len, seqs)),
+            "train_seconds": round(time.time() - start, 1), "epochs": epochs, "lr": lr}  # fmt: skip
+    save_checkpoint(corpus / "lm" / unit, {f"lm.{k}": v for k, v in lm.state_dict().items()}, meta)
+    return meta
+
+
+def load_lm(prefix: str | Path) -> tuple[UnitLM, dict]:
+    from speechdistill.checkpoint import CheckpointError
+
+    tensors, meta = load_checkpoint(prefix)
+    if meta.get("kind") != "unit-lm":
+        raise CheckpointError(f"{prefix} is not a unit LM checkpoint (kind={meta.get('kind')!r})")
+    lm = UnitLM(LMConfig(**meta["config"]), meta["vocab_size"])
+    load_model_state(lm, tensors, "lm.", prefix)
+    return lm.eval(), meta
