@@ -100,3 +100,16 @@ def test_config_errors_name_the_key():
         from_dict(TrainConfig, {"model": {"encoder": {"preset": None, "num_blocks": -2}}})
     with pytest.raises(ConfigError, match="valid presets: xs, s, m, l"):
         from_dict(TrainConfig, {"model": {"encoder": {"preset": "huge"}}})
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    from speechdistill.config import load_config
+    from speechdistill.train import TrainConfig
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = load_config(TrainConfig, path)
+        assert cfg.name == path.stem

@@ -137,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     te.add_argument("--temperature", type=float, default=3.0)
     te.add_argument("--lm", type=Path, default=None, help="LM checkpoint (default: CORPUS/lm/UNIT)")
 
+    ab = sub.add_parser("ablate", formatter_class=_Formatter, help="run every variant x seed; write the table",
+                        description="  speechdistill ablate configs/ablation.yaml --seeds 3\n"
+                        "Finished runs are not run again.")  # fmt: skip
+    ab.add_argument("ablation", type=Path, help="ablation YAML (base config + variants)")
+    ab.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    ab.add_argument("--seeds", type=int, default=3)
+
     tr = sub.add_parser("train", formatter_class=_Formatter, help="train an acoustic model",
                         description="Train from a YAML config with dotted overrides.\n\n"
                         "  speechdistill train configs/baseline.yaml optim.lr=1e-3 out_dir=exp/b2\n"
@@ -184,6 +191,11 @@ def _run(args: argparse.Namespace) -> None:
 
         summary = train(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)
         console.print_json(data=summary)
+    elif args.command == "ablate":
+        from speechdistill.ablate import ablate, load_ablation
+
+        ablate(args.ablation, args.seeds, args.overrides)
+        console.print((Path(load_ablation(args.ablation).out_dir) / "results.md").read_text())
     elif args.command == "lm":
         from speechdistill.teachers.lm import LMConfig
         from speechdistill.teachers.lm_train import train_lm

@@ -1,0 +1,47 @@
+"""The ablation command: a tiny real ablation that resumes, and the table's arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from speechdistill.ablate import ablate
+from speechdistill.report import summarize
+
+
+def test_summary_mean_std_and_relative_change():
+    results = [
+        {"variant": "baseline", "seed": 0, "params": 10, "train_seconds": 60, "dev_wer": 10.0, "test_wer": 20.0, "dev_per": 5.0, "test_per": 6.0},
+        {"variant": "baseline", "seed": 1, "params": 10, "train_seconds": 120, "dev_wer": 14.0, "test_wer": 22.0, "dev_per": 5.0, "test_per": 6.0},
+        {"variant": "hier", "seed": 0, "params": 10, "train_seconds": 60, "dev_wer": 9.0, "test_wer": 18.9, "dev_per": 4.0, "test_per": 5.0},
+    ]
+    rows = {r["variant"]: r for r in summarize(results, "baseline")}
+    assert rows["baseline"]["dev_wer_mean"] == pytest.approx(12.0)
+    assert rows["baseline"]["dev_wer_std"] == pytest.approx(2.8284271, rel=1e-6)  # sample std
+    assert rows["baseline"]["train_minutes"] == 1.5
+    assert rows["hier"]["test_wer_rel"] == pytest.approx(100 * (18.9 - 21.0) / 21.0)
+    assert rows["baseline"]["test_wer_rel"] == 0.0
+
+
+def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "name": "base", "progress": False, "data": {"corpus": str(tiny_units.parent), "max_duration": 30.0},
+        "model": {"encoder": {"preset": None, "num_blocks": 2, "d_model": 32, "num_heads": 2, "ff_dim": 64}},
+        "optim": {"max_steps": 3, "warmup_steps": 1},
+    }))
+    spec = tmp_path / "ablation.yaml"
+    spec.write_text(yaml.safe_dump({
+        "base": str(base), "out_dir": str(tmp_path / "abl"), "baseline": "baseline",
+        "variants": {"baseline": [], "senone_tap": ["model.taps=[{layer: 1, unit: senone}]"]},
+    }))
+    results = ablate(spec, seeds=2)
+    assert [(r["variant"], r["seed"]) for r in results] == [
+        ("baseline", 0), ("baseline", 1), ("senone_tap", 0), ("senone_tap", 1)]
+    table = (tmp_path / "abl" / "results.md").read_text()
+    assert "| senone_tap | 2 |" in table and (tmp_path / "abl" / "results.png").stat().st_size > 1000
+    assert len((tmp_path / "abl" / "results.csv").read_text().splitlines()) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").glob("*/seed*/result.json")}
+    assert len(stamps) == 4
+    assert ablate(spec, seeds=2) == results  # resumed: nothing is run again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
