@@ -45,3 +45,17 @@ def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):
     assert len(stamps) == 4
     assert ablate(spec, seeds=2) == results  # resumed: nothing is run again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_shipped_ablation_variants_all_build_configs():
+    from pathlib import Path
+
+    from speechdistill.ablate import load_ablation, run_config
+
+    root = Path(__file__).parent.parent
+    abl = load_ablation(root / "configs" / "ablation.yaml")
+    abl.base = str(root / abl.base)
+    for variant in abl.variants:
+        cfg = run_config(abl, variant, seed=1)
+        assert cfg.seed == 1 and cfg.out_dir.endswith(f"{variant}/seed1")
+    assert len(run_config(abl, "hier", 0).model.taps) == 3

@@ -147,3 +147,45 @@ def test_hierarchical_taps_and_interpolation_train_end_to_end(tiny_units, tmp_pa
     weights = [float(r[2]) for r in rows if r[1] == "interp_weight"]
     assert weights == pytest.approx([0.0, 0.075, 0.15, 0.225])  # w * step / ramp_steps, before each update
     assert all(math.isfinite(float(r[2])) for r in rows)
+
+
+def test_hugging_face_subword_teacher_from_a_local_directory(tiny_units, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from speechdistill.teachers.lm_train import load_teacher
+    from speechdistill.units.inventory import Units
+
+    units = Units(tiny_units)
+    V = units.vocab_size("subword")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=V + 1, n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                               bos_token_id=V, eos_token_id=V)).save_pretrained(tmp_path / "hf")
+    teacher, meta = load_teacher(tmp_path / "hf", "subword", units)
+    ids = torch.tensor([[5, 9, 17, 3]])
+    logits = teacher.position_logits(ids)
+    assert logits.shape == (1, 4, V) and meta["kind"] == "hf"
+    changed = ids.clone()
+    changed[0, 3] = 40
+    torch.testing.assert_close(teacher.position_logits(changed), logits)  # causal: position 3 ignores itself
+    with pytest.raises(ValueError, match="teach subwords only"):
+        load_teacher(tmp_path / "hf", "phone", units)
+    GPT2LMHeadModel(GPT2Config(vocab_size=V - 5, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "small")
+    with pytest.raises(ValueError, match="must hold the .* SentencePiece ids"):
+        load_teacher(tmp_path / "small", "subword", units)
+    meta = build_cache(tiny_units.parent, "subword", k=4, temperature=1.0, lm_prefix=tmp_path / "hf",
+                       show_progress=False)
+    assert meta["utterances"] == 64
+
+
+def test_interpolation_loss_is_ce_to_the_interpolated_target():
+    # (1 - w) CE(one_hot) + w CE(p_LM) == CE((1 - w) one_hot + w p_LM): the identity behind
+    # training the main output with (1 - w) CTC + w CE(p_LM) on its Viterbi frames.
+    torch.manual_seed(0)
+    log_q = torch.randn(3, 6).log_softmax(-1)
+    hard = torch.tensor([1, 4, 0])
+    values = torch.tensor([[0.6, 0.4], [0.5, 0.5], [0.9, 0.1]])
+    indices = torch.tensor([[1, 2], [3, 4], [5, 0]])
+    w = 0.3
+    target = interpolated_target(hard, values, indices, 6, w)
+    lhs = (1 - w) * -log_q.gather(1, hard[:, None]).squeeze(1) + w * -(values * log_q.gather(1, indices)).sum(1)
+    torch.testing.assert_close(-(target * log_q).sum(1), lhs)

@@ -78,3 +78,15 @@ def test_word_spans_from_edit_distance_alignment():
     phones[2] = A("AH", 0.2, 0.1)
     words = align_words(["THE", "OH", "CAT"], [["DH", "AH"], ["OW"], ["K", "AE", "T", "S"]], phones)
     assert words == [A("THE", 0.1, 0.2), A("OH", 0.3, 0.0), A("CAT", 0.3, 0.4)]
+
+
+def test_g2p_of_random_letter_strings_always_maps():
+    # Decoded hypotheses can be any string of subword pieces; scoring pronounces them.
+    import random
+
+    from speechdistill.units.lexicon import Lexicon
+
+    lex, rng = Lexicon(), random.Random(0)
+    for _ in range(3000):
+        word = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rng.randint(1, 9)))
+        assert set(lex.pronounce(word)) <= set(ARPABET)

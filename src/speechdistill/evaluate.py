@@ -51,14 +51,16 @@ def decode_cuts(model, dataset, cuts, unit: str, units, max_duration: float = 20
 
 
 def _phones(text: str, units) -> str:
-    """Word text -> lexicon phones (CMUdict, else G2P); a word G2P cannot say is dropped."""
+    """Word text -> lexicon phones (CMUdict, else G2P); a word G2P cannot say is dropped
+    (hypotheses can hold any string of pieces; scoring must not stop on one)."""
     from speechdistill.units.lexicon import UnpronounceableWordError
+    from speechdistill.units.phones import UnknownPhoneError
 
     out = []
     for w in text.split():
         try:
             out += units.lexicon.pronounce(w)
-        except UnpronounceableWordError:
+        except (UnpronounceableWordError, UnknownPhoneError):
             continue
     return " ".join(out)
 

@@ -89,7 +89,9 @@ class InterpConfig:
     """Label interpolation on the main output (Bai et al. 2019; Futami et al. 2020):
     on the frames of the Viterbi CTC path, the main output is also trained towards the
     LM's soft label: L_main = (1 - w) * L_ctc + w * CE(p_LM, main), w ramped linearly
-    from 0 over ``ramp_steps`` (0: no ramp)."""
+    from 0 over ``ramp_steps`` (0: no ramp). On those frames CTC acts as CE to the
+    one-hot label, so the effective target is (1 - w) one_hot + w p_LM
+    (``losses.interpolated_target``; the identity is tested)."""
 
     enabled: bool = False
     weight: float = 0.3

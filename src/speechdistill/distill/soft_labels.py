@@ -42,7 +42,13 @@ class StaleCacheError(ValueError):
 
 def fingerprint(lm_prefix: str | Path, units_dir: str | Path, unit: str, k: int, temperature: float) -> str:
     h = hashlib.sha256()
-    h.update(Path(f"{lm_prefix}.safetensors").read_bytes())
+    lm_prefix = Path(lm_prefix)
+    if lm_prefix.is_dir():  # a Hugging Face model directory: every file in it
+        for f in sorted(p for p in lm_prefix.rglob("*") if p.is_file()):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    else:
+        h.update(Path(f"{lm_prefix}.safetensors").read_bytes())
     for name in UNIT_FILES:
         h.update((Path(units_dir) / name).read_bytes())
     h.update(f"{unit}|{k}|{temperature:g}".encode())
@@ -82,15 +88,15 @@ def build_cache(corpus: str | Path, unit: str, k: int = 8, temperature: float = 
                 show_progress: bool = True) -> dict:  # fmt: skip
     """Compute and write ``{corpus}/soft_labels/{unit}-k{k}-T{T}``; returns its metadata."""
     from speechdistill.data.corpus import load_split
-    from speechdistill.teachers.lm_train import load_lm
+    from speechdistill.teachers.lm_train import load_teacher
     from speechdistill.units.inventory import Units
 
     corpus = Path(corpus)
     lm_prefix = Path(lm_prefix or corpus / "lm" / unit)
-    lm, lm_meta = load_lm(lm_prefix)
+    units = Units(corpus / "units")
+    lm, lm_meta = load_teacher(lm_prefix, unit, units)
     if lm_meta["unit"] != unit:
         raise ValueError(f"{lm_prefix} is a {lm_meta['unit']} LM, not a {unit} LM")
-    units = Units(corpus / "units")
     tensors: dict[str, torch.Tensor] = {}
     cuts = load_split(corpus, split)
     positions = 0

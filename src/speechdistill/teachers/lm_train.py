@@ -128,3 +128,40 @@ def load_lm(prefix: str | Path) -> tuple[UnitLM, dict]:
     lm = UnitLM(LMConfig(**meta["config"]), meta["vocab_size"])
     load_model_state(lm, tensors, "lm.", prefix)
     return lm.eval(), meta
+
+
+class HFCausalLMTeacher(torch.nn.Module):
+    """A user's own subword LM in Hugging Face format (a local directory loaded with
+    ``AutoModelForCausalLM``, never from the hub). Its token ids must be the corpus's
+    SentencePiece ids, with one extra id (``vocab_size`` of the SentencePiece model, or
+    the config's ``bos_token_id``) used as beginning of sentence."""
+
+    def __init__(self, directory: str | Path, vocab_size: int):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True).eval()
+        n = self.model.config.vocab_size
+        if n < vocab_size + 1:
+            raise ValueError(f"{directory}: the LM's vocabulary ({n}) must hold the {vocab_size} "
+                             "SentencePiece ids of the corpus plus a BOS id")  # fmt: skip
+        bos = self.model.config.bos_token_id
+        self.bos = bos if bos is not None and bos >= vocab_size else vocab_size
+        self.vocab_size = vocab_size
+
+    @torch.no_grad()
+    def position_logits(self, ids: torch.Tensor, lens: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, U) -> (N, U, V) next-piece logits over the corpus's pieces only."""
+        bos = torch.full((ids.shape[0], 1), self.bos, dtype=ids.dtype)
+        x = torch.cat([bos, ids[:, :-1]], dim=1)
+        return self.model(input_ids=x).logits[..., : self.vocab_size]
+
+
+def load_teacher(path: str | Path, unit: str, units) -> tuple[torch.nn.Module, dict]:
+    """A unit LM checkpoint prefix, or (subwords only) a Hugging Face model directory."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").exists():
+        if unit != "subword":
+            raise ValueError(f"{path}: Hugging Face LMs can teach subwords only, not {unit}")
+        return HFCausalLMTeacher(path, units.vocab_size("subword")), {"unit": "subword", "kind": "hf"}
+    return load_lm(path)

@@ -38,9 +38,9 @@ ESPEAK_TO_ARPABET: dict[str, str] = {
     "S": "SH", "Z": "ZH", "h": "HH",
     # nasals, liquids, glides (syllabic forms keep their consonant)
     "m": "M", "m-": "M", "n": "N", "n-": "N", "N": "NG",
-    "l": "L", "l-": "L", "@L": "L", "r": "R", "r-": "R", "w": "W", "w#": "W", "j": "Y",
+    "l": "L", "l-": "L", "l#": "L", "@L": "L", "r": "R", "r-": "R", "w": "W", "w#": "W", "j": "Y",
     # vowels
-    "a": "AE", "a#": "AE", "aa": "AA", "A:": "AA", "A@": "AA", "A#": "AA", "0": "AA",
+    "a": "AE", "a#": "AE", "a:": "AE", "a#:": "AE", "aa": "AA", "A:": "AA", "A@": "AA", "A#": "AA", "0": "AA",
     "O:": "AO", "O@": "AO", "O2": "AO", "o@": "AO", "O": "AO", "OI": "OY",
     "oU": "OW", "o": "OW", "@": "AH", "@2": "AH", "@5": "AH", "@-": "AH", "V": "AH",
     "3": "ER", "3:": "ER", "VR": "ER", "IR": "ER", "@r": "ER",
