@@ -26,6 +26,13 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+def _import_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="corpus directory to write")
+    p.add_argument("--split", choices=("train", "dev", "test"), default="train")
+    p.add_argument("--check-samples", action=argparse.BooleanOptionalAction, default=True,
+                   help="read every file to detect NaN samples (slower)")  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="speechdistill", formatter_class=_Formatter,
@@ -56,20 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="import a Kaldi data dir (wav.scp, text, [utt2spk], [segments])",
                         description="  speechdistill corpus import-kaldi data/train --out data/mine --split train")  # fmt: skip
     k.add_argument("data_dir", type=Path)
-    k.add_argument("--out", type=Path, required=True)
-    k.add_argument("--split", choices=("train", "dev", "test"), default="train")
-    k.add_argument("--check-samples", action=argparse.BooleanOptionalAction, default=True,
-                   help="read every file to detect NaN samples (slower)")  # fmt: skip
+    _import_options(k)
 
     m = csub.add_parser("import-lhotse", formatter_class=_Formatter,
                         help="import lhotse recording + supervision manifests",
                         description="  speechdistill corpus import-lhotse rec.jsonl.gz sup.jsonl.gz --out data/mine")  # fmt: skip
     m.add_argument("recordings", type=Path)
     m.add_argument("supervisions", type=Path)
-    m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--split", choices=("train", "dev", "test"), default="train")
-    m.add_argument("--check-samples", action=argparse.BooleanOptionalAction, default=True,
-                   help="read every file to detect NaN samples (slower)")  # fmt: skip
+    _import_options(m)
 
     ls = csub.add_parser("import-librispeech", formatter_class=_Formatter,
                          help="LibriSpeech from local files (lhotse's recipe)",
