@@ -10,7 +10,10 @@ import pytest
 
 def manifest_hash(corpus: Path) -> str:
     h = hashlib.sha256()
-    for path in sorted(corpus.glob("*.jsonl")) + [corpus / "lm_text.txt"]:
+    # The corpus build's own manifests (later steps add *_cuts.jsonl beside them).
+    paths = sorted(corpus.glob("*_recordings.jsonl")) + sorted(corpus.glob("*_supervisions.jsonl"))
+    assert len(paths) == 6
+    for path in paths + [corpus / "lm_text.txt"]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()

@@ -62,6 +62,22 @@ def export(ckpt: str | Path, out: str | Path, torchscript: bool = True, onnx: bo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
+    # PyTorch's fused attention fast path (used in eval under no_grad) has no ONNX
+    # export and bakes shapes into traces: export the plain path.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _export(model, out, torchscript, onnx, written)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    atomic_write_text(out / "model.json", json.dumps({
+        "checkpoint": str(ckpt), "main_unit": cfg.model.main_unit, "vocab": vocab,
+        "frame_shift": cfg.model.encoder.frame_shift, "inputs": "feats (N,T,80) fbank, feat_lens (N,)",
+        "outputs": "log_probs (N,T',V) CTC, blank=0; out_lens (N,)"}, indent=1) + "\n")  # fmt: skip
+    return written
+
+
+def _export(model, out: Path, torchscript: bool, onnx: bool, written: dict) -> None:
     with torch.no_grad():
         if torchscript:
             feats, lens = _example()
@@ -74,8 +90,3 @@ def export(ckpt: str | Path, out: str | Path, torchscript: bool = True, onnx: bo
             err = export_onnx(model, out / "model.onnx")
             written["onnx"] = out / "model.onnx"
             written["onnx_max_abs_diff"] = f"{err:.2e}"
-    atomic_write_text(out / "model.json", json.dumps({
-        "checkpoint": str(ckpt), "main_unit": cfg.model.main_unit, "vocab": vocab,
-        "frame_shift": cfg.model.encoder.frame_shift, "inputs": "feats (N,T,80) fbank, feat_lens (N,)",
-        "outputs": "log_probs (N,T',V) CTC, blank=0; out_lens (N,)"}, indent=1) + "\n")  # fmt: skip
-    return written

@@ -111,6 +111,27 @@ def sinusoidal(T: int, C: int, device) -> torch.Tensor:
     return pe  # (T, C)
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over unpadded keys (PyTorch's scaled dot product).
+    Written out rather than ``nn.MultiheadAttention`` because the latter's fused
+    inference path cannot be exported to ONNX and its reshapes bake in the traced
+    length; here every reshape keeps the time axis free (-1)."""
+
+    def __init__(self, d: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.h, self.dropout = num_heads, dropout
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """(N, T, C), pad (N, T) -> (N, T, C)"""
+        N, _, C = x.shape
+        q, k, v = self.qkv(x).view(N, -1, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, C/h)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :],
+                                           dropout_p=self.dropout if self.training else 0.0)  # fmt: skip
+        return self.out(y.transpose(1, 2).reshape(N, -1, C))  # (N, T, C)
+
+
 class FeedForward(nn.Sequential):
     def __init__(self, d: int, ff: int, dropout: float):
         super().__init__(nn.LayerNorm(d), nn.Linear(d, ff), nn.SiLU(), nn.Dropout(dropout),
@@ -144,7 +165,7 @@ class ConformerBlock(nn.Module):
         d = cfg.d_model
         self.ff1 = FeedForward(d, cfg.ff_dim, cfg.dropout)
         self.attn_norm = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.attn = SelfAttention(d, cfg.num_heads, cfg.dropout)
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.conv = ConvModule(d, cfg.conv_kernel, cfg.dropout)
         self.ff2 = FeedForward(d, cfg.ff_dim, cfg.dropout)
@@ -153,20 +174,25 @@ class ConformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         x = x + 0.5 * self.ff1(x)
         q = self.attn_norm(x)
-        x = x + self.attn_dropout(self.attn(q, q, q, key_padding_mask=pad, need_weights=False)[0])
+        x = x + self.attn_dropout(self.attn(q, pad))
         x = x + self.conv(x, pad)
         x = x + 0.5 * self.ff2(x)
         return self.out_norm(x).masked_fill(pad[..., None], 0.0)
 
 
 class TransformerBlock(nn.Module):
+    """Pre-LayerNorm Transformer encoder block (Vaswani et al. 2017; Xiong et al. 2020)."""
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.ff_dim, cfg.dropout,
-                                                batch_first=True, norm_first=True)  # fmt: skip
+        self.attn_norm = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg.d_model, cfg.num_heads, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        return self.layer(x, src_key_padding_mask=pad).masked_fill(pad[..., None], 0.0)
+        x = x + self.dropout(self.attn(self.attn_norm(x), pad))
+        return (x + self.ff(x)).masked_fill(pad[..., None], 0.0)
 
 
 class BLSTMBlock(nn.Module):
