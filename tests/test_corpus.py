@@ -136,3 +136,12 @@ def test_build_from_a_user_text_file(tmp_path):
     assert summary["text_source"] == str(text) and summary["skipped"] == {}
     assert summary["splits"]["train"]["utterances"] == 64
     assert summary["lm_text"]["sentences"] == 400 - 96
+
+
+@pytest.mark.slow
+def test_small_preset_builds_three_hours_with_twelve_voices(tmp_path):
+    summary = build_corpus("small", tmp_path / "small", show_progress=False)
+    hours = sum(s["hours"] for s in summary["splits"].values())
+    voices = sum(s["voices"] for s in summary["splits"].values())
+    assert hours >= 3.0 and voices >= 12 and summary["skipped"] == {}
+    assert summary["lm_text"]["ratio_to_train_words"] >= 10
