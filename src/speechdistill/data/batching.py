@@ -67,7 +67,6 @@ class AsrDataset(torch.utils.data.Dataset):
         self.frames_fn = frames_fn
         self.frame_shift = frame_shift
         self.fbank = FbankExtractor() if on_the_fly else None
-        self.phone_index = {p: i for i, p in enumerate(units.phone_list)}
         self.seq_units = {main_unit} | {t.unit for t in self.taps if t.kind == "ctc"}
         self.caches = caches or {}
 
@@ -79,7 +78,7 @@ class AsrDataset(torch.utils.data.Dataset):
             return [i + 1 for i in self.units.sp.encode(sup.text)]
         ali = (sup.alignment or {}).get("phone")
         phones = [a.symbol for a in ali if a.symbol != SIL] if ali else self.units.phones(sup.text)
-        return [self.phone_index[p] for p in phones]
+        return [self.units.phone_index[p] for p in phones]
 
     def frame_labels(self, cut, unit: str, T: int) -> np.ndarray:
         sup = cut.supervisions[0]
@@ -91,7 +90,7 @@ class AsrDataset(torch.utils.data.Dataset):
         if unit == "senone":
             return self.units.tree.frame_labels(phones, self.frame_shift, T)
         if unit == "phone":
-            spans = [(a.start, a.duration, self.phone_index[a.symbol]) for a in phones]
+            spans = [(a.start, a.duration, self.units.phone_index[a.symbol]) for a in phones]
         else:
             pieces = subword_alignment(ali["word"], self.units.sp)
             spans = [(a.start, a.duration, self.units.sp.piece_to_id(a.symbol) + 1) for a in pieces]
@@ -134,9 +133,6 @@ class AsrDataset(torch.utils.data.Dataset):
         mask = torch.zeros(N, T, dtype=torch.bool)
         offset = 1 if unit == "subword" else 0  # frame subword classes: 0 = outside a word
         for i, (cut, t) in enumerate(zip(cuts, T_out, strict=True)):
-            if cut.id not in cache:
-                raise KeyError(f"utterance {cut.id} is not in soft-label cache {cache.meta['unit']}; "
-                               "rebuild it with `speechdistill teach`")  # fmt: skip
             v, ix, m = cache.frames(cut.id, self.frame_shift, t)
             values[i, :t], indices[i, :t], mask[i, :t] = v, ix + offset * m[:, None], m
         return values, indices, mask
@@ -145,15 +141,12 @@ class AsrDataset(torch.utils.data.Dataset):
         k, N = cache.k, len(cuts)
         values, indices = torch.zeros(N, U, k), torch.zeros(N, U, k, dtype=torch.long)
         for i, cut in enumerate(cuts):
-            if cut.id not in cache:
-                raise KeyError(f"utterance {cut.id} is not in soft-label cache {cache.meta['unit']}; "
-                               "rebuild it with `speechdistill teach`")  # fmt: skip
-            v = cache.tensors[f"{cut.id}/values"].float()
+            v, ix = cache.positions(cut.id)
             if len(v) != len(self.sequence(cut, self.main_unit)):
                 raise ValueError(f"utterance {cut.id}: the soft-label cache has {len(v)} positions but "
                                  "the transcript has a different number of units; rebuild the cache")  # fmt: skip
             values[i, : len(v)] = v
-            indices[i, : len(v)] = cache.tensors[f"{cut.id}/indices"].long()
+            indices[i, : len(v)] = ix
         return values, indices
 
 

@@ -65,8 +65,7 @@ def reference_positions(cut, unit: str, units) -> tuple[list[int], list[tuple[fl
         return [units.sp.piece_to_id(a.symbol) for a in pieces], [(a.start, a.duration) for a in pieces]
     phones = [a for a in ali["phone"] if a.symbol != SIL]
     if unit == "phone":
-        index = {p: i for i, p in enumerate(units.phone_list)}
-        return [index[a.symbol] for a in phones], [(a.start, a.duration) for a in phones]
+        return [units.phone_index[a.symbol] for a in phones], [(a.start, a.duration) for a in phones]
     S = units.tree.states_per_phone
     ids = units.tree.sequence([a.symbol for a in phones])  # same convention as the LM text
     spans = [s for a in phones for s in split_span(a.start, a.duration, [1] * S)]
@@ -144,10 +143,16 @@ class SoftLabelCache:
     def __contains__(self, utt: str) -> bool:
         return f"{utt}/values" in self.tensors
 
+    def positions(self, utt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (P, k) float32 probabilities, (P, k) int64 unit ids, one row per position."""
+        if utt not in self:
+            raise KeyError(f"utterance {utt} is not in soft-label cache {self.meta['unit']}; "
+                           "rebuild it with `speechdistill teach`")  # fmt: skip
+        return self.tensors[f"{utt}/values"].float(), self.tensors[f"{utt}/indices"].long()
+
     def frames(self, utt: str, frame_shift: float, num_frames: int):
         """-> (T, k) float32 probabilities, (T, k) int64 unit ids, (T,) bool mask."""
-        values = self.tensors[f"{utt}/values"].float()
-        indices = self.tensors[f"{utt}/indices"].long()
+        values, indices = self.positions(utt)
         owner = torch.from_numpy(spread_to_frames(self.tensors[f"{utt}/spans"].numpy(), frame_shift, num_frames))
         mask = owner >= 0
         idx = owner.clamp(min=0)

@@ -31,14 +31,8 @@ def unit_ids(units, unit: str, line: str) -> list[int]:
     if unit == "subword":
         return [units.sp.piece_to_id(t) for t in toks]
     if unit == "phone":
-        index = {p: i for i, p in enumerate(units.phone_list)}
-        return [index[t] for t in toks]
+        return [units.phone_index[t] for t in toks]
     return [int(t) for t in toks]
-
-
-def text_ids(units, unit: str, text: str) -> list[int]:
-    """A transcript -> ids of the unit, converted the way the LM text was."""
-    return units.encode(text, unit)
 
 
 def _batches(seqs: list[list[int]], max_tokens: int, shuffle: bool, rng: random.Random):
@@ -91,7 +85,8 @@ def train_lm(corpus: str | Path, unit: str, cfg: LMConfig | None = None, epochs:
     if max_sentences:
         lines = lines[:max_sentences]
     seqs = [s for s in (unit_ids(units, unit, line)[: cfg.max_len] for line in lines) if s]
-    dev = [text_ids(units, unit, c.supervisions[0].text)[: cfg.max_len] for c in load_split(corpus, "dev")]
+    # dev transcripts, converted the way the LM text was
+    dev = [units.encode(c.supervisions[0].text, unit)[: cfg.max_len] for c in load_split(corpus, "dev")]
     torch.manual_seed(seed)
     lm = UnitLM(cfg, units.vocab_size(unit))
     opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)

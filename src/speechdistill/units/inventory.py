@@ -58,6 +58,7 @@ class Units:
         self.info = json.loads((root / "units.json").read_text())
         self.sp = load_subword_model(root / "subword.model")
         self.phone_list = (root / "phones.txt").read_text().split()
+        self.phone_index = {p: i for i, p in enumerate(self.phone_list)}
         self.lexicon = Lexicon(g2p=self.info["config"]["g2p"])
         for line in (root / "lexicon.txt").read_text().splitlines():
             word, phones = line.split("\t")
@@ -94,8 +95,7 @@ class Units:
         if unit == "subword":
             return self.sp.encode(text)
         if unit == "phone":
-            index = {p: i for i, p in enumerate(self.phone_list)}
-            return [index[p] for p in self.phones(text)]
+            return [self.phone_index[p] for p in self.phones(text)]
         if unit == "senone":
             return self.senones(text)
         raise ValueError(f"unknown unit {unit!r}; valid: {', '.join(UNITS)}")
