@@ -161,3 +161,15 @@ def test_nan_loss_stops_with_step_and_utterances(trained, tiny_units, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 0 .*on utterances \['espeak-"):
         trainer.forward_backward(batch)
     assert not (tmp_path / "nan" / "last.safetensors").exists(), "nothing is saved from a NaN step"
+
+
+def test_learning_rate_schedules_hand_computed():
+    from speechdistill.train import lr_lambda
+
+    noam = lr_lambda(4)
+    assert [noam(s) for s in (0, 2, 3, 15)] == pytest.approx([0.25, 0.75, 1.0, 0.5])
+    # warmup 4 steps, then a straight line from 1 (step 4) to 0.1 (step 12), held after
+    lin = lr_lambda(4, "linear", total_steps=12, final=0.1)
+    assert [lin(s) for s in (0, 3, 7, 11, 30)] == pytest.approx([0.25, 1.0, 0.55, 0.1, 0.1])
+    with pytest.raises(ValueError, match="schedule must be"):
+        from_dict(TrainConfig, {"optim": {"schedule": "cosine"}})

@@ -90,11 +90,14 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
     return result
 
 
-def ablate(path: str | Path, seeds: int = 3, extra: list[str] = ()) -> list[dict]:
-    """Run (or resume) every variant with seeds 0..seeds-1; write the report."""
+def ablate(path: str | Path, seeds: int = 3, extra: list[str] = (), out_dir: str | Path | None = None) -> list[dict]:
+    """Run (or resume) every variant with seeds 0..seeds-1; write the report (into
+    ``out_dir`` when given, else the ablation file's)."""
     from speechdistill.report import write_report
 
     abl = load_ablation(path)
+    if out_dir is not None:
+        abl.out_dir = str(out_dir)
     for variant in abl.variants:  # check every config before any work starts
         run_config(abl, variant, 0, extra)
     results = []

@@ -145,6 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("overrides", nargs="*", help="key=value applied to every run")
     ab.add_argument("--seeds", type=int, default=3)
 
+    de = sub.add_parser("demo", formatter_class=_Formatter, help="the whole distillation study on the built-in corpus",
+                        description="  speechdistill demo            # what `make demo` runs (about 40 min on 2 cores)\n"
+                        "  speechdistill demo --quick    # 1 seed, 2 epochs: a first look\n"
+                        "Builds what is missing (corpus, features, units, LMs, soft labels), then runs\n"
+                        "configs/demo.yaml (baseline, interp, aux, hier) and prints the table.")  # fmt: skip
+    de.add_argument("--corpus", type=Path, default=Path("data/small"))
+    de.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, LMs on part of the text")
+    de.add_argument("--seeds", type=int, default=None, help="seeds per method (default 2; 1 with --quick)")
+
     tr = sub.add_parser("train", formatter_class=_Formatter, help="train an acoustic model",
                         description="Train from a YAML config with dotted overrides.\n\n"
                         "  speechdistill train configs/baseline.yaml optim.lr=1e-3 out_dir=exp/b2\n"
@@ -197,6 +206,10 @@ def _run(args: argparse.Namespace) -> None:
 
         ablate(args.ablation, args.seeds, args.overrides)
         console.print((Path(load_ablation(args.ablation).out_dir) / "results.md").read_text())
+    elif args.command == "demo":
+        from speechdistill.demo import run_demo
+
+        console.print(run_demo(args.corpus, args.quick, args.seeds).read_text())
     elif args.command == "lm":
         from speechdistill.teachers.lm import LMConfig
         from speechdistill.teachers.lm_train import train_lm

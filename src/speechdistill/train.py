@@ -69,10 +69,18 @@ class OptimConfig:
     max_epochs: int = 30
     max_steps: int = 0  # 0: no limit
     early_stop_patience: int = 4  # epochs without a better dev error rate
+    # noam: warmup then lr * sqrt(warmup / step); linear: warmup then a straight line down to
+    # final_lr_ratio * lr at the last step of max_epochs (better when the budget is short)
+    schedule: str = "noam"
+    final_lr_ratio: float = 0.05
 
     def __post_init__(self):
         if self.lr <= 0 or self.accumulate < 1 or self.max_epochs < 1 or self.warmup_steps < 0:
             raise ValueError("lr must be > 0, accumulate >= 1, max_epochs >= 1, warmup_steps >= 0")
+        if self.schedule not in ("noam", "linear"):
+            raise ValueError(f"schedule must be 'noam' or 'linear', not {self.schedule!r}")
+        if not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise ValueError("final_lr_ratio must be in [0, 1]")
 
 
 @dataclass
@@ -213,12 +221,19 @@ def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[
     return total, terms, {"skipped": skipped}
 
 
-def lr_lambda(warmup: int):
-    """Linear warmup to 1, then inverse square root decay (Vaswani et al. 2017)."""
+def lr_lambda(warmup: int, schedule: str = "noam", total_steps: int = 0, final: float = 0.05):
+    """The learning-rate factor at a step: linear warmup to 1, then either inverse square
+    root decay (``noam``, Vaswani et al. 2017) or a straight line from 1 at the end of the
+    warmup to ``final`` at ``total_steps`` (``linear``), held at ``final`` after it."""
     def f(step: int) -> float:
         step = step + 1
-        return step / warmup if step < warmup else math.sqrt(warmup / step)
-    return f if warmup > 0 else (lambda step: 1.0)
+        if step < warmup:
+            return step / warmup
+        if schedule == "noam":
+            return math.sqrt(warmup / step) if warmup > 0 else 1.0
+        span = max(1, total_steps - warmup)
+        return max(final, 1.0 - (1.0 - final) * (step - warmup) / span)
+    return f
 
 
 class _Skip(torch.utils.data.Sampler):
@@ -264,7 +279,10 @@ class Trainer:
         self._set_feature_stats()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
                                            weight_decay=cfg.optim.weight_decay)  # fmt: skip
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.warmup_steps))
+        o = cfg.optim
+        total = o.max_steps or o.max_epochs * self._batches_per_epoch() // o.accumulate
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(o.warmup_steps, o.schedule, total, o.final_lr_ratio))
         self.state = State()
         self._tb = None
         if resume and (self.out / "last.json").exists():
@@ -286,6 +304,15 @@ class Trainer:
         self.dev_dataset = dataset(None)  # soft labels exist for training utterances only
 
     # -- set-up ---------------------------------------------------------------------
+    def _batches_per_epoch(self) -> int:
+        """Batches in epoch 0 on the rank with fewest (what the linear schedule spans)."""
+        if self.cfg.optim.schedule != "linear" or self.cfg.optim.max_steps:
+            return 0
+        sampler = make_sampler(self.train_cuts, self.cfg.data.max_duration, True, self.cfg.seed,
+                               self.cfg.data.num_buckets, self.fabric.world_size, self.fabric.global_rank)  # fmt: skip
+        sampler.set_epoch(0)
+        n = torch.tensor(float(sum(1 for _ in sampler)))
+        return int(self.fabric.all_reduce(n, reduce_op="min")) if self.fabric.world_size > 1 else int(n)
     def _raw_model(self) -> AcousticModel:
         m = self.model
         while hasattr(m, "module") and not isinstance(m, AcousticModel):

@@ -224,15 +224,17 @@ class Encoder(nn.Module):
     def num_blocks(self) -> int:
         return len(self.blocks)
 
-    def extract_features(self, x: torch.Tensor, lens: torch.Tensor, num_blocks: int | None = None):
+    def extract_features(self, x: torch.Tensor, lens: torch.Tensor, num_blocks: int | None = None,
+                         with_input: bool = False):  # fmt: skip
         """(N, T, F), (N,) -> [(N, T', C)] * num_blocks, (N,): the first ``num_blocks``
-        block outputs (all by default)."""
+        block outputs (all by default); ``with_input`` puts the first block's input
+        (subsampled features + positions) in front, as index 0."""
         x, lens = self.subsampling(x, lens)
         pad = padding_mask(lens, x.shape[1])
         if self.cfg.kind != "blstm":
             x = x + sinusoidal(x.shape[1], x.shape[2], x.device)
         x = self.dropout(x).masked_fill(pad[..., None], 0.0)
-        outs = []
+        outs = [x] if with_input else []
         for block in self.blocks[: num_blocks or len(self.blocks)]:
             x = block(x, pad)
             outs.append(x)

@@ -1,0 +1,191 @@
+"""Small students of self-supervised speech teachers.
+
+* ``distilhubert`` (Chang et al. 2022): the teacher's own architecture (a Hugging Face
+  HuBERT / wav2vec 2.0 / WavLM model) cut to ``num_layers`` transformer layers (2),
+  initialised from the teacher's CNN, projection, positions and first layers, with
+  one linear prediction head per chosen teacher layer (4/8/12 of 12, scaled to the
+  teacher's depth) on its last layer. Saved so that
+  ``transformers.AutoModel.from_pretrained(dir / "hf")`` loads it.
+* ``fithubert`` (Lee et al. 2022): thin and deep; a narrow CNN, a stride-2 time
+  reduction (20 ms -> 40 ms), ``num_layers`` narrow transformer blocks, and for each
+  hinted block an up-sampling head (one linear layer to 2 x the teacher's width,
+  unfolded into 2 frames) back to the teacher's frame rate.
+
+Both are upstreams (``student(wavs, lens) -> (hidden_states, lengths)``) and always
+saved as safetensors + JSON (``kind: ssl-student``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from speechdistill.teachers.ssl import wave_mask
+
+KINDS = ("distilhubert", "fithubert")
+
+
+@dataclass
+class StudentConfig:
+    kind: str = "distilhubert"
+    num_layers: int = 2  # fithubert: 12 (thin and deep)
+    teacher_layers: list[int] = field(default_factory=list)  # [] : the default of the kind
+    # fithubert only
+    d_model: int = 96
+    num_heads: int = 4
+    ff_dim: int = 384
+    conv_dim: int = 64  # channels of every CNN layer
+    time_reduction: int = 2
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"student.kind={self.kind!r}; valid: {', '.join(KINDS)}")
+        if self.num_layers < 1:
+            raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
+        if self.time_reduction not in (1, 2):
+            raise ValueError(f"student.time_reduction must be 1 or 2, got {self.time_reduction}")
+
+    def targets(self, teacher_layers: int) -> list[int]:
+        """The teacher layers the student predicts (1-based block indices)."""
+        if self.teacher_layers:
+            bad = [i for i in self.teacher_layers if not 1 <= i <= teacher_layers]
+            if bad:
+                raise ValueError(f"student.teacher_layers {bad} are outside the teacher's 1..{teacher_layers}")
+            return list(self.teacher_layers)
+        if self.kind == "distilhubert":  # 4/8/12 of 12, scaled
+            return sorted({max(1, round(teacher_layers * f / 3)) for f in (1, 2, 3)})
+        # fithubert: student block i hints teacher block round(i * L_t / L_s)
+        return [max(1, round(i * teacher_layers / self.num_layers)) for i in range(1, self.num_layers + 1)]
+
+
+class DistilHuBERTStudent(nn.Module):
+    def __init__(self, hf_config, cfg: StudentConfig, teacher_dim: int, targets: list[int]):
+        super().__init__()
+        from transformers import AutoModel
+
+        hf_config = copy.deepcopy(hf_config)
+        hf_config.num_hidden_layers = cfg.num_layers
+        self.cfg, self.targets = cfg, targets
+        self.model = AutoModel.from_config(hf_config)
+        self.heads = nn.ModuleList(nn.Linear(hf_config.hidden_size, teacher_dim) for _ in targets)
+        self.num_layers, self.dim = cfg.num_layers, hf_config.hidden_size
+        self.frame_shift = float(torch.tensor(hf_config.conv_stride).prod()) / 16000
+
+    def init_from(self, teacher_model: nn.Module) -> list[str]:
+        """Copy every teacher tensor the student has (CNN, projection, positions, first
+        layers); returns the names copied."""
+        own = self.model.state_dict()
+        copied = {k: v for k, v in teacher_model.state_dict().items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(copied, strict=False)
+        return sorted(copied)
+
+    def forward(self, wavs, lens):
+        out = self.model(wavs, attention_mask=wave_mask(lens, wavs.shape[1]), output_hidden_states=True)
+        return list(out.hidden_states), self.model._get_feat_extract_output_lengths(lens).long()
+
+    def predict(self, wavs, lens):
+        """-> [(N, T, teacher C)] one per target layer, (N,) frame lengths (teacher rate)."""
+        states, flens = self(wavs, lens)
+        return [h(states[-1]) for h in self.heads], flens
+
+
+class FitHuBERTStudent(nn.Module):
+    def __init__(self, cfg: StudentConfig, teacher_dim: int, targets: list[int]):
+        super().__init__()
+        from transformers import HubertConfig
+        from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
+
+        from speechdistill.students.encoders import Encoder, EncoderConfig
+
+        self.cfg, self.targets = cfg, targets
+        # HuBERT's CNN (7 layers, 20 ms stride) at cfg.conv_dim channels, from transformers
+        self.cnn_config = HubertConfig(conv_dim=(cfg.conv_dim,) * 7)
+        self.cnn = HubertFeatureEncoder(self.cnn_config)
+        self.reduce = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.time_reduction, stride=cfg.time_reduction)
+        self.encoder = Encoder(EncoderConfig(kind="transformer", preset=None, num_blocks=cfg.num_layers,
+                                             d_model=cfg.d_model, num_heads=cfg.num_heads, ff_dim=cfg.ff_dim,
+                                             dropout=0.0, subsampling=1), input_dim=cfg.conv_dim)  # fmt: skip
+        self.heads = nn.ModuleList(nn.Linear(cfg.d_model, cfg.time_reduction * teacher_dim) for _ in targets)
+        self.teacher_dim = teacher_dim
+        self.num_layers, self.dim = cfg.num_layers, cfg.d_model
+        self.frame_shift = 0.02 * cfg.time_reduction
+
+    def cnn_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        for k, s in zip(self.cnn_config.conv_kernel, self.cnn_config.conv_stride, strict=True):
+            lens = torch.div(lens - k, s, rounding_mode="floor") + 1
+        return lens.clamp(min=0)
+
+    def forward(self, wavs, lens):
+        x = self.cnn(wavs)  # (N, C, T20)
+        flens = self.cnn_lengths(lens)
+        r = self.cfg.time_reduction
+        x = x[:, :, : x.shape[2] // r * r]
+        x = self.reduce(x).transpose(1, 2)  # (N, T40, C)
+        return self.encoder.extract_features(x, torch.div(flens, r, rounding_mode="floor"), with_input=True)
+
+    def predict(self, wavs, lens):
+        """-> [(N, r*T, teacher C)] one per hinted block (block i for target i), (N,) lengths."""
+        states, slens = self(wavs, lens)
+        preds = []
+        for head, h in zip(self.heads, states[1:], strict=True):
+            y = head(h)  # (N, T, r*C): each frame unfolds into r frames at the teacher's rate
+            preds.append(y.reshape(y.shape[0], -1, self.teacher_dim))
+        return preds, slens * self.cfg.time_reduction
+
+
+def build_student(cfg: StudentConfig, teacher) -> nn.Module:
+    """A student for ``teacher`` (a FrozenTeacher); distilhubert needs a HF teacher."""
+    from speechdistill.teachers.ssl import HFUpstream
+
+    targets = cfg.targets(teacher.num_layers)
+    if cfg.kind == "fithubert":
+        if len(targets) != cfg.num_layers:
+            raise ValueError(f"fithubert hints one teacher layer per student block: got {len(targets)} "
+                             f"student.teacher_layers for {cfg.num_layers} blocks")  # fmt: skip
+        return FitHuBERTStudent(cfg, teacher.dim, targets)
+    up = teacher.upstream
+    if not isinstance(up, HFUpstream):
+        raise ValueError("a distilhubert student copies its teacher's architecture, so the teacher must be "
+                         "a Hugging Face HuBERT / wav2vec 2.0 / WavLM directory; use student.kind=fithubert")  # fmt: skip
+    student = DistilHuBERTStudent(up.model.config, cfg, teacher.dim, targets)
+    student.init_from(up.model)
+    return student
+
+
+def save_student(student: nn.Module, prefix: str | Path, extra: dict | None = None) -> None:
+    """safetensors + JSON always; a distilhubert student also as a HF directory ``{prefix}.hf``."""
+    from dataclasses import asdict
+
+    from speechdistill.checkpoint import save_checkpoint
+
+    prefix = Path(prefix)
+    meta = {"kind": "ssl-student", "student": asdict(student.cfg), "targets": student.targets,
+            "teacher_dim": student.heads[0].out_features // (
+                student.cfg.time_reduction if student.cfg.kind == "fithubert" else 1)} | (extra or {})  # fmt: skip
+    if isinstance(student, DistilHuBERTStudent):
+        meta["hf_config"] = student.model.config.to_dict()
+        student.model.save_pretrained(prefix.with_suffix(".hf"))
+    save_checkpoint(prefix, {f"student.{k}": v for k, v in student.state_dict().items()}, meta)
+
+
+def load_student(prefix: str | Path) -> nn.Module:
+    from transformers import AutoConfig
+
+    from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state
+
+    tensors, meta = load_checkpoint(prefix)
+    if meta.get("kind") != "ssl-student":
+        raise CheckpointError(f"{prefix} is not an SSL student checkpoint (kind={meta.get('kind')!r})")
+    cfg = StudentConfig(**meta["student"])
+    if cfg.kind == "distilhubert":
+        hf = meta["hf_config"]
+        hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
+        student = DistilHuBERTStudent(hf_config, cfg, meta["teacher_dim"], meta["targets"])
+    else:
+        student = FitHuBERTStudent(cfg, meta["teacher_dim"], meta["targets"])
+    load_model_state(student, tensors, "student.", prefix)
+    return student.eval()

@@ -1,0 +1,132 @@
+"""Self-supervised speech models as teachers and as upstreams for probes.
+
+The contract: an upstream maps a padded batch of 16 kHz waveforms to
+``(hidden_states, lengths)``, a list of (N, T, C) tensors and the (N,) number of
+real frames, where index 0 is the pre-transformer feature (what enters the first
+block) and index i the output of block i. Teachers are frozen, in eval mode and
+run without gradients.
+
+    >>> up = load_upstream("exp/ssl/teacher")          # a HF directory or a speechdistill checkpoint
+    >>> states, lens = up(wavs, wav_lens)              # len(states) == up.num_layers + 1
+
+Implementations: Hugging Face ``HubertModel``, ``Wav2Vec2Model`` and ``WavLMModel``
+from a local directory (never the hub); speechdistill's acoustic models (fbank
+computed inside); the SSL students of :mod:`speechdistill.students.ssl`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HF_FAMILIES = ("hubert", "wav2vec2", "wavlm")
+
+
+def wave_mask(lens: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """(N,) -> (N, S) long attention mask, 1 on real samples."""
+    return (torch.arange(num_samples, device=lens.device)[None, :] < lens[:, None]).long()
+
+
+class HFUpstream(nn.Module):
+    """A Hugging Face wav2vec 2.0 / HuBERT / WavLM model. ``hidden_states[0]`` is HF's
+    first hidden state: the projected CNN features plus the convolutional positions,
+    the input of transformer layer 1."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.num_layers, self.dim = cfg.num_hidden_layers, cfg.hidden_size
+        self.frame_shift = float(torch.tensor(cfg.conv_stride).prod()) / 16000
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> HFUpstream:
+        from transformers import AutoConfig, AutoModel
+
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        if cfg.model_type not in HF_FAMILIES:
+            raise ValueError(f"{path}: model_type {cfg.model_type!r} is not a speech SSL model; "
+                             f"expected one of {', '.join(HF_FAMILIES)}")  # fmt: skip
+        return cls(AutoModel.from_pretrained(path, local_files_only=True))
+
+    def frame_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(lens).long()
+
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor, output_attentions: bool = False):
+        out = self.model(wavs, attention_mask=wave_mask(lens, wavs.shape[1]), output_hidden_states=True,
+                         output_attentions=output_attentions)  # fmt: skip
+        states = list(out.hidden_states)
+        if output_attentions:
+            return states, self.frame_lengths(lens), list(out.attentions)
+        return states, self.frame_lengths(lens)
+
+
+class AcousticModelUpstream(nn.Module):
+    """A speechdistill acoustic model (its InferenceModel): fbank of each waveform, normalised, then the
+    encoder; index 0 is the subsampled input of block 1."""
+
+    def __init__(self, model):
+        super().__init__()
+        from speechdistill.data.features import FbankExtractor
+
+        self.model = model
+        self.fbank = FbankExtractor()
+        enc = model.encoder.cfg
+        self.num_layers, self.dim = enc.num_blocks, enc.d_model
+        self.frame_shift = enc.frame_shift
+
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor):
+        feats = [torch.from_numpy(self.fbank(w[: int(n)].cpu().numpy())) for w, n in zip(wavs, lens, strict=True)]
+        feat_lens = torch.tensor([f.shape[0] for f in feats])
+        x = nn.utils.rnn.pad_sequence(feats, batch_first=True).to(wavs.device)
+        x = (x - self.model.feat_mean) / self.model.feat_std
+        return self.model.encoder.extract_features(x, feat_lens.to(wavs.device), with_input=True)
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps an upstream: eval mode for good (``train()`` is ignored), no gradients."""
+
+    def __init__(self, upstream: nn.Module):
+        super().__init__()
+        self.upstream = upstream.eval().requires_grad_(False)
+        self.num_layers, self.dim, self.frame_shift = upstream.num_layers, upstream.dim, upstream.frame_shift
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor, **kw):
+        return self.upstream(wavs, lens, **kw)
+
+
+def load_upstream(path: str | Path) -> nn.Module:
+    """A HF directory, a speechdistill SSL student or acoustic-model checkpoint prefix."""
+    from speechdistill.checkpoint import CheckpointError
+
+    path = Path(path)
+    if path.is_dir():
+        return HFUpstream.from_dir(path)
+    meta_path = path.with_suffix(".json")
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path}: neither a Hugging Face directory nor a checkpoint ({meta_path} is missing)")
+    kind = json.loads(meta_path.read_text()).get("kind")
+    if kind == "ssl-student":
+        from speechdistill.students.ssl import load_student
+
+        return load_student(path)
+    if kind == "acoustic-model":
+        from speechdistill.evaluate import load_inference_model
+
+        return AcousticModelUpstream(load_inference_model(path)[0])
+    raise CheckpointError(f"{path} is a {kind!r} checkpoint; an upstream is an SSL model, an SSL "
+                          "student or an acoustic model")  # fmt: skip
+
+
+def load_teacher(path: str | Path) -> FrozenTeacher:
+    return FrozenTeacher(load_upstream(path))

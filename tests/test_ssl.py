@@ -1,0 +1,156 @@
+"""SSL teachers from local tiny random checkpoints, the student losses, frame alignment,
+and saving/reloading students."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from speechdistill.distill.ssl_losses import align_frames, attention_map_loss, distilhubert_loss, hint_loss
+from speechdistill.students.ssl import StudentConfig, build_student, load_student, save_student
+from speechdistill.teachers.ssl import HFUpstream, load_teacher, load_upstream
+
+TINY = dict(conv_dim=(16,) * 7, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)  # fmt: skip
+
+
+def save_tiny(family: str, path, **kw):
+    from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel
+
+    cfg_cls, model_cls = {"hubert": (HubertConfig, HubertModel), "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+                          "wavlm": (WavLMConfig, WavLMModel)}[family]  # fmt: skip
+    torch.manual_seed(0)
+    model_cls(cfg_cls(**(TINY | kw))).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hubert_dir(tmp_path_factory):
+    return save_tiny("hubert", tmp_path_factory.mktemp("hubert") / "teacher")
+
+
+def _wavs():
+    torch.manual_seed(1)
+    wavs = torch.randn(2, 16000) * 0.1
+    lens = torch.tensor([16000, 11000])
+    wavs[1, 11000:] = 0
+    return wavs, lens
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2", "wavlm"])
+def test_each_hf_family_loads_from_a_local_directory(family, tmp_path):
+    up = load_upstream(save_tiny(family, tmp_path / family))
+    assert isinstance(up, HFUpstream) and up.model.config.model_type == family
+    states, lens = up.eval()(*_wavs())
+    assert len(states) == 4 + 1  # index 0 + one per transformer layer
+    assert lens.tolist() == [49, 34]  # 20 ms frames of the CNN: (16000 - 400) // 320 + 1 = 49
+    assert all(s.shape == (2, 49, 32) for s in states)
+
+
+def test_hidden_state_zero_is_the_input_of_the_first_transformer_layer(hubert_dir):
+    up = load_upstream(hubert_dir).eval()
+    m = up.model
+    wav = _wavs()[0][:1]
+    states, _ = up(wav, torch.tensor([16000]))
+    with torch.no_grad():
+        h = m.feature_projection(m.feature_extractor(wav).transpose(1, 2))
+        h0 = m.encoder.layer_norm(h + m.encoder.pos_conv_embed(h))
+        h1 = m.encoder.layers[0](h0)
+        h1 = h1[0] if isinstance(h1, tuple) else h1
+    torch.testing.assert_close(states[0], h0)
+    torch.testing.assert_close(states[1], h1)
+
+
+def test_teacher_is_frozen_and_stays_in_eval_mode(hubert_dir):
+    teacher = load_teacher(hubert_dir)
+    teacher.train()
+    assert not teacher.upstream.training and not any(p.requires_grad for p in teacher.parameters())
+    states, _ = teacher(*_wavs())
+    assert not states[-1].requires_grad
+
+
+def test_a_non_speech_hf_directory_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+              ).save_pretrained(tmp_path / "bert")  # fmt: skip
+    with pytest.raises(ValueError, match="model_type 'bert' is not a speech SSL model"):
+        load_upstream(tmp_path / "bert")
+
+
+def test_distilhubert_loss_by_hand():
+    h = torch.tensor([[[1.0, 0.0], [2.0, 2.0], [5.0, 5.0]]])  # third frame is padding
+    t = torch.tensor([[[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])
+    loss, terms = distilhubert_loss([h], [t], mask, cos_weight=1.0)
+    # frame 1: L1 mean (1 + 1) / 2 = 1, cos 0 -> -log sigmoid(0) = log 2
+    # frame 2: L1 mean 1, cos 1 -> -log sigmoid(1) = log(1 + e^-1)
+    want_l1, want_cos = 1.0, (math.log(2) + math.log(1 + math.exp(-1))) / 2
+    assert terms["l1.0"] == pytest.approx(want_l1) and terms["cos.0"] == pytest.approx(want_cos)
+    assert float(loss) == pytest.approx(want_l1 + want_cos)
+    loss2, _ = distilhubert_loss([h, h], [t, t], mask, cos_weight=0.5)  # summed over layers
+    assert float(loss2) == pytest.approx(2 * (want_l1 + 0.5 * want_cos))
+
+
+def test_hint_and_attention_losses_by_hand():
+    mask = torch.tensor([[True, True]])
+    a, b = torch.zeros(1, 2, 2), torch.tensor([[[1.0, 1.0], [2.0, 0.0]]])
+    loss, terms = hint_loss([a, a], [b, b], mask, [0.1, 1.0])
+    # squared error per frame (1 + 1) / 2 = 1 and (4 + 0) / 2 = 2 -> mean 1.5; weights 0.1 + 1.0
+    assert terms["hint.0"] == pytest.approx(1.5) and float(loss) == pytest.approx(1.1 * 1.5)
+    s = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # (N=1, H=1, T=2, T=2)
+    t = torch.full((1, 2, 2, 2), 0.5)
+    assert float(attention_map_loss(s, t, mask)) == pytest.approx(0.25)
+
+
+def test_align_40ms_student_frames_to_20ms_teacher_with_odd_lengths():
+    # 1.0 s and 0.7 s: teacher 49 and 34 frames (20 ms); student 24 and 17 (40 ms)
+    x = torch.arange(2 * 24, dtype=torch.float32).reshape(2, 24, 1)
+    y, mask = align_frames(x, torch.tensor([24, 17]), 49, torch.tensor([49, 34]))
+    assert y.shape == (2, 49, 1) and mask.sum(1).tolist() == [49, 34]
+    assert y[0, :48, 0].tolist() == [float(i // 2) for i in range(48)]
+    assert y[0, 48, 0] == 23  # the 49th teacher frame repeats the student's last
+    assert y[1, :34, 0].tolist() == [24 + float(i // 2) for i in range(34)]  # 17 * 2 = 34 exactly
+    # equal rates: unchanged on real frames, cut to the teacher's length
+    z, mask = align_frames(x, torch.tensor([24, 17]), 20, torch.tensor([20, 17]))
+    assert torch.equal(z[0], x[0, :20]) and torch.equal(z[1, :17], x[1, :17]) and mask.sum().item() == 37
+
+
+def test_distilhubert_student_copies_the_teacher_and_round_trips(hubert_dir, tmp_path):
+    from transformers import AutoModel
+
+    teacher = load_teacher(hubert_dir)
+    student = build_student(StudentConfig(kind="distilhubert", num_layers=2), teacher)
+    assert student.targets == [1, 3, 4]  # 4/8/12 of 12, scaled to 4 layers
+    t = teacher.upstream.model.state_dict()
+    s = student.model.state_dict()
+    for k in ("feature_extractor.conv_layers.0.conv.weight", "encoder.layers.1.attention.q_proj.weight"):
+        assert torch.equal(s[k], t[k])
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    assert sum(p.numel() for p in student.model.parameters()) < n_teacher
+    wavs, lens = _wavs()
+    preds, flens = student.eval().predict(wavs, lens)
+    assert [p.shape for p in preds] == [(2, 49, 32)] * 3 and flens.tolist() == [49, 34]
+    save_student(student, tmp_path / "distil")
+    again = load_student(tmp_path / "distil")
+    torch.testing.assert_close(again.predict(wavs, lens)[0][0], preds[0])
+    hf = AutoModel.from_pretrained(tmp_path / "distil.hf", local_files_only=True).eval()
+    torch.testing.assert_close(hf(wavs[:1]).last_hidden_state, student.model(wavs[:1]).last_hidden_state)
+
+
+def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
+    teacher = load_teacher(hubert_dir)
+    student = build_student(StudentConfig(kind="fithubert", num_layers=4, d_model=16, ff_dim=32,
+                                          num_heads=2, conv_dim=8), teacher).eval()  # fmt: skip
+    assert student.targets == [1, 2, 3, 4] and student.frame_shift == pytest.approx(0.04)
+    wavs, lens = _wavs()
+    states, slens = student(wavs, lens)
+    assert len(states) == 5 and slens.tolist() == [24, 17] and states[0].shape == (2, 24, 16)
+    preds, plens = student.predict(wavs, lens)
+    assert preds[0].shape == (2, 48, 32) and plens.tolist() == [48, 34]
+    save_student(student, tmp_path / "fit")
+    torch.testing.assert_close(load_student(tmp_path / "fit").predict(wavs, lens)[0][-1], preds[-1])
+    with pytest.raises(ValueError, match="outside the teacher's 1..4"):
+        build_student(StudentConfig(kind="fithubert", num_layers=1, teacher_layers=[7]), teacher)
