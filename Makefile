@@ -5,21 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= data/small
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo demo-ssl test test-slow lint clean
 
 setup:
 	@scripts/setup.sh
 
-# The main job: corpus -> features -> units -> baseline acoustic model -> test WER/PER.
-# Each step keeps finished work, so a second `make demo` only re-scores.
+# The main job: corpus -> features -> units -> three unit LMs -> soft-label caches ->
+# baseline, interp, aux and hier x 2 seeds -> the results table (configs/demo.yaml).
+# Finished work is kept, so a second `make demo` only re-prints the table.
+# `make demo QUICK=1`: 1 seed, 2 epochs, LMs on part of the text (a first look).
 demo: setup
-	$(BIN)/speechdistill corpus build --preset small --out $(DEMO_DIR)
-	$(BIN)/speechdistill features compute $(DEMO_DIR)
-	[ -f $(DEMO_DIR)/units/units.json ] || $(BIN)/speechdistill units build $(DEMO_DIR)
-	$(BIN)/speechdistill corpus summary $(DEMO_DIR)
-	[ -f exp/baseline/train_summary.json ] || $(BIN)/speechdistill train configs/baseline.yaml data.corpus=$(DEMO_DIR) progress=false
-	$(BIN)/speechdistill evaluate exp/baseline/best --data $(DEMO_DIR) --split dev
-	$(BIN)/speechdistill evaluate exp/baseline/best --data $(DEMO_DIR) --split test
+	$(BIN)/speechdistill demo --corpus $(DEMO_DIR) $(if $(QUICK),--quick,)
 
 test: setup
 	$(BIN)/python -m pytest -q

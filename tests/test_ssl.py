@@ -100,9 +100,12 @@ def test_hint_and_attention_losses_by_hand():
     loss, terms = hint_loss([a, a], [b, b], mask, [0.1, 1.0])
     # squared error per frame (1 + 1) / 2 = 1 and (4 + 0) / 2 = 2 -> mean 1.5; weights 0.1 + 1.0
     assert terms["hint.0"] == pytest.approx(1.5) and float(loss) == pytest.approx(1.1 * 1.5)
-    s = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # (N=1, H=1, T=2, T=2)
-    t = torch.full((1, 2, 2, 2), 0.5)
-    assert float(attention_map_loss(s, t, mask)) == pytest.approx(0.25)
+    s = torch.tensor([[[[0.75, 0.25], [0.25, 0.75]]]])  # (N=1, H=1, T=2, T=2)
+    t = torch.full((1, 2, 2, 2), 0.5)  # two teacher heads, averaged
+    # each row: KL = 0.5 log(0.5 / 0.75) + 0.5 log(0.5 / 0.25)
+    want = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(2.0)
+    assert float(attention_map_loss(s, t, mask)) == pytest.approx(want)
+    assert float(attention_map_loss(s, t, torch.tensor([[True, False]]))) == pytest.approx(want)
 
 
 def test_align_40ms_student_frames_to_20ms_teacher_with_odd_lengths():

@@ -10,6 +10,7 @@ corpus -> features -> units -> one LM per unit -> soft-label caches ->
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,11 @@ def prepare(corpus: Path, plan: DemoPlan, preset: str = "small") -> None:
     if not (corpus / "units" / "units.json").exists():
         build_units(corpus)
     for unit, sentences in plan.lm_sentences:
-        if not (corpus / "lm" / f"{unit}.json").exists():
+        meta_path = corpus / "lm" / f"{unit}.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()).get("max_sentences", 0) != sentences:
+            log.info("%s LM was trained on another amount of text than this demo plan; retraining", unit)
+            meta_path.unlink()
+        if not meta_path.exists():
             meta = train_lm(corpus, unit, max_sentences=sentences)
             log.info("%s LM: dev perplexity %.2f (%d s)", unit, meta["dev_perplexity"], meta["train_seconds"])
         if not _cache_usable(corpus, unit, 8, 3.0):

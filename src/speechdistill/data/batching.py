@@ -56,6 +56,17 @@ def _pad(seqs: list[list[int]], value: int = 0) -> tuple[torch.Tensor, torch.Ten
     return out, lens
 
 
+def ctc_sequence(cut, unit: str, units) -> list[int]:
+    """CTC target ids (blank = 0 excluded): subword ids + 1; phone ids (SIL = 0 is
+    the blank), from the alignment when there is one (what was said), else the lexicon."""
+    sup = cut.supervisions[0]
+    if unit == "subword":
+        return [i + 1 for i in units.sp.encode(sup.text)]
+    ali = (sup.alignment or {}).get("phone")
+    phones = [a.symbol for a in ali if a.symbol != SIL] if ali else units.phones(sup.text)
+    return [units.phone_index[p] for p in phones]
+
+
 class AsrDataset(torch.utils.data.Dataset):
     """Maps a CutSet (one batch from a lhotse sampler) to a ``Batch``."""
 
@@ -71,14 +82,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.caches = caches or {}
 
     def sequence(self, cut, unit: str) -> list[int]:
-        """CTC target ids (blank = 0 excluded): subword ids + 1; phone ids (SIL = 0 is
-        the blank), from the alignment when there is one (what was said), else the lexicon."""
-        sup = cut.supervisions[0]
-        if unit == "subword":
-            return [i + 1 for i in self.units.sp.encode(sup.text)]
-        ali = (sup.alignment or {}).get("phone")
-        phones = [a.symbol for a in ali if a.symbol != SIL] if ali else self.units.phones(sup.text)
-        return [self.units.phone_index[p] for p in phones]
+        return ctc_sequence(cut, unit, self.units)
 
     def frame_labels(self, cut, unit: str, T: int) -> np.ndarray:
         sup = cut.supervisions[0]
@@ -156,6 +160,7 @@ def make_sampler(cuts: CutSet, max_duration: float, shuffle: bool, seed: int, nu
     # lhotse warns that eager CutSets gain nothing from dynamic bucketing; ours fit in
     # memory, and the dynamic sampler is the one that handles DDP ranks and resumption.
     warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly")
+    num_buckets = max(1, min(num_buckets, len(cuts)))  # lhotse asserts buckets <= cuts
     return DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
                                    num_buckets=num_buckets, world_size=world_size, rank=rank,
                                    drop_last=drop_last)  # fmt: skip

@@ -125,3 +125,32 @@ def load_cuts_with_features(corpus: str | Path, split: str) -> CutSet:
         d["recording"]["sources"][0]["source"] = str(corpus / d["recording"]["sources"][0]["source"])
         cuts.append(d)
     return CutSet.from_dicts(cuts)
+
+
+def deltas(x: np.ndarray, window: int = 2) -> np.ndarray:
+    """Kaldi's delta regression over +-``window`` frames, edges repeated (add-deltas).
+    Written here because neither kaldi-native-fbank nor lhotse exposes it."""
+    T = x.shape[0]
+    padded = np.concatenate([np.repeat(x[:1], window, 0), x, np.repeat(x[-1:], window, 0)])
+    num = sum(n * (padded[window + n : window + n + T] - padded[window - n : window - n + T])
+              for n in range(1, window + 1))  # fmt: skip
+    return num / (2 * sum(n * n for n in range(1, window + 1)))
+
+
+def mfcc_with_deltas(samples: np.ndarray) -> np.ndarray:
+    """(S,) at 16 kHz -> (T, 39): 13 MFCCs (kaldi-native-fbank) + deltas + delta-deltas,
+    10 ms frames, the features of HuBERT's first clustering iteration."""
+    import kaldi_native_fbank as knf
+
+    opts = knf.MfccOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.snip_edges = False
+    mfcc = knf.OnlineMfcc(opts)
+    mfcc.accept_waveform(SAMPLE_RATE, samples.tolist())
+    mfcc.input_finished()
+    n = mfcc.num_frames_ready
+    if n == 0:
+        return np.zeros((0, 39), np.float32)
+    x = np.stack([mfcc.get_frame(i) for i in range(n)]).astype(np.float32)
+    d = deltas(x)
+    return np.concatenate([x, d, deltas(d)], axis=1).astype(np.float32)

@@ -72,10 +72,13 @@ def hint_loss(preds: list[torch.Tensor], targets: list[torch.Tensor], mask: torc
     return total, terms
 
 
-def attention_map_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """TinyBERT's attention transfer (Jiao et al. 2020), for maps of equal frame rate:
-    (N, H, T, T) attention probabilities, averaged over heads (the counts may differ),
-    compared by squared error on the rows and columns of real frames."""
+def attention_map_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                       eps: float = 1e-8) -> torch.Tensor:  # fmt: skip
+    """Attention transfer (TinyBERT, Jiao et al. 2020; in MiniLM's KL form, Wang et al. 2020)
+    for maps of equal frame rate: (N, H, T, T) attention probabilities, averaged over heads
+    (the counts may differ); KL(teacher row || student row) averaged over real query frames.
+    KL rather than TinyBERT's squared error because probability rows of long utterances
+    are ~1/T small, which leaves a squared error with no scale."""
     s, t = student.mean(1), teacher.mean(1)
-    pair = mask[:, :, None] & mask[:, None, :]
-    return ((s - t).pow(2) * pair).sum() / pair.sum().clamp(min=1)
+    kl = (t * (t.clamp(min=eps).log() - s.clamp(min=eps).log())).sum(-1)  # (N, T)
+    return _masked_mean(kl, mask)

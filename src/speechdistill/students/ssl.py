@@ -169,7 +169,9 @@ def save_student(student: nn.Module, prefix: str | Path, extra: dict | None = No
     if isinstance(student, DistilHuBERTStudent):
         meta["hf_config"] = student.model.config.to_dict()
         student.model.save_pretrained(prefix.with_suffix(".hf"))
-    save_checkpoint(prefix, {f"student.{k}": v for k, v in student.state_dict().items()}, meta)
+    # training-only projections (TinyBERT hidden-state term) are not part of the student
+    state = {f"student.{k}": v for k, v in student.state_dict().items() if not k.startswith("hidden_proj.")}
+    save_checkpoint(prefix, state, meta)
 
 
 def load_student(prefix: str | Path) -> nn.Module:

@@ -108,7 +108,7 @@ def train_lm(corpus: str | Path, unit: str, cfg: LMConfig | None = None, epochs:
         log.info("%s LM (%s) epoch %d: dev perplexity %.2f", unit, cfg.arch, epoch, ppl)
     meta = {"kind": "unit-lm", "unit": unit, "config": asdict(cfg), "vocab_size": units.vocab_size(unit),
             "dev_perplexity": history[-1]["dev_perplexity"], "history": history,
-            "train_sentences": len(seqs), "train_tokens": sum(map(len, seqs)),
+            "train_sentences": len(seqs), "max_sentences": max_sentences, "train_tokens": sum(map(len, seqs)),
             "train_seconds": round(time.time() - start, 1), "epochs": epochs, "lr": lr}  # fmt: skip
     save_checkpoint(corpus / "lm" / unit, {f"lm.{k}": v for k, v in lm.state_dict().items()}, meta)
     return meta

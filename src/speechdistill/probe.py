@@ -1,0 +1,230 @@
+"""SUPERB-style probes (Yang et al. 2021) of a frozen upstream.
+
+    speechdistill probe --upstream exp/ssl/teacher/hf --task pr --corpus data/small
+
+The upstream is frozen; a learnable softmax-weighted sum of all its hidden
+states feeds a small head, as in SUPERB:
+
+* ``pr``: phoneme recognition, linear + CTC over ARPAbet-39; PER (%);
+* ``asr``: 2-layer BiLSTM + CTC over characters; WER (%), greedy decoding, no LM;
+* ``sid``: speaker (voice) identification, mean-pool + linear; accuracy (%).
+
+PR and ASR train on the train split, pick the epoch on dev and score test (the
+built-in corpus's voices are disjoint across splits, so these are unseen voices).
+SID needs the same speakers in training and scoring, so it splits the train split's
+utterances of every voice 80/10/10 by a hash of the utterance id.
+
+The upstream's hidden states are computed once per utterance and kept in memory
+as fp16 (``cache=True``, the default), since the upstream never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechdistill.progress import progress
+from speechdistill.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+TASKS = ("pr", "asr", "sid")
+CHARS = " '" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # ids 1.., blank 0
+
+
+@dataclass
+class ProbeConfig:
+    task: str = "pr"
+    corpus: str = "data/small"
+    epochs: int = 10
+    lr: float = 1e-3
+    max_duration: float = 120.0
+    lstm_dim: int = 256
+    max_hours: float = 0.0  # training data cap (0: the whole split)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"--task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.epochs < 1 or self.lr <= 0:
+            raise ValueError("probe epochs must be >= 1 and lr > 0")
+
+
+def char_ids(text: str) -> list[int]:
+    return [CHARS.index(c) + 1 for c in text.upper() if c in CHARS]
+
+
+class WeightedSum(nn.Module):
+    """softmax(w) . [layer-normed hidden states]: SUPERB's featurizer."""
+
+    def __init__(self, num_states: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_states))
+
+    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+        w = self.weights.softmax(0)
+        return sum(w[i] * F.layer_norm(s, s.shape[-1:]) for i, s in enumerate(states))
+
+
+class ProbeHead(nn.Module):
+    def __init__(self, task: str, num_states: int, dim: int, num_classes: int, lstm_dim: int = 256):
+        super().__init__()
+        self.task = task
+        self.featurizer = WeightedSum(num_states)
+        if task == "asr":
+            self.lstm = nn.LSTM(dim, lstm_dim, num_layers=2, batch_first=True, bidirectional=True)
+            dim = 2 * lstm_dim
+        self.out = nn.Linear(dim, num_classes)
+
+    def forward(self, states: list[torch.Tensor], lens: torch.Tensor) -> torch.Tensor:
+        x = self.featurizer(states)
+        if self.task == "asr":
+            packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
+            x = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        if self.task == "sid":
+            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]).to(x.dtype)
+            x = (x * mask[..., None]).sum(1) / lens[:, None].clamp(min=1)
+        return self.out(x)
+
+
+def _sid_part(utt: str) -> str:
+    h = int(hashlib.md5(utt.encode()).hexdigest(), 16) % 10
+    return "train" if h < 8 else ("dev" if h == 8 else "test")
+
+
+def probe_splits(cfg: ProbeConfig):
+    """-> {"train"/"dev"/"test": CutSet}, class count, target function."""
+    from lhotse import CutSet
+
+    from speechdistill.data.batching import ctc_sequence
+    from speechdistill.data.corpus import load_split
+    from speechdistill.ssl_train import WaveData, load_wave_cuts
+    from speechdistill.units.inventory import Units
+
+    train = load_wave_cuts(WaveData(cfg.corpus, "train", cfg.max_hours))
+    if cfg.task == "sid":
+        parts = {p: CutSet.from_cuts([c for c in train if _sid_part(c.id) == p]) for p in ("train", "dev", "test")}
+        speakers = sorted({c.supervisions[0].speaker for c in train})
+        index = {s: i for i, s in enumerate(speakers)}
+        return parts, len(speakers), lambda c: index[c.supervisions[0].speaker]
+    parts = {"train": train, "dev": load_split(cfg.corpus, "dev"), "test": load_split(cfg.corpus, "test")}
+    if cfg.task == "pr":
+        units = Units(Path(cfg.corpus) / "units")
+        return parts, units.vocab_size("phone"), lambda c: ctc_sequence(c, "phone", units)
+    return parts, len(CHARS) + 1, lambda c: char_ids(c.supervisions[0].text)
+
+
+class StateCache:
+    """Hidden states of a frozen upstream per utterance (fp16 in memory), computed on first use."""
+
+    def __init__(self, upstream, enabled: bool = True):
+        self.upstream, self.enabled, self.store = upstream, enabled, {}
+
+    def batch(self, cuts, wavs, lens):
+        ids = [c.id for c in cuts]
+        if self.enabled and all(u in self.store for u in ids):
+            rows = [self.store[u] for u in ids]
+        else:
+            with torch.no_grad():
+                states, flens = self.upstream(wavs, lens)
+            rows = [[s[i, : int(flens[i])].half() for s in states] for i in range(len(ids))]
+            if self.enabled:
+                self.store.update(zip(ids, rows, strict=True))
+        flens = torch.tensor([r[0].shape[0] for r in rows])
+        states = [nn.utils.rnn.pad_sequence([r[k].float() for r in rows], batch_first=True)
+                  for k in range(len(rows[0]))]  # fmt: skip
+        return states, flens
+
+
+def _batches(cuts, max_duration: float, shuffle: bool, seed: int, epoch: int):
+    from speechdistill.data.batching import make_sampler
+    from speechdistill.ssl_train import WaveDataset
+
+    sampler = make_sampler(cuts, max_duration, shuffle, seed)
+    sampler.set_epoch(epoch)
+    ds = WaveDataset()
+    for batch in sampler:
+        _, wavs, lens = ds[batch]
+        yield list(batch), wavs, lens
+
+
+def _score(head, cache, cuts, target, task, max_duration) -> float:
+    from speechdistill.decode import error_rates, greedy_decode
+
+    head.eval()
+    refs, hyps, correct, n = [], [], 0, 0
+    with torch.no_grad():
+        for batch, wavs, lens in _batches(cuts, max_duration, False, 0, 0):
+            states, flens = cache.batch(batch, wavs, lens)
+            y = head(states, flens)
+            if task == "sid":
+                correct += int((y.argmax(-1) == torch.tensor([target(c) for c in batch])).sum())
+                n += len(batch)
+                continue
+            for c, h in zip(batch, greedy_decode(y.log_softmax(-1), flens), strict=True):
+                ref = target(c)
+                if task == "pr":
+                    refs.append(" ".join(map(str, ref)))
+                    hyps.append(" ".join(map(str, h)))
+                else:
+                    refs.append("".join(CHARS[i - 1] for i in ref).strip())
+                    hyps.append("".join(CHARS[i - 1] for i in h).strip())
+    head.train()
+    if task == "sid":
+        return 100.0 * correct / max(1, n)
+    return error_rates(refs, hyps)["wer"]  # PER for phone-id "words"; WER for char strings
+
+
+def probe(upstream_path: str | Path, cfg: ProbeConfig, out: str | Path | None = None, cache: bool = True,
+          show_progress: bool = True) -> dict:  # fmt: skip
+    """Train the probe head; returns (and writes to ``out``/probe-{task}.json) the scores."""
+    from speechdistill.teachers.ssl import load_teacher
+
+    torch.manual_seed(cfg.seed)
+    upstream = load_teacher(upstream_path)
+    parts, num_classes, target = probe_splits(cfg)
+    head = ProbeHead(cfg.task, upstream.num_layers + 1, upstream.dim, num_classes, cfg.lstm_dim)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
+    states_cache = StateCache(upstream, cache)
+    higher_is_better = cfg.task == "sid"
+    best, best_state, history = None, None, []
+    start = time.time()
+    for epoch in range(cfg.epochs):
+        for batch, wavs, lens in progress(_batches(parts["train"], cfg.max_duration, True, cfg.seed, epoch),
+                                          desc=f"{cfg.task} probe epoch {epoch}", enable=show_progress):  # fmt: skip
+            states, flens = states_cache.batch(batch, wavs, lens)
+            y = head(states, flens)
+            if cfg.task == "sid":
+                loss = F.cross_entropy(y, torch.tensor([target(c) for c in batch]))
+            else:
+                tg = [torch.tensor(target(c)) for c in batch]
+                loss = F.ctc_loss(y.log_softmax(-1).transpose(0, 1), torch.cat(tg), flens,
+                                  torch.tensor([len(t) for t in tg]), zero_infinity=True)  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        dev = _score(head, states_cache, parts["dev"], target, cfg.task, cfg.max_duration)
+        history.append({"epoch": epoch, "dev": dev, "loss": float(loss)})
+        log.info("%s probe epoch %d: dev %.2f", cfg.task, epoch, dev)
+        if best is None or (dev > best if higher_is_better else dev < best):
+            best, best_state = dev, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    test = _score(head, states_cache, parts["test"], target, cfg.task, cfg.max_duration)
+    metric = {"pr": "per", "asr": "wer", "sid": "accuracy"}[cfg.task]
+    result = {"upstream": str(upstream_path), "task": cfg.task, "metric": metric, "dev": best, "test": test,
+              "layer_weights": [round(float(w), 4) for w in head.featurizer.weights.softmax(0)],
+              "train_utterances": len(parts["train"]), "seconds": round(time.time() - start, 1),
+              "history": history, "config": asdict(cfg)}  # fmt: skip
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / f"probe-{cfg.task}.json", json.dumps(result, indent=1) + "\n")
+    return result
