@@ -17,6 +17,11 @@ setup:
 demo: setup
 	$(BIN)/speechdistill demo --corpus $(DEMO_DIR) $(if $(QUICK),--quick,)
 
+# The SSL part: pre-train a small HuBERT-style teacher on the corpus, distil it into a
+# DistilHuBERT and a FitHuBERT student, probe all three (PR, SID), print the comparison.
+demo-ssl: setup
+	$(BIN)/speechdistill demo --ssl --corpus $(DEMO_DIR)
+
 test: setup
 	$(BIN)/python -m pytest -q
 

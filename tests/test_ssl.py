@@ -157,3 +157,61 @@ def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
     torch.testing.assert_close(load_student(tmp_path / "fit").predict(wavs, lens)[0][-1], preds[-1])
     with pytest.raises(ValueError, match="outside the teacher's 1..4"):
         build_student(StudentConfig(kind="fithubert", num_layers=1, teacher_layers=[7]), teacher)
+
+
+@pytest.fixture(scope="module")
+def ssl_run(tiny_units, tmp_path_factory):
+    """Pre-train a tiny teacher on the tiny corpus (2 epochs), distil both students."""
+    from speechdistill.ssl_train import DistillConfig, LoopConfig, PretrainConfig, WaveData, distill, pretrain
+
+    corpus, out = tiny_units.parent, tmp_path_factory.mktemp("ssl")
+    data = WaveData(corpus=str(corpus), max_duration=30.0)
+    tiny = dict(clusters=20, hidden_size=32, num_layers=4, num_heads=2, ff_dim=64, conv_dim=16, final_dim=16)
+    pre = pretrain(PretrainConfig(out_dir=str(out / "teacher"), data=data,
+                                  optim=LoopConfig(epochs=1, warmup_steps=2, progress=False), **tiny))  # fmt: skip
+    resumed = pretrain(PretrainConfig(out_dir=str(out / "teacher"), data=data,
+                                      optim=LoopConfig(epochs=2, warmup_steps=2, progress=False), **tiny))  # fmt: skip
+    students = {}
+    for kind, extra in (("distilhubert", {}), ("fithubert", dict(num_layers=4, d_model=16, ff_dim=32, conv_dim=8))):
+        students[kind] = distill(DistillConfig(
+            teacher=str(out / "teacher" / "hf"), out_dir=str(out / kind), data=data,
+            optim=LoopConfig(lr=1e-3, epochs=2, warmup_steps=2, progress=False),
+            student=StudentConfig(kind=kind, num_heads=2, **extra)))  # fmt: skip
+    return out, pre, resumed, students
+
+
+def test_pretraining_resumes_and_writes_a_hf_teacher(ssl_run):
+    from transformers import AutoModel
+
+    out, pre, resumed, _ = ssl_run
+    assert pre["epoch"] == 1 and resumed["epoch"] == 2
+    assert resumed["history"][0] == pre["history"][0]  # epoch 0 was not run again
+    assert resumed["step"] == 2 * pre["step"]
+    assert type(AutoModel.from_pretrained(out / "teacher" / "hf", local_files_only=True)).__name__ == "HubertModel"
+
+
+def test_students_learn_and_stay_small(ssl_run):
+    _, pre, _, students = ssl_run
+    for kind, s in students.items():
+        first, last = s["history"][0]["loss"], s["history"][-1]["loss"]
+        assert last < first, f"{kind} loss should fall: {first} -> {last}"
+        assert s["student_params"] < s["teacher_params"] and s["teacher_cached"]
+
+
+def test_probe_and_compare_report(ssl_run, tiny_units):
+    import json
+
+    from speechdistill.compare import compare, markdown, probe_result_path
+    from speechdistill.probe import ProbeConfig, probe
+
+    out = ssl_run[0]
+    ups = [out / "teacher" / "hf", out / "distilhubert" / "student", out / "fithubert" / "student"]
+    for up in ups:
+        r = probe(up, ProbeConfig("pr", str(tiny_units.parent), epochs=1), show_progress=False)
+        assert r["metric"] == "per" and r["test"] > 0 and len(r["layer_weights"]) in (3, 5)
+        probe_result_path(up, "pr").write_text(json.dumps(r))
+    rows = compare(ups[0], ups[1:], tasks=("pr",), repeats=2)
+    assert rows[0]["params_ratio"] == 1.0 and all(r["params_ratio"] < 1 for r in rows[1:])
+    assert rows[2]["frame_shift_ms"] == 40 and rows[0]["frame_shift_ms"] == 20
+    assert all(r["macs_per_second"] > 0 and r["pr"] is not None for r in rows)
+    assert "| params ratio |" in markdown(rows)

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from speechdistill.utils import atomic_write_text
+
 console = Console()
 log = logging.getLogger("speechdistill")
 
@@ -153,6 +155,38 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--corpus", type=Path, default=Path("data/small"))
     de.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, LMs on part of the text")
     de.add_argument("--seeds", type=int, default=None, help="seeds per method (default 2; 1 with --quick)")
+    de.add_argument("--ssl", action="store_true", help="the SSL part instead: pre-train a teacher, distil "
+                    "DistilHuBERT and FitHuBERT students, probe all three, compare (make demo-ssl)")  # fmt: skip
+
+    pt = sub.add_parser("pretrain", formatter_class=_Formatter, help="pre-train a small HuBERT-style SSL teacher",
+                        description="HuBERT iteration 1 on the corpus: MFCC k-means labels, masked prediction.\n\n"
+                        "  speechdistill pretrain configs/ssl/pretrain.yaml data.corpus=data/small\n"
+                        "Writes {out_dir}/hf, a Hugging Face HubertModel directory; resumes from {out_dir}/last.")  # fmt: skip
+    pt.add_argument("config", type=Path, help="YAML (configs/ssl/pretrain.yaml)")
+    pt.add_argument("overrides", nargs="*", help="key=value, e.g. optim.epochs=2")
+    ds = sub.add_parser("distill-ssl", formatter_class=_Formatter, help="distil an SSL teacher into a small student",
+                        description="  speechdistill distill-ssl configs/ssl/distilhubert.yaml teacher=exp/ssl/teacher/hf\n"
+                        "  speechdistill distill-ssl configs/ssl/fithubert.yaml\n"
+                        "Writes {out_dir}/student (safetensors + JSON; distilhubert also student.hf).")  # fmt: skip
+    ds.add_argument("config", type=Path, help="YAML (configs/ssl/distilhubert.yaml or fithubert.yaml)")
+    ds.add_argument("overrides", nargs="*", help="key=value, e.g. student.num_layers=4")
+    pr = sub.add_parser("probe", formatter_class=_Formatter, help="SUPERB-style probe of a frozen upstream",
+                        description="  speechdistill probe --upstream exp/ssl/teacher/hf --task pr --corpus data/small\n"
+                        "Writes {upstream}.probe-{task}.json beside the upstream (read by `compare`).")  # fmt: skip
+    pr.add_argument("--upstream", type=Path, required=True,
+                    help="HF directory (HuBERT/wav2vec 2.0/WavLM), SSL student or acoustic-model checkpoint")  # fmt: skip
+    pr.add_argument("--task", choices=("pr", "asr", "sid"), required=True)
+    pr.add_argument("--corpus", default="data/small")
+    pr.add_argument("--epochs", type=int, default=10)
+    pr.add_argument("--lr", type=float, default=1e-3)
+    pr.add_argument("--max-hours", type=float, default=0.0, help="cap on the training audio (0: all)")
+    cp = sub.add_parser("compare", formatter_class=_Formatter, help="teacher vs students: size, speed, probes",
+                        description="  speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student "
+                        "exp/ssl/fithubert/student --out exp/ssl")  # fmt: skip
+    cp.add_argument("teacher", type=Path)
+    cp.add_argument("students", type=Path, nargs="+")
+    cp.add_argument("--out", type=Path, default=None, help="also write compare.md and compare.json here")
+    cp.add_argument("--repeats", type=int, default=7, help="timed runs per upstream (median)")
 
     tr = sub.add_parser("train", formatter_class=_Formatter, help="train an acoustic model",
                         description="Train from a YAML config with dotted overrides.\n\n"
@@ -206,10 +240,43 @@ def _run(args: argparse.Namespace) -> None:
 
         ablate(args.ablation, args.seeds, args.overrides)
         console.print((Path(load_ablation(args.ablation).out_dir) / "results.md").read_text())
-    elif args.command == "demo":
-        from speechdistill.demo import run_demo
+    elif args.command == "pretrain":
+        from speechdistill.config import load_config
+        from speechdistill.ssl_train import PretrainConfig, pretrain
 
-        console.print(run_demo(args.corpus, args.quick, args.seeds).read_text())
+        summary = pretrain(load_config(PretrainConfig, args.config, args.overrides))
+        last = summary["history"][-1]
+        console.print(f"teacher: {summary['params'] / 1e6:.2f}M parameters, {summary['hours']} h of audio; "
+                      f"final epoch loss {last['loss']:.3f}, masked accuracy {100 * last['masked_accuracy']:.1f}%")  # fmt: skip
+    elif args.command == "distill-ssl":
+        from speechdistill.config import load_config
+        from speechdistill.ssl_train import DistillConfig, distill
+
+        summary = distill(load_config(DistillConfig, args.config, args.overrides))
+        console.print_json(data={k: v for k, v in summary.items() if k != "history"}
+                           | {"final_epoch": summary["history"][-1]})  # fmt: skip
+    elif args.command == "probe":
+        from speechdistill.compare import probe_result_path
+        from speechdistill.probe import ProbeConfig, probe
+
+        cfg = ProbeConfig(args.task, args.corpus, args.epochs, args.lr, max_hours=args.max_hours)
+        r = probe(args.upstream, cfg)
+        atomic_write_text(probe_result_path(args.upstream, args.task), json.dumps(r, indent=1) + "\n")
+        console.print(f"{args.upstream} {args.task}: test {r['metric']} {r['test']:.2f}% (dev {r['dev']:.2f}%)")
+    elif args.command == "compare":
+        from speechdistill.compare import compare, markdown, write_report
+
+        rows = compare(args.teacher, args.students, repeats=args.repeats)
+        if args.out:
+            write_report(rows, args.out)
+        console.print(markdown(rows))
+    elif args.command == "demo":
+        from speechdistill.demo import run_demo, run_ssl_demo
+
+        if args.ssl:
+            console.print(run_ssl_demo(args.corpus))
+        else:
+            console.print(run_demo(args.corpus, args.quick, args.seeds).read_text())
     elif args.command == "lm":
         from speechdistill.teachers.lm import LMConfig
         from speechdistill.teachers.lm_train import train_lm

@@ -85,3 +85,44 @@ def run_demo(corpus: str | Path = "data/small", quick: bool = False, seeds: int 
     prepare(corpus, plan)
     ablate(plan.ablation, seeds or plan.seeds, [f"data.corpus={corpus}", *plan.overrides], out_dir=plan.out_dir)
     return Path(plan.out_dir) / "results.md"
+
+
+SSL_STUDENTS = ("distilhubert", "fithubert")
+SSL_PROBES = ("pr", "sid")
+
+
+def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 10) -> str:
+    """Pre-train the small teacher, distil it into both students, probe all three, compare.
+    Every step is skipped when its result exists; returns the comparison table (Markdown)."""
+    from speechdistill.compare import compare, markdown, probe_result_path, write_report
+    from speechdistill.config import load_config
+    from speechdistill.data.corpus import build_corpus
+    from speechdistill.probe import ProbeConfig, probe
+    from speechdistill.ssl_train import DistillConfig, PretrainConfig, distill, pretrain
+    from speechdistill.units.inventory import build_units
+    from speechdistill.utils import atomic_write_text
+
+    corpus, out = Path(corpus), Path(out)
+    build_corpus("small", corpus)
+    if not (corpus / "units" / "units.json").exists():  # the phone inventory of the PR probe
+        build_units(corpus)
+    common = [f"data.corpus={corpus}"]
+    teacher = out / "teacher" / "hf"
+    if not (out / "teacher" / "summary.json").exists():
+        pretrain(load_config(PretrainConfig, "configs/ssl/pretrain.yaml", [*common, f"out_dir={out / 'teacher'}"]))
+    upstreams = [teacher]
+    for kind in SSL_STUDENTS:
+        d = out / kind
+        if not (d / "summary.json").exists():
+            distill(load_config(DistillConfig, f"configs/ssl/{kind}.yaml",
+                                [*common, f"teacher={teacher}", f"out_dir={d}"]))  # fmt: skip
+        upstreams.append(d / "student")
+    for up in upstreams:
+        for task in SSL_PROBES:
+            path = probe_result_path(up, task)
+            if not path.exists():
+                r = probe(up, ProbeConfig(task, str(corpus), probe_epochs))
+                atomic_write_text(path, json.dumps(r, indent=1) + "\n")
+    rows = compare(teacher, upstreams[1:], tasks=SSL_PROBES)
+    write_report(rows, out)
+    return markdown(rows)

@@ -212,7 +212,7 @@ def probe(upstream_path: str | Path, cfg: ProbeConfig, out: str | Path | None = 
             loss.backward()
             opt.step()
         dev = _score(head, states_cache, parts["dev"], target, cfg.task, cfg.max_duration)
-        history.append({"epoch": epoch, "dev": dev, "loss": float(loss)})
+        history.append({"epoch": epoch, "dev": dev, "loss": float(loss.detach())})
         log.info("%s probe epoch %d: dev %.2f", cfg.task, epoch, dev)
         if best is None or (dev > best if higher_is_better else dev < best):
             best, best_state = dev, {k: v.clone() for k, v in head.state_dict().items()}

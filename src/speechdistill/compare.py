@@ -1,0 +1,99 @@
+"""The compression report: teacher vs students, side by side in one process.
+
+    speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student exp/ssl/fithubert/student
+
+One row per upstream: parameters, MACs per second of audio (torch's FLOP counter,
+MACs = FLOPs / 2), CPU inference time per second of audio (median of repeated
+runs on the same 10 s input, the upstreams taking turns so machine noise hits all
+alike), the probe scores found beside each upstream (``speechdistill probe`` writes
+``{upstream}.probe-{task}.json``), and each student's ratio to the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from speechdistill.utils import atomic_write_text
+
+
+def probe_result_path(upstream: str | Path, task: str) -> Path:
+    upstream = Path(upstream)
+    return upstream.parent / f"{upstream.name}.probe-{task}.json"
+
+
+def count_macs(upstream, seconds: float = 1.0) -> float:
+    """Multiply-accumulates of one forward pass over ``seconds`` of audio."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    wav = torch.randn(1, int(16000 * seconds))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        upstream(wav, torch.tensor([wav.shape[1]]))
+    return counter.get_total_flops() / 2
+
+
+def time_upstreams(upstreams: dict, seconds: float = 10.0, repeats: int = 7) -> dict[str, float]:
+    """Median wall time per second of audio of each upstream, taking turns."""
+    torch.manual_seed(0)
+    wav = torch.randn(1, int(16000 * seconds)) * 0.1
+    lens = torch.tensor([wav.shape[1]])
+    times = {name: [] for name in upstreams}
+    with torch.no_grad():
+        for up in upstreams.values():  # warm-up
+            up(wav, lens)
+        for _ in range(repeats):
+            for name, up in upstreams.items():
+                t0 = time.perf_counter()
+                up(wav, lens)
+                times[name].append((time.perf_counter() - t0) / seconds)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def compare(teacher: str | Path, students: list[str | Path], tasks=("pr", "asr", "sid"), repeats: int = 7) -> list[dict]:
+    from speechdistill.teachers.ssl import load_teacher
+
+    paths = [Path(teacher), *map(Path, students)]
+    ups = {str(p): load_teacher(p) for p in paths}
+    secs = time_upstreams(ups, repeats=repeats)
+    rows = []
+    for p in paths:
+        up = ups[str(p)]
+        inner = up.upstream
+        # prediction heads exist only for training; they are not part of the upstream
+        params = sum(v.numel() for k, v in inner.named_parameters() if not k.startswith(("heads.", "hidden_proj.")))
+        row = {"upstream": str(p), "params": params, "macs_per_second": count_macs(up),
+               "cpu_seconds_per_second": secs[str(p)], "frame_shift_ms": round(1000 * up.frame_shift)}  # fmt: skip
+        for task in tasks:
+            f = probe_result_path(p, task)
+            row[task] = json.loads(f.read_text())["test"] if f.exists() else None
+        rows.append(row)
+    t = rows[0]
+    for r in rows:
+        r["params_ratio"] = r["params"] / t["params"]
+        r["macs_ratio"] = r["macs_per_second"] / t["macs_per_second"]
+        r["time_ratio"] = r["cpu_seconds_per_second"] / t["cpu_seconds_per_second"]
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    out = ("| upstream | params | MACs / s audio | CPU s / s audio | frame | PR PER | ASR WER | SID acc "
+           "| params ratio | time ratio |\n|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+    for r in rows:
+        out += (f"| {r['upstream']} | {r['params'] / 1e6:.2f}M | {r['macs_per_second'] / 1e9:.3f}G "
+                f"| {r['cpu_seconds_per_second']:.4f} | {r['frame_shift_ms']} ms | {f(r.get('pr'))} "
+                f"| {f(r.get('asr'))} | {f(r.get('sid'))} | {r['params_ratio']:.3f} | {r['time_ratio']:.3f} |\n")  # fmt: skip
+    return out
+
+
+def write_report(rows: list[dict], out: str | Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.json", json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out / "compare.md", markdown(rows))
