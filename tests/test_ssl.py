@@ -215,3 +215,19 @@ def test_probe_and_compare_report(ssl_run, tiny_units):
     assert rows[2]["frame_shift_ms"] == 40 and rows[0]["frame_shift_ms"] == 20
     assert all(r["macs_per_second"] > 0 and r["pr"] is not None for r in rows)
     assert "| params ratio |" in markdown(rows)
+
+
+def test_teacher_cache_is_fp16_and_rebuilt_when_the_layers_change(hubert_dir, tiny_units, tmp_path):
+    from speechdistill.ssl_train import WaveData, WaveDataset, cache_teacher, load_wave_cuts
+
+    teacher = load_teacher(hubert_dir)
+    cuts = load_wave_cuts(WaveData(str(tiny_units.parent), max_hours=0.005))
+    cache = cache_teacher(teacher, hubert_dir, cuts, [1, 2], tmp_path / "cache", 30.0, show_progress=False)
+    cut = next(iter(cuts))
+    ids, wavs, lens = WaveDataset()[cuts.subset(cut_ids=[cut.id])]
+    states, flens = teacher(wavs, lens)
+    got = cache[f"{cut.id}/2"]
+    assert got.dtype == torch.float16 and got.shape == (int(flens[0]), 32)
+    torch.testing.assert_close(got.float(), states[2][0], atol=1e-2, rtol=1e-2)
+    again = cache_teacher(teacher, hubert_dir, cuts, [1, 3], tmp_path / "cache", 30.0, show_progress=False)
+    assert f"{cut.id}/3" in again and f"{cut.id}/2" not in again

@@ -173,3 +173,16 @@ def test_learning_rate_schedules_hand_computed():
     assert [lin(s) for s in (0, 3, 7, 11, 30)] == pytest.approx([0.25, 1.0, 0.55, 0.1, 0.1])
     with pytest.raises(ValueError, match="schedule must be"):
         from_dict(TrainConfig, {"optim": {"schedule": "cosine"}})
+
+
+def test_acoustic_model_is_an_upstream(trained):
+    from speechdistill.teachers.ssl import AcousticModelUpstream, load_teacher
+
+    out, _ = trained
+    teacher = load_teacher(out / "best")
+    assert isinstance(teacher.upstream, AcousticModelUpstream) and teacher.frame_shift == pytest.approx(0.04)
+    wavs = torch.randn(2, 16000) * 0.1
+    states, lens = teacher(wavs, torch.tensor([16000, 8000]))
+    # 100 and 50 fbank frames; two stride-2 convs: (100 - 1) // 2 = 49 -> 24, 50 -> 24 -> 11
+    assert len(states) == 3 + 1 and lens.tolist() == [24, 11]
+    assert all(s.shape == (2, 24, 48) for s in states)
