@@ -117,3 +117,16 @@ def test_text_converts_to_every_unit(tiny_units):
     lm_lines = (tiny_units / "lm_text.senone.txt").read_text().splitlines()
     assert len(lm_lines) == len((tiny_units.parent / "lm_text.txt").read_text().splitlines())
     assert max(units.encode(text, "phone")) < units.vocab_size("phone")
+
+
+def test_subword_model_is_byte_identical_across_trainings(tmp_path):
+    from speechdistill.units.subword import train_subword_model
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"AND THE LORD SPAKE UNTO MOSES SAYING {i} TIMES" for i in range(200)) + "\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = train_subword_model(text, tmp_path / "a" / "sp", vocab_size=40)
+    b = train_subword_model(text, tmp_path / "b" / "sp", vocab_size=40)
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["sp.model", "sp.vocab"]  # no scratch left

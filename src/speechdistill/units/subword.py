@@ -22,21 +22,26 @@ from speechdistill.utils import atomic_write_bytes
 def train_subword_model(text: str | Path, prefix: str | Path, vocab_size: int = 256,
                         model_type: str = "unigram") -> Path:  # fmt: skip
     """Train a SentencePiece model on a one-sentence-per-line file; writes
-    ``{prefix}.model`` and ``{prefix}.vocab`` atomically. Deterministic."""
-    import tempfile
+    ``{prefix}.model`` and ``{prefix}.vocab`` atomically. Deterministic: the same text
+    gives the same bytes wherever it lives (sentences go in through an iterator and the
+    model comes out through a writer, so no file path is recorded in the model)."""
+    import io
 
     import sentencepiece as spm
 
     prefix = Path(prefix)
-    with tempfile.TemporaryDirectory(dir=prefix.parent) as tmp:
-        spm.SentencePieceTrainer.train(
-            input=str(text), model_prefix=f"{tmp}/m", vocab_size=vocab_size,
-            model_type=model_type, character_coverage=1.0, num_threads=1,
-            shuffle_input_sentence=False, input_sentence_size=2_000_000,
-            bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2,
-        )  # fmt: skip
-        for ext in ("model", "vocab"):
-            atomic_write_bytes(f"{prefix}.{ext}", Path(f"{tmp}/m.{ext}").read_bytes())
+    lines = [line for line in Path(text).read_text().splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=1.0, num_threads=1,
+        shuffle_input_sentence=False, input_sentence_size=2_000_000,
+        bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2,
+    )  # fmt: skip
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
+    atomic_write_bytes(f"{prefix}.model", model.getvalue())
+    atomic_write_bytes(f"{prefix}.vocab", vocab.encode())
     return Path(f"{prefix}.model")
 
 
