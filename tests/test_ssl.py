@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 
-from speechdistill.distill.ssl_losses import align_frames, attention_map_loss, distilhubert_loss, hint_loss
+from speechdistill.distill.ssl_losses import (
+    align_frames,
+    attention_map_loss,
+    distilhubert_loss,
+    hint_loss,
+)
 from speechdistill.students.ssl import StudentConfig, build_student, load_student, save_student
 from speechdistill.teachers.ssl import HFUpstream, load_teacher, load_upstream
 
@@ -17,7 +22,14 @@ TINY = dict(conv_dim=(16,) * 7, hidden_size=32, num_hidden_layers=4, num_attenti
 
 
 def save_tiny(family: str, path, **kw):
-    from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel
+    from transformers import (
+        HubertConfig,
+        HubertModel,
+        Wav2Vec2Config,
+        Wav2Vec2Model,
+        WavLMConfig,
+        WavLMModel,
+    )
 
     cfg_cls, model_cls = {"hubert": (HubertConfig, HubertModel), "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
                           "wavlm": (WavLMConfig, WavLMModel)}[family]  # fmt: skip
@@ -162,7 +174,14 @@ def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
 @pytest.fixture(scope="module")
 def ssl_run(tiny_units, tmp_path_factory):
     """Pre-train a tiny teacher on the tiny corpus (2 epochs), distil both students."""
-    from speechdistill.ssl_train import DistillConfig, LoopConfig, PretrainConfig, WaveData, distill, pretrain
+    from speechdistill.ssl_train import (
+        DistillConfig,
+        LoopConfig,
+        PretrainConfig,
+        WaveData,
+        distill,
+        pretrain,
+    )
 
     corpus, out = tiny_units.parent, tmp_path_factory.mktemp("ssl")
     data = WaveData(corpus=str(corpus), max_duration=30.0)

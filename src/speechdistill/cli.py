@@ -35,6 +35,12 @@ def _import_options(p: argparse.ArgumentParser) -> None:
                    help="read every file to detect NaN samples (slower)")  # fmt: skip
 
 
+def _config_args(p: argparse.ArgumentParser, example: str, override: str) -> None:
+    """A YAML config and dotted overrides, as every training command takes them."""
+    p.add_argument("config", type=Path, help=f"YAML ({example})")
+    p.add_argument("overrides", nargs="*", help=f"key=value, e.g. {override}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="speechdistill", formatter_class=_Formatter,
@@ -162,14 +168,12 @@ def _parser() -> argparse.ArgumentParser:
                         description="HuBERT iteration 1 on the corpus: MFCC k-means labels, masked prediction.\n\n"
                         "  speechdistill pretrain configs/ssl/pretrain.yaml data.corpus=data/small\n"
                         "Writes {out_dir}/hf, a Hugging Face HubertModel directory; resumes from {out_dir}/last.")  # fmt: skip
-    pt.add_argument("config", type=Path, help="YAML (configs/ssl/pretrain.yaml)")
-    pt.add_argument("overrides", nargs="*", help="key=value, e.g. optim.epochs=2")
+    _config_args(pt, "configs/ssl/pretrain.yaml", "optim.epochs=2")
     ds = sub.add_parser("distill-ssl", formatter_class=_Formatter, help="distil an SSL teacher into a small student",
                         description="  speechdistill distill-ssl configs/ssl/distilhubert.yaml teacher=exp/ssl/teacher/hf\n"
                         "  speechdistill distill-ssl configs/ssl/fithubert.yaml\n"
                         "Writes {out_dir}/student (safetensors + JSON; distilhubert also student.hf).")  # fmt: skip
-    ds.add_argument("config", type=Path, help="YAML (configs/ssl/distilhubert.yaml or fithubert.yaml)")
-    ds.add_argument("overrides", nargs="*", help="key=value, e.g. student.num_layers=4")
+    _config_args(ds, "configs/ssl/distilhubert.yaml or fithubert.yaml", "student.num_layers=4")
     pr = sub.add_parser("probe", formatter_class=_Formatter, help="SUPERB-style probe of a frozen upstream",
                         description="  speechdistill probe --upstream exp/ssl/teacher/hf --task pr --corpus data/small\n"
                         "Writes {upstream}.probe-{task}.json beside the upstream (read by `compare`).")  # fmt: skip
@@ -193,8 +197,7 @@ def _parser() -> argparse.ArgumentParser:
                         "  speechdistill train configs/baseline.yaml optim.lr=1e-3 out_dir=exp/b2\n"
                         "  torchrun --nproc-per-node 2 -m speechdistill.cli train configs/baseline.yaml "
                         "strategy=ddp devices=2")  # fmt: skip
-    tr.add_argument("config", type=Path, help="YAML config (see configs/)")
-    tr.add_argument("overrides", nargs="*", help="key=value, e.g. model.encoder.preset=s")
+    _config_args(tr, "see configs/", "model.encoder.preset=s")
     tr.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                     help="continue from {out_dir}/last if it exists")  # fmt: skip
 

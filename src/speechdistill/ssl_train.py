@@ -381,7 +381,12 @@ def _layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 def distill(cfg: DistillConfig) -> dict:
     """Train a student of ``cfg.teacher``; writes ``{out_dir}/student`` (+ ``student.hf``)."""
-    from speechdistill.distill.ssl_losses import align_frames, attention_map_loss, distilhubert_loss, hint_loss
+    from speechdistill.distill.ssl_losses import (
+        align_frames,
+        attention_map_loss,
+        distilhubert_loss,
+        hint_loss,
+    )
     from speechdistill.students.ssl import build_student, save_student
     from speechdistill.teachers.ssl import load_teacher
 
