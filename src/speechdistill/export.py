@@ -56,8 +56,8 @@ def export_onnx(model, path: Path, atol: float = 1e-3) -> float:
     return worst
 
 
-def export(ckpt: str | Path, out: str | Path, torchscript: bool = True, onnx: bool = True) -> dict:
-    model, cfg, vocab = load_inference_model(ckpt)
+def export_model(model, out: str | Path, torchscript: bool = True, onnx: bool = True) -> dict:
+    """Export an InferenceModel into ``out``; returns the files written."""
     model.eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +70,13 @@ def export(ckpt: str | Path, out: str | Path, torchscript: bool = True, onnx: bo
         _export(model, out, torchscript, onnx, written)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    return written
+
+
+def export(ckpt: str | Path, out: str | Path, torchscript: bool = True, onnx: bool = True) -> dict:
+    model, cfg, vocab = load_inference_model(ckpt)
+    out = Path(out)
+    written = export_model(model, out, torchscript, onnx)
     atomic_write_text(out / "model.json", json.dumps({
         "checkpoint": str(ckpt), "main_unit": cfg.model.main_unit, "vocab": vocab,
         "frame_shift": cfg.model.encoder.frame_shift, "inputs": "feats (N,T,80) fbank, feat_lens (N,)",
