@@ -22,6 +22,7 @@ k, T); opening it with an LM or inventory that does not match is an error.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +84,10 @@ def spread_to_frames(spans: np.ndarray, frame_shift: float, num_frames: int) -> 
 
 @torch.no_grad()
 def build_cache(corpus: str | Path, unit: str, k: int = 8, temperature: float = 3.0,
-                lm_prefix: str | Path | None = None, split: str = "train",
-                show_progress: bool = True) -> dict:  # fmt: skip
-    """Compute and write ``{corpus}/soft_labels/{unit}-k{k}-T{T}``; returns its metadata."""
+                lm_prefix: str | Path | None = None, split: str = "train", show_progress: bool = True,
+                values_dtype: torch.dtype = torch.float16, prefix: str | Path | None = None) -> dict:  # fmt: skip
+    """Compute and write ``{corpus}/soft_labels/{unit}-k{k}-T{T}`` (or ``prefix``); returns
+    its metadata, with its size and the seconds spent writing it."""
     from speechdistill.data.corpus import load_split
     from speechdistill.teachers.lm_train import load_teacher
     from speechdistill.units.inventory import Units
@@ -105,19 +107,22 @@ def build_cache(corpus: str | Path, unit: str, k: int = 8, temperature: float = 
             continue
         logits = lm.position_logits(torch.tensor([ids]))[0]  # (P, V)
         values, indices = top_k_soft_labels(logits, k, temperature)
-        tensors[f"{cut.id}/values"] = values.half()
+        tensors[f"{cut.id}/values"] = values.to(values_dtype)
         tensors[f"{cut.id}/indices"] = indices.int()
         tensors[f"{cut.id}/spans"] = torch.tensor(spans, dtype=torch.float32)
         positions += len(ids)
     hours = sum(c.duration for c in cuts) / 3600
-    prefix = corpus / "soft_labels" / f"{unit}-k{k}-T{temperature:g}"
+    prefix = Path(prefix or corpus / "soft_labels" / f"{unit}-k{k}-T{temperature:g}")
     meta = {"kind": "soft-labels", "unit": unit, "top_k": k, "temperature": temperature,
             "lm": str(lm_prefix), "lm_dev_perplexity": lm_meta.get("dev_perplexity"), "split": split,
             "utterances": len(tensors) // 3, "positions": positions,
             "fingerprint": fingerprint(lm_prefix, corpus / "units", unit, k, temperature)}  # fmt: skip
+    start = time.perf_counter()
     path = save_checkpoint(prefix, tensors, meta)
+    write_seconds = time.perf_counter() - start
     size = path.stat().st_size
-    return meta | {"bytes": size, "bytes_per_hour_of_audio": round(size / hours) if hours else None}
+    return meta | {"bytes": size, "bytes_per_hour_of_audio": round(size / hours) if hours else None,
+                   "write_seconds": write_seconds, "hours": hours}  # fmt: skip
 
 
 class SoftLabelCache:
