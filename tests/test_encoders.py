@@ -108,9 +108,23 @@ def test_every_shipped_config_loads():
     from speechdistill.config import load_config
     from speechdistill.train import TrainConfig
 
-    configs = [p for p in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-               if p.name != "ablation.yaml"]  # an ablation file (see test_ablate.py)
-    assert len(configs) >= 6
+    import yaml
+
+    from speechdistill.ablate import load_ablation, run_config
+    from speechdistill.ssl_train import DistillConfig, PretrainConfig
+
+    root = Path(__file__).parent.parent / "configs"
+    configs = sorted(root.glob("*.yaml"))
+    ablations = [p for p in configs if "variants" in yaml.safe_load(p.read_text())]
+    assert {p.name for p in ablations} == {"ablation.yaml", "demo.yaml"}
+    assert len(configs) - len(ablations) >= 6
     for path in configs:
-        cfg = load_config(TrainConfig, path)
-        assert cfg.name == path.stem
+        if path in ablations:
+            abl = load_ablation(path)
+            for variant in abl.variants:
+                run_config(abl, variant, 0)
+        else:
+            assert load_config(TrainConfig, path).name == path.stem
+    assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
+    for kind in ("distilhubert", "fithubert"):
+        assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind
