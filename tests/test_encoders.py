@@ -105,13 +105,12 @@ def test_config_errors_name_the_key():
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    from speechdistill.config import load_config
-    from speechdistill.train import TrainConfig
-
     import yaml
 
     from speechdistill.ablate import load_ablation, run_config
+    from speechdistill.config import load_config
     from speechdistill.ssl_train import DistillConfig, PretrainConfig
+    from speechdistill.train import TrainConfig
 
     root = Path(__file__).parent.parent / "configs"
     configs = sorted(root.glob("*.yaml"))

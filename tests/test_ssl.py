@@ -236,7 +236,7 @@ def test_probe_and_compare_report(ssl_run, tiny_units):
     assert "| params ratio |" in markdown(rows)
 
 
-def test_teacher_cache_is_fp16_and_rebuilt_when_the_layers_change(hubert_dir, tiny_units, tmp_path):
+def test_teacher_cache_is_fp16_and_refused_when_the_layers_change(hubert_dir, tiny_units, tmp_path):
     from speechdistill.ssl_train import WaveData, WaveDataset, cache_teacher, load_wave_cuts
 
     teacher = load_teacher(hubert_dir)
@@ -248,5 +248,11 @@ def test_teacher_cache_is_fp16_and_rebuilt_when_the_layers_change(hubert_dir, ti
     got = cache[f"{cut.id}/2"]
     assert got.dtype == torch.float16 and got.shape == (int(flens[0]), 32)
     torch.testing.assert_close(got.float(), states[2][0], atol=1e-2, rtol=1e-2)
+    from speechdistill.distill.soft_labels import StaleCacheError
+
+    with pytest.raises(StaleCacheError, match="another teacher, layer set or data; delete .*cache.safetensors"):
+        cache_teacher(teacher, hubert_dir, cuts, [1, 3], tmp_path / "cache", 30.0, show_progress=False)
+    for ext in ("json", "safetensors"):
+        (tmp_path / f"cache.{ext}").unlink()
     again = cache_teacher(teacher, hubert_dir, cuts, [1, 3], tmp_path / "cache", 30.0, show_progress=False)
     assert f"{cut.id}/3" in again and f"{cut.id}/2" not in again

@@ -349,19 +349,23 @@ def teacher_fingerprint(teacher_path: str | Path, layers: list[int], cut_ids: li
 def cache_teacher(teacher, teacher_path, cuts, layers: list[int], prefix: Path, max_duration: float,
                   show_progress: bool = True) -> dict:  # fmt: skip
     """fp16 hidden states of ``layers`` for every utterance, in one safetensors file
-    (written under a temporary name, then renamed); reused while the fingerprint holds."""
+    (written under a temporary name, then renamed); reused while its fingerprint holds,
+    refused (never overwritten) when it does not or when the file is damaged."""
     from speechdistill.checkpoint import CheckpointError
     from speechdistill.data.batching import make_sampler
+    from speechdistill.distill.soft_labels import StaleCacheError
 
     want = teacher_fingerprint(teacher_path, layers, [c.id for c in cuts])
     if prefix.with_suffix(".json").exists():
         try:
             tensors, meta = load_checkpoint(prefix)
-            if meta.get("fingerprint") == want:
-                return tensors
-            log.warning("teacher cache %s is stale (another teacher, layer set or data); rebuilding", prefix)
         except CheckpointError as e:
-            log.warning("teacher cache %s is unreadable (%s); rebuilding", prefix, e)
+            raise StaleCacheError(f"teacher cache {prefix} cannot be used ({e}); delete "
+                                  f"{prefix}.safetensors and {prefix}.json to rebuild it") from None  # fmt: skip
+        if meta.get("fingerprint") != want:
+            raise StaleCacheError(f"teacher cache {prefix} was built from another teacher, layer set or "
+                                  f"data; delete {prefix}.safetensors and {prefix}.json to rebuild it")  # fmt: skip
+        return tensors
     tensors = {}
     sampler = make_sampler(cuts, max_duration, False, 0)
     for ids, wavs, lens in progress(torch.utils.data.DataLoader(WaveDataset(), sampler=sampler, batch_size=None),

@@ -30,3 +30,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class ManifestError(ValueError):
+    """A manifest that is truncated or corrupt; the message names the file and line."""
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """One JSON object per line. A line cut short (a truncated file) or otherwise not
+    JSON is an error naming the file and line, never a silently shorter list."""
+    import json
+
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}:{n}: not a complete JSON line ({e.msg}); the manifest is "
+                                    "truncated or corrupt: rebuild or re-import the corpus") from None  # fmt: skip
+    return rows

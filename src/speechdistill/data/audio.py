@@ -15,6 +15,10 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000
+MIN_SECONDS = 0.1  # shorter audio cannot hold one 40 ms output frame after subsampling
+MAX_SECONDS = 600.0  # longer "utterances" are whole recordings: give a segments file
+SILENCE_PEAK = 1e-4  # peak |sample| below this: nothing was recorded
+CLIPPED_FRACTION = 0.01  # more samples than this at full scale: noted as clipped
 
 
 class BadAudioError(ValueError):
@@ -54,6 +58,13 @@ def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> Aud
                             "check that it exists and is WAV/FLAC/OGG") from None  # fmt: skip
     if info.frames == 0:
         raise BadAudioError(f"utterance {utt}: audio file {path} is empty (0 samples)")
+    seconds = info.frames / info.samplerate
+    if seconds < MIN_SECONDS:
+        raise BadAudioError(f"utterance {utt}: audio file {path} is {info.frames} samples ({seconds * 1000:.1f} ms) "
+                            f"long, shorter than {MIN_SECONDS * 1000:.0f} ms: too short to recognise")  # fmt: skip
+    if seconds > MAX_SECONDS:
+        raise BadAudioError(f"utterance {utt}: audio file {path} is {seconds / 60:.1f} minutes long (more than "
+                            f"{MAX_SECONDS / 60:.0f}); cut it into utterances with a Kaldi `segments` file")  # fmt: skip
     report = AudioReport(str(path), info.samplerate, info.channels, info.frames)
     if info.channels > 1:
         report.notes.append(f"{info.channels} channels, averaged to mono")
@@ -64,6 +75,13 @@ def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> Aud
         if not np.isfinite(samples).all():
             raise BadAudioError(f"utterance {utt}: audio file {path} contains NaN or infinite "
                                 "samples; re-export it")  # fmt: skip
+        peak = float(np.abs(samples).max())
+        if peak < SILENCE_PEAK:
+            raise BadAudioError(f"utterance {utt}: audio file {path} is silent (peak {peak:.1e}); "
+                                "check the recording or its channel")  # fmt: skip
+        clipped = float((np.abs(samples) >= 0.999).mean())
+        if clipped > CLIPPED_FRACTION:
+            report.notes.append(f"clipped ({100 * clipped:.1f}% of samples at full scale)")
     return report
 
 

@@ -39,7 +39,7 @@ from speechdistill.data.audio import SAMPLE_RATE
 from speechdistill.data.text import Sentence, load_sentences
 from speechdistill.data.voices import Voice, make_voices, split_voices
 from speechdistill.progress import progress
-from speechdistill.utils import atomic_write_bytes, atomic_write_text
+from speechdistill.utils import ManifestError, atomic_write_bytes, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
@@ -291,6 +291,19 @@ def _write_manifests(out: Path, split: str, recs: list[dict]) -> None:
         atomic_write_text(out / f"{split}_{name}.jsonl", lines)
 
 
+def check_count(corpus: Path, split: str, path: Path, found: int) -> None:
+    """A manifest cut at a line boundary parses fine: compare with the count recorded
+    when the corpus was built (summary.json) or imported (import_{split}.json)."""
+    want = None
+    if (corpus / "summary.json").exists():
+        want = json.loads((corpus / "summary.json").read_text())["splits"].get(split, {}).get("utterances")
+    elif (corpus / f"import_{split}.json").exists():
+        want = json.loads((corpus / f"import_{split}.json").read_text()).get("kept")
+    if want is not None and found != want:
+        raise ManifestError(f"{path} holds {found} utterances but the corpus recorded {want}: the manifest "
+                            "is truncated or was edited; rebuild or re-import the corpus")  # fmt: skip
+
+
 def load_split(corpus: str | Path, split: str) -> CutSet:
     """The CutSet of one split of a corpus directory, with absolute audio paths."""
     corpus = Path(corpus)
@@ -301,14 +314,16 @@ def load_split(corpus: str | Path, split: str) -> CutSet:
                                     f"(`speechdistill corpus build --out {corpus}`)")  # fmt: skip
     root = corpus.resolve()
     recordings = []
-    for rec in RecordingSet.from_file(paths[0]):  # built-in corpora store relative paths
+    rec_rows, sup_rows = read_jsonl(paths[0]), read_jsonl(paths[1])
+    check_count(corpus, split, paths[1], len(sup_rows))
+    for rec in RecordingSet.from_dicts(rec_rows):  # built-in corpora store relative paths
         sources = [fastcopy(s, source=str(root / s.source))
                    if s.type == "file" and not Path(s.source).is_absolute() else s
                    for s in rec.sources]  # fmt: skip
         recordings.append(fastcopy(rec, sources=sources))
     recordings = RecordingSet.from_recordings(recordings)
     # One cut per utterance (cut id = utterance id), also for recordings cut by `segments`.
-    cuts = CutSet.from_manifests(recordings, SupervisionSet.from_file(paths[1]))
+    cuts = CutSet.from_manifests(recordings, SupervisionSet.from_dicts(sup_rows))
     return cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
 
 

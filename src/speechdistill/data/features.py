@@ -23,7 +23,7 @@ from lhotse.features.io import LilcomChunkyWriter
 
 from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
 from speechdistill.progress import progress
-from speechdistill.utils import atomic_write_text
+from speechdistill.utils import atomic_write_text, read_jsonl
 
 EXTRACTORS = ("kaldi-native", "lhotse")
 FRAME_SHIFT = 0.01
@@ -118,9 +118,12 @@ def load_cuts_with_features(corpus: str | Path, split: str) -> CutSet:
     path = corpus / f"{split}_cuts.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `speechdistill features compute {corpus}`")
+    from speechdistill.data.corpus import check_count
+
+    rows = read_jsonl(path)
+    check_count(corpus, split, path, len(rows))
     cuts = []
-    for line in path.read_text().splitlines():
-        d = json.loads(line)
+    for d in rows:
         d["features"]["storage_path"] = str(corpus / d["features"]["storage_path"])
         d["recording"]["sources"][0]["source"] = str(corpus / d["recording"]["sources"][0]["source"])
         cuts.append(d)

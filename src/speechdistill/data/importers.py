@@ -54,7 +54,13 @@ def _read_table(path: Path, required: bool = True) -> dict[str, str]:
             raise FileNotFoundError(f"{path} is missing: a Kaldi data dir needs wav.scp and text")
         return {}
     table: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    try:
+        content = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        n = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{n}: not UTF-8 (byte 0x{e.object[e.start]:02x}); convert the file, "
+                         f"e.g. `iconv -f latin1 -t utf-8 {path.name}`") from None  # fmt: skip
+    for n, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         key, _, value = line.strip().partition(" ")
@@ -75,6 +81,20 @@ def _write(out: Path, split: str, recordings, supervisions, report: ImportReport
     return summary
 
 
+MAX_WORDS_PER_SECOND = 8.0  # fast read speech is ~4; more means transcript and audio do not match
+
+
+def _transcript_fault(utt: str, transcript: str, seconds: float) -> str | None:
+    """Why a normalised transcript cannot go with ``seconds`` of audio, or None."""
+    if not transcript:
+        return f"utterance {utt} has an empty transcript (nothing left after normalisation)"
+    words = len(transcript.split())
+    if words / seconds > MAX_WORDS_PER_SECOND:
+        return (f"utterance {utt}: {words} words for {seconds:.2f} s of audio (more than "
+                f"{MAX_WORDS_PER_SECOND:g} words/s); the transcript does not match the audio")  # fmt: skip
+    return None
+
+
 def _recording(rec_id: str, path: str, report: ImportReport, check_samples: bool) -> Recording | None:
     try:
         info = inspect_audio(path, rec_id, check_samples)
@@ -87,6 +107,8 @@ def _recording(rec_id: str, path: str, report: ImportReport, check_samples: bool
         report.notes[f"{info.sampling_rate} Hz, resampled to {SAMPLE_RATE} Hz"] += 1
     for note in info.notes:
         log.warning("recording %s: %s", rec_id, note)
+        if note.startswith("clipped"):
+            report.notes["clipped (kept)"] += 1
     return Recording(id=rec_id, sampling_rate=info.sampling_rate, num_samples=info.num_samples,
                      duration=info.num_samples / info.sampling_rate,
                      sources=[AudioSource(type="file", channels=list(range(info.num_channels)),
@@ -127,12 +149,13 @@ def import_kaldi_dir(data_dir: str | Path, out: str | Path, split: str = "train"
                 report.skip(utt, f"utterance {utt}: recording {rec_id} is not in wav.scp")
             continue
         transcript = normalize(words)
-        if not transcript:
-            report.skip(utt, f"utterance {utt} has an empty transcript in {data_dir / 'text'}")
-            continue
         end = rec.duration if end is None or end < 0 else min(end, rec.duration)
         if end <= start:
             report.skip(utt, f"utterance {utt}: segment [{start}, {end}] is empty")
+            continue
+        fault = _transcript_fault(utt, transcript, end - start)
+        if fault:
+            report.skip(utt, f"{fault} ({data_dir / 'text'})")
             continue
         supervisions.append(SupervisionSegment(
             id=utt, recording_id=rec_id, start=start, duration=round(end - start, 6), channel=0,
@@ -168,8 +191,9 @@ def import_lhotse(recordings_path: str | Path, supervisions_path: str | Path, ou
                 report.skip(sup.id, f"utterance {sup.id}: recording {sup.recording_id} is missing")
             continue
         transcript = normalize(sup.text or "")
-        if not transcript:
-            report.skip(sup.id, f"utterance {sup.id} has an empty transcript")
+        fault = _transcript_fault(sup.id, transcript, sup.duration)
+        if fault:
+            report.skip(sup.id, fault)
             continue
         supervisions.append(fastcopy(sup, text=transcript))
         report.kept += 1

@@ -14,7 +14,7 @@ outputs as utterances one by one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,14 @@ class EncoderConfig:
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise ValueError(f"preset={self.preset!r}; valid presets: {', '.join(PRESETS)}")
-            self.num_blocks, self.d_model, self.num_heads, self.ff_dim = PRESETS[self.preset]
+            sizes = dict(zip(("num_blocks", "d_model", "num_heads", "ff_dim"), PRESETS[self.preset], strict=True))
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in sizes.items():
+                own = getattr(self, name)
+                if own != defaults[name] and own != value:  # set by the user, and not to the preset's value
+                    raise ValueError(f"{name}={own} conflicts with preset {self.preset!r} ({name}={value}); "
+                                     "set preset: null to choose the sizes yourself")  # fmt: skip
+                setattr(self, name, value)
         for name in ("num_blocks", "d_model", "num_heads", "ff_dim", "conv_kernel"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
