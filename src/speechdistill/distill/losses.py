@@ -15,6 +15,7 @@ and frame taps add their terms on top.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -86,30 +87,33 @@ def interpolated_target(hard: torch.Tensor, values: torch.Tensor, indices: torch
 def ctc_viterbi(log_probs: torch.Tensor, targets: list[int]) -> list[int]:
     """Most probable CTC alignment of ``targets`` to (T, V) log-probs (blank = 0).
     Returns, per frame, the index of the target position it emits, or -1 for blank.
-    Written by hand: torchaudio's ``forced_align`` cannot be installed beside torch 2.13."""
+    Written by hand: torchaudio's ``forced_align`` cannot be installed beside torch 2.13.
+    NumPy over the S = 2U + 1 states, one vector step per frame; the emissions and the
+    skip mask are computed once (bench/viterbi.py times it against the first version)."""
     T, U = log_probs.shape[0], len(targets)
     S = 2 * U + 1  # blank, y1, blank, y2, ..., yU, blank
-    labels = [0 if s % 2 == 0 else targets[s // 2] for s in range(S)]
-    lp = log_probs.detach().float().cpu()
-    neg = float("-inf")
-    score = torch.full((T, S), neg)
-    back = torch.zeros((T, S), dtype=torch.long)
-    score[0, 0] = lp[0, 0]
+    labels = np.zeros(S, dtype=np.int64)
+    labels[1::2] = targets
+    emit = log_probs.detach().float().cpu().numpy()[:, labels]  # (T, S)
+    # a skip over a blank is allowed only between different labels
+    allowed = np.zeros(S, dtype=bool)
+    allowed[3::2] = labels[3::2] != labels[1:-2:2]
+    neg = -np.inf
+    score = np.full(S, neg)
+    score[0] = emit[0, 0]
     if S > 1:
-        score[0, 1] = lp[0, labels[1]]
+        score[1] = emit[0, 1]
+    back = np.zeros((T, S), dtype=np.int64)
+    cands = np.full((3, S), neg)
+    cols = np.arange(S)
     for t in range(1, T):
-        prev = score[t - 1]
-        stay = prev
-        step = torch.cat([torch.tensor([neg]), prev[:-1]])
-        skip = torch.cat([torch.tensor([neg, neg]), prev[:-2]])
-        # a skip over a blank is allowed only between different labels
-        allowed = torch.tensor([s % 2 == 1 and s >= 2 and labels[s] != labels[s - 2] for s in range(S)])
-        skip = torch.where(allowed, skip, torch.tensor(neg))
-        cands = torch.stack([stay, step, skip])  # (3, S)
-        best, arg = cands.max(0)
-        score[t] = best + lp[t, labels]
+        cands[0] = score
+        cands[1, 1:] = score[:-1]
+        cands[2, 2:] = np.where(allowed[2:], score[:-2], neg)
+        arg = cands.argmax(0)
+        score = cands[arg, cols] + emit[t]
         back[t] = arg
-    end = S - 1 if S == 1 or score[T - 1, S - 1] >= score[T - 1, S - 2] else S - 2
+    end = S - 1 if S == 1 or score[S - 1] >= score[S - 2] else S - 2
     path = [0] * T
     s = end
     for t in range(T - 1, -1, -1):
