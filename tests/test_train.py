@@ -4,6 +4,7 @@ evaluation, export, and checkpoint faults."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -66,16 +67,17 @@ def test_killed_run_resumes_to_the_same_weights(trained, tiny_units, tmp_path):
     from speechdistill.config import save_config
 
     save_config(cfg, tmp_path / "cfg.yaml")
-    proc = _cli("train", tmp_path / "cfg.yaml", "debug_kill_at_step=15", check=False)
-    assert proc.returncode == -9, "the run should have been killed at step 15"
+    kill = random.Random().randint(5, 15)  # a different step each run; the property holds for all
+    proc = _cli("train", tmp_path / "cfg.yaml", f"debug_kill_at_step={kill}", check=False)
+    assert proc.returncode == -9, f"the run should have been killed at step {kill}"
     state = json.loads((killed / "last.json").read_text())["state"]
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (12, 1, 3), "resume mid-epoch"
+    assert kill - 4 <= state["step"] <= kill, f"killed at {kill}: a checkpoint every 4 steps, got {state['step']}"
     _cli("train", tmp_path / "cfg.yaml", "--resume")
     a = load_file(out / "last.safetensors")
     b = load_file(killed / "last.safetensors")
     for k in a:
         if k.startswith("model."):
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} (killed at step {kill})")
 
 
 def test_ddp_two_processes_match_one(tiny_units, tmp_path):
