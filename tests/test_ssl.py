@@ -146,7 +146,7 @@ def test_distilhubert_student_copies_the_teacher_and_round_trips(hubert_dir, tmp
     n_teacher = sum(p.numel() for p in teacher.parameters())
     assert sum(p.numel() for p in student.model.parameters()) < n_teacher
     wavs, lens = _wavs()
-    preds, flens = student.eval().predict(wavs, lens)
+    preds, flens, _, _ = student.eval().predict(wavs, lens)
     assert [p.shape for p in preds] == [(2, 49, 32)] * 3 and flens.tolist() == [49, 34]
     save_student(student, tmp_path / "distil")
     again = load_student(tmp_path / "distil")
@@ -163,7 +163,7 @@ def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
     wavs, lens = _wavs()
     states, slens = student(wavs, lens)
     assert len(states) == 5 and slens.tolist() == [24, 17] and states[0].shape == (2, 24, 16)
-    preds, plens = student.predict(wavs, lens)
+    preds, plens, _, _ = student.predict(wavs, lens)
     assert preds[0].shape == (2, 48, 32) and plens.tolist() == [48, 34]
     save_student(student, tmp_path / "fit")
     torch.testing.assert_close(load_student(tmp_path / "fit").predict(wavs, lens)[0][-1], preds[-1])

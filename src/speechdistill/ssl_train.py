@@ -157,7 +157,8 @@ class Loop:
     """Epochs of ``step(batch) -> (loss, terms)`` with Fabric, a warmup + linear-decay
     schedule, clipping, a checkpoint per epoch and resume."""
 
-    def __init__(self, module: nn.Module, cuts, cfg: LoopConfig, out: Path, seed: int, max_duration: float):
+    def __init__(self, module: nn.Module, cuts, cfg: LoopConfig, out: Path, seed: int, max_duration: float,
+                 forward_methods: tuple[str, ...] = ()):  # fmt: skip
         from lightning_fabric import Fabric
 
         from speechdistill.data.batching import make_sampler
@@ -185,6 +186,8 @@ class Loop:
             self.state = meta["state"]
             log.info("resumed %s at epoch %d", out, self.state["epoch"])
         self.module, self.optimizer = self.fabric.setup(module, self.optimizer)
+        for name in forward_methods:  # methods the step calls instead of forward (DDP must see them)
+            self.module.mark_forward_method(name)
 
     def run(self, step, on_epoch_end=None) -> dict:
         cfg, fabric, st = self.cfg, self.fabric, self.state
@@ -432,7 +435,7 @@ def distill(cfg: DistillConfig) -> dict:
     def step(module, ids, wavs, lens):
         t_states, t_lens, t_att = teacher_states(ids, wavs, lens)
         T = t_states[need[0]].shape[1]
-        preds, p_lens = module.predict(wavs, lens)
+        preds, p_lens, s_states, s_att = module.predict(wavs, lens, output_attentions=cfg.attention_weight > 0)
         aligned = []
         for p in preds:
             a, mask = align_frames(p, p_lens, T, t_lens)
@@ -442,29 +445,24 @@ def distill(cfg: DistillConfig) -> dict:
             loss, terms = hint_loss(aligned, tgt, mask, weights)
         else:
             loss, terms = distilhubert_loss(aligned, tgt, mask, cfg.cos_weight)
-        if hidden_map or cfg.attention_weight > 0:
-            s_out = module.model(wavs, attention_mask=(torch.arange(wavs.shape[1], device=wavs.device)[None]
-                                                       < lens[:, None]).long(), output_hidden_states=True,
-                                 output_attentions=cfg.attention_weight > 0) if not is_fit else None  # fmt: skip
-            s_states = list(s_out.hidden_states) if s_out is not None else module(wavs, lens)[0]
-            for j, layer in enumerate(hidden_map):
-                h, _ = align_frames(module.hidden_proj[j](s_states[j + 1]), p_lens // (2 if is_fit else 1), T, t_lens)
-                term = ((h - t_states[layer]).pow(2).mean(-1) * mask).sum() / mask.sum()
-                loss = loss + cfg.hidden_weight * term
-                terms[f"hidden.{j}"] = float(term.detach())
-            if cfg.attention_weight > 0:
-                amap = _layer_map(cfg.student.num_layers, teacher.num_layers)
-                for j, layer in enumerate(amap):
-                    term = attention_map_loss(s_out.attentions[j], t_att[layer - 1], mask)
-                    loss = loss + cfg.attention_weight * term
-                    terms[f"attention.{j}"] = float(term.detach())
+        own_lens = p_lens // cfg.student.time_reduction if is_fit else p_lens  # at the student's own rate
+        for j, layer in enumerate(hidden_map):
+            h, _ = align_frames(module.hidden_proj[j](s_states[j + 1]), own_lens, T, t_lens)
+            term = ((h - t_states[layer]).pow(2).mean(-1) * mask).sum() / mask.sum()
+            loss = loss + cfg.hidden_weight * term
+            terms[f"hidden.{j}"] = float(term.detach())
+        if cfg.attention_weight > 0:
+            for j, layer in enumerate(_layer_map(cfg.student.num_layers, teacher.num_layers)):
+                term = attention_map_loss(s_att[j], t_att[layer - 1], mask)
+                loss = loss + cfg.attention_weight * term
+                terms[f"attention.{j}"] = float(term.detach())
         terms["loss"] = float(loss.detach())
         return loss, terms
 
     def export():
         save_student(student, out / "student", {"teacher": str(cfg.teacher), "config": to_dict(cfg)})
 
-    loop = Loop(student, cuts, cfg.optim, out, cfg.seed, cfg.data.max_duration)
+    loop = Loop(student, cuts, cfg.optim, out, cfg.seed, cfg.data.max_duration, forward_methods=("predict",))
     state = loop.run(step, export)
     summary = {"utterances": len(cuts), "hours": round(sum(c.duration for c in cuts) / 3600, 3),
                "student_params": sum(p.numel() for n, p in student.named_parameters()

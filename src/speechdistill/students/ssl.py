@@ -83,14 +83,20 @@ class DistilHuBERTStudent(nn.Module):
         self.model.load_state_dict(copied, strict=False)
         return sorted(copied)
 
-    def forward(self, wavs, lens):
-        out = self.model(wavs, attention_mask=wave_mask(lens, wavs.shape[1]), output_hidden_states=True)
-        return list(out.hidden_states), self.model._get_feat_extract_output_lengths(lens).long()
+    def forward(self, wavs, lens, output_attentions: bool = False):
+        out = self.model(wavs, attention_mask=wave_mask(lens, wavs.shape[1]), output_hidden_states=True,
+                         output_attentions=output_attentions)  # fmt: skip
+        flens = self.model._get_feat_extract_output_lengths(lens).long()
+        if output_attentions:
+            return list(out.hidden_states), flens, list(out.attentions)
+        return list(out.hidden_states), flens
 
-    def predict(self, wavs, lens):
-        """-> [(N, T, teacher C)] one per target layer, (N,) frame lengths (teacher rate)."""
-        states, flens = self(wavs, lens)
-        return [h(states[-1]) for h in self.heads], flens
+    def predict(self, wavs, lens, output_attentions: bool = False):
+        """-> [(N, T, teacher C)] one per target layer, (N,) frame lengths (teacher rate),
+        the hidden states, and the attention maps when asked (else None)."""
+        out = self(wavs, lens, output_attentions)
+        states, flens = out[0], out[1]
+        return [h(states[-1]) for h in self.heads], flens, states, (out[2] if output_attentions else None)
 
 
 class FitHuBERTStudent(nn.Module):
@@ -127,14 +133,15 @@ class FitHuBERTStudent(nn.Module):
         x = self.reduce(x).transpose(1, 2)  # (N, T40, C)
         return self.encoder.extract_features(x, torch.div(flens, r, rounding_mode="floor"), with_input=True)
 
-    def predict(self, wavs, lens):
-        """-> [(N, r*T, teacher C)] one per hinted block (block i for target i), (N,) lengths."""
+    def predict(self, wavs, lens, output_attentions: bool = False):
+        """-> [(N, r*T, teacher C)] one per hinted block (block i for target i), (N,) lengths
+        at the teacher's rate, the hidden states, None (no attention maps)."""
         states, slens = self(wavs, lens)
         preds = []
         for head, h in zip(self.heads, states[1:], strict=True):
             y = head(h)  # (N, T, r*C): each frame unfolds into r frames at the teacher's rate
             preds.append(y.reshape(y.shape[0], -1, self.teacher_dim))
-        return preds, slens * self.cfg.time_reduction
+        return preds, slens * self.cfg.time_reduction, states, None
 
 
 def build_student(cfg: StudentConfig, teacher) -> nn.Module:
