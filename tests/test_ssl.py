@@ -3,6 +3,7 @@ and saving/reloading students."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -256,3 +257,23 @@ def test_teacher_cache_is_fp16_and_refused_when_the_layers_change(hubert_dir, ti
         (tmp_path / f"cache.{ext}").unlink()
     again = cache_teacher(teacher, hubert_dir, cuts, [1, 3], tmp_path / "cache", 30.0, show_progress=False)
     assert f"{cut.id}/3" in again and f"{cut.id}/2" not in again
+
+
+def test_ssl_distillation_under_ddp_keeps_ranks_equal(ssl_run, tiny_units, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    teacher = ssl_run[0] / "teacher" / "hf"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           "29541", Path(__file__).parent / "ssl_ddp.py", teacher, tiny_units.parent, tmp_path],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] > 0 and summary["teacher_cached"]

@@ -198,8 +198,14 @@ class Loop:
             self.module.train()
             sums: dict[str, float] = {}
             n = 0
-            for ids, wavs, lens in progress(loader, desc=f"epoch {st['epoch']}",
-                                            enable=cfg.progress and fabric.is_global_zero):  # fmt: skip
+            it = iter(progress(loader, desc=f"epoch {st['epoch']}", enable=cfg.progress and fabric.is_global_zero))
+            while True:
+                batch = next(it, None)
+                # every rank continues only while all have a batch (bucketing gives ranks uneven counts)
+                ready = fabric.all_reduce(torch.tensor(float(batch is not None)), reduce_op="sum")
+                if float(ready) < fabric.world_size:
+                    break
+                ids, wavs, lens = batch
                 loss, terms = step(self.module, ids, wavs.to(fabric.device), lens.to(fabric.device))
                 fabric.backward(loss)
                 if cfg.grad_clip > 0:
@@ -289,16 +295,18 @@ def pretrain(cfg: PretrainConfig) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cuts = load_wave_cuts(cfg.data)
-    labels_path = out / "labels.npz"
-    if labels_path.exists():
-        labels = dict(np.load(labels_path))
-    else:
-        labels = kmeans_labels(cuts, cfg, cfg.optim.progress)
-        tmp = out / "labels.tmp.npz"
-        np.savez(tmp, **labels)
-        tmp.replace(labels_path)
     torch.manual_seed(cfg.seed)
     model = HuBERTPretrainModel(cfg)
+    loop = Loop(model, cuts, cfg.optim, out, cfg.seed, cfg.data.max_duration)
+    labels_path = out / "labels.npz"
+    with loop.fabric.rank_zero_first():  # rank 0 clusters and writes; the others read
+        if labels_path.exists():
+            labels = dict(np.load(labels_path))
+        else:
+            labels = kmeans_labels(cuts, cfg, cfg.optim.progress)
+            tmp = out / "labels.tmp.npz"
+            np.savez(tmp, **labels)
+            tmp.replace(labels_path)
 
     def step(module, ids, wavs, lens):
         T = int(module.hubert._get_feat_extract_output_lengths(torch.tensor(wavs.shape[1])))
@@ -312,12 +320,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
     def export():
         _save_hf(model.hubert, out / "hf")
 
-    loop = Loop(model, cuts, cfg.optim, out, cfg.seed, cfg.data.max_duration)
     state = loop.run(step, export)
     summary = {"config": to_dict(cfg), "utterances": len(cuts),
                "hours": round(sum(c.duration for c in cuts) / 3600, 3),
                "params": sum(p.numel() for p in model.hubert.parameters())} | state  # fmt: skip
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    if loop.fabric.is_global_zero:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -373,10 +381,11 @@ def cache_teacher(teacher, teacher_path, cuts, layers: list[int], prefix: Path, 
     sampler = make_sampler(cuts, max_duration, False, 0)
     for ids, wavs, lens in progress(torch.utils.data.DataLoader(WaveDataset(), sampler=sampler, batch_size=None),
                                     desc="teacher cache", enable=show_progress):  # fmt: skip
-        states, flens = teacher(wavs, lens)
+        device = next(teacher.parameters()).device
+        states, flens = teacher(wavs.to(device), lens.to(device))
         for i, u in enumerate(ids):
             for layer in layers:
-                tensors[f"{u}/{layer}"] = states[layer][i, : int(flens[i])].half()
+                tensors[f"{u}/{layer}"] = states[layer][i, : int(flens[i])].half().cpu()
     save_checkpoint(prefix, tensors, {"kind": "teacher-cache", "fingerprint": want, "layers": layers,
                                       "teacher": str(teacher_path)})  # fmt: skip
     return tensors
@@ -411,10 +420,13 @@ def distill(cfg: DistillConfig) -> dict:
         teacher.upstream.model.set_attn_implementation("eager")
         student.model.set_attn_implementation("eager")
     need = sorted(set(targets) | set(hidden_map))
+    loop = Loop(student, cuts, cfg.optim, out, cfg.seed, cfg.data.max_duration, forward_methods=("predict",))
+    teacher.to(loop.fabric.device)
     cache = None
     if cfg.cache_teacher and cfg.attention_weight == 0:
-        cache = cache_teacher(teacher, cfg.teacher, cuts, need, out / "teacher_cache", cfg.data.max_duration,
-                              cfg.optim.progress)  # fmt: skip
+        with loop.fabric.rank_zero_first():  # rank 0 builds the cache; the others read it
+            cache = cache_teacher(teacher, cfg.teacher, cuts, need, out / "teacher_cache", cfg.data.max_duration,
+                                  cfg.optim.progress and loop.fabric.is_global_zero)  # fmt: skip
     is_fit = cfg.student.kind == "fithubert"
     weights = [cfg.hint_weights[0]] * (len(targets) - 1) + [cfg.hint_weights[1]]
 
@@ -462,12 +474,12 @@ def distill(cfg: DistillConfig) -> dict:
     def export():
         save_student(student, out / "student", {"teacher": str(cfg.teacher), "config": to_dict(cfg)})
 
-    loop = Loop(student, cuts, cfg.optim, out, cfg.seed, cfg.data.max_duration, forward_methods=("predict",))
     state = loop.run(step, export)
     summary = {"utterances": len(cuts), "hours": round(sum(c.duration for c in cuts) / 3600, 3),
                "student_params": sum(p.numel() for n, p in student.named_parameters()
                                      if not n.startswith(("heads", "hidden_proj"))),
                "teacher_params": sum(p.numel() for p in teacher.parameters()),
                "teacher_cached": cache is not None} | state  # fmt: skip
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    if loop.fabric.is_global_zero:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
