@@ -2,11 +2,18 @@
 
     python bench/kd_overhead.py --corpus data/small --steps 30
 
+    python bench/kd_overhead.py --corpus data/small --steps 20 --ssl-teacher exp/ssl/teacher/hf
+
 Needs the three unit LMs and their soft-label caches (see configs/hier.yaml).
 Prints the median step time of `baseline`, of `hier` with cached soft labels,
 and of `hier` with the LMs run online (soft labels computed for each batch),
 and the ratios to the baseline. The configs alternate on the same batches so
 that machine noise hits both alike.
+
+With ``--ssl-teacher`` (a HF HuBERT directory, e.g. the one `make demo-ssl`
+pre-trains) it also times one distillation step of each SSL student
+(configs/ssl/distilhubert.yaml, fithubert.yaml) with the teacher's layers read
+from memory (as from the fp16 cache) and with the teacher run online.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ def main() -> None:
     p.add_argument("--corpus", default="data/small")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-utterances", type=int, default=12)
+    p.add_argument("--ssl-teacher", default=None, help="also time SSL student steps with this teacher")
     args = p.parse_args()
+    if args.ssl_teacher:
+        ssl_steps(args)
     common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=/tmp/kd_overhead"]
     base = Trainer(load_config(TrainConfig, "configs/baseline.yaml", common))
     hier = Trainer(load_config(TrainConfig, "configs/hier.yaml", common))
@@ -60,6 +70,51 @@ def main() -> None:
     med = {k: statistics.median(v[3:]) for k, v in times.items()}  # first steps warm up
     for k, v in med.items():
         print(f"{k:16s} median step {v * 1000:7.1f} ms   ratio to baseline {v / med['baseline']:.3f}")
+
+
+def ssl_steps(args) -> None:
+    """SSL student steps: teacher states from memory (fp16, as cached) vs the teacher online."""
+    from speechdistill.config import load_config
+    from speechdistill.distill.ssl_losses import align_frames, distilhubert_loss, hint_loss
+    from speechdistill.ssl_train import DistillConfig, WaveData, WaveDataset, load_wave_cuts
+    from speechdistill.students.ssl import build_student
+    from speechdistill.teachers.ssl import load_teacher
+
+    teacher = load_teacher(args.ssl_teacher)
+    cuts = sorted(load_wave_cuts(WaveData(args.corpus, max_hours=0.2)), key=lambda c: c.id)
+    batches = [WaveDataset()[CutSet.from_cuts(cuts[i * 12 : (i + 1) * 12])] for i in range(min(args.steps, 12))]
+    for kind in ("distilhubert", "fithubert"):
+        cfg = load_config(DistillConfig, f"configs/ssl/{kind}.yaml", [f"teacher={args.ssl_teacher}"])
+        torch.manual_seed(0)
+        student = build_student(cfg.student, teacher)
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+        targets = student.targets
+        weights = [0.1] * (len(targets) - 1) + [1.0]
+        cached = []
+        for _, wavs, lens in batches:  # what the fp16 cache holds
+            states, flens = teacher(wavs, lens)
+            cached.append(([states[t].half() for t in targets], flens))
+        times = {"cached": [], "online": []}
+        for i, (_, wavs, lens) in enumerate(batches):
+            for mode in ("cached", "online"):
+                t0 = time.perf_counter()
+                if mode == "online":
+                    states, flens = teacher(wavs, lens)
+                    tgt = [states[t] for t in targets]
+                else:
+                    tgt, flens = [x.float() for x in cached[i][0]], cached[i][1]
+                preds, plens, _, _ = student.predict(wavs, lens)
+                aligned = [align_frames(p, plens, tgt[0].shape[1], flens)[0] for p in preds]
+                mask = align_frames(preds[0], plens, tgt[0].shape[1], flens)[1]
+                loss = (hint_loss(aligned, tgt, mask, weights) if kind == "fithubert"
+                        else distilhubert_loss(aligned, tgt, mask))[0]  # fmt: skip
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                times[mode].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v[2:]) for k, v in times.items()}
+        print(f"{kind:13s} teacher cached {med['cached'] * 1000:7.1f} ms   online {med['online'] * 1000:7.1f} ms   "
+              f"online / cached {med['online'] / med['cached']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
