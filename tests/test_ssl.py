@@ -277,3 +277,22 @@ def test_ssl_distillation_under_ddp_keeps_ranks_equal(ssl_run, tiny_units, tmp_p
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] > 0 and summary["teacher_cached"]
+
+
+def test_weighted_sum_is_learnable_and_sums_to_one(tmp_path):
+    from speechdistill.probe import WeightedSum, plot_layer_weights
+
+    ws = WeightedSum(3)
+    with torch.no_grad():
+        ws.weights.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    states = [torch.randn(2, 5, 4) for _ in range(3)]
+    w = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0)
+    assert float(ws.weights.softmax(0).sum()) == pytest.approx(1.0)
+    want = sum(w[i] * torch.nn.functional.layer_norm(s, (4,)) for i, s in enumerate(states))
+    out = ws(states)
+    torch.testing.assert_close(out, want)
+    out.pow(2).sum().backward()
+    assert ws.weights.grad is not None and ws.weights.grad.abs().sum() > 0
+    plot_layer_weights({"layer_weights": w.tolist(), "task": "pr", "upstream": "x/teacher", "metric": "per",
+                        "test": 12.3}, tmp_path / "w.png")  # fmt: skip
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"

@@ -179,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
                         "Writes {upstream}.probe-{task}.json beside the upstream (read by `compare`).")  # fmt: skip
     pr.add_argument("--upstream", type=Path, required=True,
                     help="HF directory (HuBERT/wav2vec 2.0/WavLM), SSL student or acoustic-model checkpoint")  # fmt: skip
+    pr.add_argument("--lstm-dim", type=int, default=256, help="BiLSTM width of the asr head")
     pr.add_argument("--task", choices=("pr", "asr", "sid"), required=True)
     pr.add_argument("--corpus", default="data/small")
     pr.add_argument("--epochs", type=int, default=10)
@@ -260,11 +261,13 @@ def _run(args: argparse.Namespace) -> None:
                            | {"final_epoch": summary["history"][-1]})  # fmt: skip
     elif args.command == "probe":
         from speechdistill.compare import probe_result_path
-        from speechdistill.probe import ProbeConfig, probe
+        from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
 
-        cfg = ProbeConfig(args.task, args.corpus, args.epochs, args.lr, max_hours=args.max_hours)
+        cfg = ProbeConfig(args.task, args.corpus, args.epochs, args.lr, lstm_dim=args.lstm_dim, max_hours=args.max_hours)
         r = probe(args.upstream, cfg)
-        atomic_write_text(probe_result_path(args.upstream, args.task), json.dumps(r, indent=1) + "\n")
+        path = probe_result_path(args.upstream, args.task)
+        atomic_write_text(path, json.dumps(r, indent=1) + "\n")
+        plot_layer_weights(r, path.with_suffix(".png"))
         console.print(f"{args.upstream} {args.task}: test {r['metric']} {r['test']:.2f}% (dev {r['dev']:.2f}%)")
     elif args.command == "compare":
         from speechdistill.compare import compare, markdown, write_report

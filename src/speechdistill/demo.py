@@ -97,7 +97,7 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
     from speechdistill.compare import compare, markdown, probe_result_path, write_report
     from speechdistill.config import load_config
     from speechdistill.data.corpus import build_corpus
-    from speechdistill.probe import ProbeConfig, probe
+    from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
     from speechdistill.ssl_train import DistillConfig, PretrainConfig, distill, pretrain
     from speechdistill.units.inventory import build_units
     from speechdistill.utils import atomic_write_text
@@ -123,6 +123,8 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
             if not path.exists():
                 r = probe(up, ProbeConfig(task, str(corpus), probe_epochs))
                 atomic_write_text(path, json.dumps(r, indent=1) + "\n")
+            if not path.with_suffix(".png").exists():
+                plot_layer_weights(json.loads(path.read_text()), path.with_suffix(".png"))
     rows = compare(teacher, upstreams[1:], tasks=SSL_PROBES)
     write_report(rows, out)
     return markdown(rows)

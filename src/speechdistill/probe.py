@@ -95,6 +95,33 @@ class ProbeHead(nn.Module):
         return self.out(x)
 
 
+def plot_layer_weights(result: dict, path: str | Path) -> None:
+    """Bar chart of the learned softmax weights per hidden state (0 = pre-transformer)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from speechdistill.utils import atomic_write_bytes
+
+    w = result["layer_weights"]
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(w) + 2), 3))
+    ax.bar(range(len(w)), w)
+    ax.axhline(1 / len(w), color="grey", lw=0.8, ls="--", label="uniform")
+    ax.set_xlabel("hidden state (0 = input of block 1)")
+    ax.set_ylabel("softmax weight")
+    ax.set_title(f"{result['task']} probe of {Path(result['upstream']).name}: test {result['metric']} "
+                 f"{result['test']:.1f}", fontsize=9)  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _sid_part(utt: str) -> str:
     h = int(hashlib.md5(utt.encode()).hexdigest(), 16) % 10
     return "train" if h < 8 else ("dev" if h == 8 else "test")
