@@ -91,9 +91,12 @@ SSL_STUDENTS = ("distilhubert", "fithubert")
 SSL_PROBES = ("pr", "sid")
 
 
-def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 10) -> str:
+def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 10,
+                 probe_hours: float = 1.0) -> str:  # fmt: skip
     """Pre-train the small teacher, distil it into both students, probe all three, compare.
-    Every step is skipped when its result exists; returns the comparison table (Markdown)."""
+    Every step is skipped when its result exists; returns the comparison table (Markdown).
+    Probes train on the first ``probe_hours`` of the training split (all of it for SID's
+    80/10/10 split) and score PR on the full dev and test splits."""
     from speechdistill.compare import compare, markdown, probe_result_path, write_report
     from speechdistill.config import load_config
     from speechdistill.data.corpus import build_corpus
@@ -121,7 +124,7 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
         for task in SSL_PROBES:
             path = probe_result_path(up, task)
             if not path.exists():
-                r = probe(up, ProbeConfig(task, str(corpus), probe_epochs))
+                r = probe(up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_hours))
                 atomic_write_text(path, json.dumps(r, indent=1) + "\n")
             if not path.with_suffix(".png").exists():
                 plot_layer_weights(json.loads(path.read_text()), path.with_suffix(".png"))
