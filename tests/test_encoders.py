@@ -115,7 +115,7 @@ def test_every_shipped_config_loads():
     root = Path(__file__).parent.parent / "configs"
     configs = sorted(root.glob("*.yaml"))
     ablations = [p for p in configs if "variants" in yaml.safe_load(p.read_text())]
-    assert {p.name for p in ablations} == {"ablation.yaml", "demo.yaml"}
+    assert {p.name for p in ablations} == {"ablation.yaml", "demo.yaml", "demo_controls.yaml"}
     assert len(configs) - len(ablations) >= 6
     for path in configs:
         if path in ablations:
