@@ -233,6 +233,8 @@ def print_summary(summary: dict, title: str = "corpus") -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    # Markdown tables go out with plain print(): rich would wrap them at 80 columns
+    # when stdout is not a terminal (a log file, `make demo > log`).
     if args.command == "train":
         from speechdistill.config import load_config
         from speechdistill.train import TrainConfig, train
@@ -243,7 +245,7 @@ def _run(args: argparse.Namespace) -> None:
         from speechdistill.ablate import ablate, load_ablation
 
         ablate(args.ablation, args.seeds, args.overrides)
-        console.print((Path(load_ablation(args.ablation).out_dir) / "results.md").read_text())
+        print((Path(load_ablation(args.ablation).out_dir) / "results.md").read_text())
     elif args.command == "pretrain":
         from speechdistill.config import load_config
         from speechdistill.ssl_train import PretrainConfig, pretrain
@@ -275,14 +277,14 @@ def _run(args: argparse.Namespace) -> None:
         rows = compare(args.teacher, args.students, repeats=args.repeats)
         if args.out:
             write_report(rows, args.out)
-        console.print(markdown(rows))
+        print(markdown(rows))
     elif args.command == "demo":
         from speechdistill.demo import run_demo, run_ssl_demo
 
         if args.ssl:
-            console.print(run_ssl_demo(args.corpus))
+            print(run_ssl_demo(args.corpus))
         else:
-            console.print(run_demo(args.corpus, args.quick, args.seeds).read_text())
+            print(run_demo(args.corpus, args.quick, args.seeds).read_text())
     elif args.command == "lm":
         from speechdistill.teachers.lm import LMConfig
         from speechdistill.teachers.lm_train import train_lm
