@@ -182,8 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--lstm-dim", type=int, default=256, help="BiLSTM width of the asr head")
     pr.add_argument("--task", choices=("pr", "asr", "sid"), required=True)
     pr.add_argument("--corpus", default="data/small")
-    pr.add_argument("--epochs", type=int, default=10)
-    pr.add_argument("--lr", type=float, default=1e-3)
+    pr.add_argument("--epochs", type=int, default=20)
+    pr.add_argument("--lr", type=float, default=5e-3)
     pr.add_argument("--max-hours", type=float, default=0.0, help="cap on the training audio (0: all)")
     cp = sub.add_parser("compare", formatter_class=_Formatter, help="teacher vs students: size, speed, probes",
                         description="  speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student "

@@ -91,7 +91,7 @@ SSL_STUDENTS = ("distilhubert", "fithubert")
 SSL_PROBES = ("pr", "sid")
 
 
-def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 10,
+def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 20,
                  probe_hours: float = 1.0) -> str:  # fmt: skip
     """Pre-train the small teacher, distil it into both students, probe all three, compare.
     Every step is skipped when its result exists; returns the comparison table (Markdown).
