@@ -296,3 +296,17 @@ def test_weighted_sum_is_learnable_and_sums_to_one(tmp_path):
     plot_layer_weights({"layer_weights": w.tolist(), "task": "pr", "upstream": "x/teacher", "metric": "per",
                         "test": 12.3}, tmp_path / "w.png")  # fmt: skip
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tinybert_terms_run_and_are_logged(ssl_run, tiny_units, tmp_path):
+    from speechdistill.ssl_train import DistillConfig, LoopConfig, WaveData, distill
+
+    s = distill(DistillConfig(
+        teacher=str(ssl_run[0] / "teacher" / "hf"), out_dir=str(tmp_path / "tb"),
+        data=WaveData(corpus=str(tiny_units.parent), max_hours=0.01, max_duration=30.0),
+        optim=LoopConfig(lr=1e-3, epochs=1, warmup_steps=1, progress=False),
+        student=StudentConfig(kind="distilhubert", num_layers=2), hidden_weight=0.5, attention_weight=1.0))  # fmt: skip
+    terms = s["history"][0]
+    assert {"hidden.0", "hidden.1", "attention.0", "attention.1"} <= set(terms)
+    assert terms["attention.0"] > 0 and terms["hidden.0"] > 0 and not s["teacher_cached"]
+    assert load_student(tmp_path / "tb" / "student").targets == [1, 3, 4]  # hidden projections not saved

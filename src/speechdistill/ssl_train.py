@@ -40,7 +40,7 @@ from speechdistill.checkpoint import (
 )
 from speechdistill.config import to_dict
 from speechdistill.progress import progress
-from speechdistill.students.ssl import StudentConfig
+from speechdistill.students.ssl import StudentConfig, layer_map
 from speechdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -391,10 +391,6 @@ def cache_teacher(teacher, teacher_path, cuts, layers: list[int], prefix: Path, 
     return tensors
 
 
-def _layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    return [max(1, round(j * teacher_layers / student_layers)) for j in range(1, student_layers + 1)]
-
-
 def distill(cfg: DistillConfig) -> dict:
     """Train a student of ``cfg.teacher``; writes ``{out_dir}/student`` (+ ``student.hf``)."""
     from speechdistill.distill.ssl_losses import (
@@ -413,7 +409,7 @@ def distill(cfg: DistillConfig) -> dict:
     torch.manual_seed(cfg.seed)
     student = build_student(cfg.student, teacher)
     targets = student.targets
-    hidden_map = _layer_map(cfg.student.num_layers, teacher.num_layers) if cfg.hidden_weight > 0 else []
+    hidden_map = layer_map(cfg.student.num_layers, teacher.num_layers) if cfg.hidden_weight > 0 else []
     if hidden_map:
         student.hidden_proj = nn.ModuleList(nn.Linear(student.dim, teacher.dim) for _ in hidden_map)
     if cfg.attention_weight > 0:  # attention probabilities are returned by the eager kernels only
@@ -464,7 +460,7 @@ def distill(cfg: DistillConfig) -> dict:
             loss = loss + cfg.hidden_weight * term
             terms[f"hidden.{j}"] = float(term.detach())
         if cfg.attention_weight > 0:
-            for j, layer in enumerate(_layer_map(cfg.student.num_layers, teacher.num_layers)):
+            for j, layer in enumerate(layer_map(cfg.student.num_layers, teacher.num_layers)):
                 term = attention_map_loss(s_att[j], t_att[layer - 1], mask)
                 loss = loss + cfg.attention_weight * term
                 terms[f"attention.{j}"] = float(term.detach())

@@ -29,6 +29,11 @@ from speechdistill.teachers.ssl import wave_mask
 KINDS = ("distilhubert", "fithubert")
 
 
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher block (1-based) for each student block: block j -> round(j * L_t / L_s)."""
+    return [max(1, round(j * teacher_layers / student_layers)) for j in range(1, student_layers + 1)]
+
+
 @dataclass
 class StudentConfig:
     kind: str = "distilhubert"
@@ -58,8 +63,7 @@ class StudentConfig:
             return list(self.teacher_layers)
         if self.kind == "distilhubert":  # 4/8/12 of 12, scaled
             return sorted({max(1, round(teacher_layers * f / 3)) for f in (1, 2, 3)})
-        # fithubert: student block i hints teacher block round(i * L_t / L_s)
-        return [max(1, round(i * teacher_layers / self.num_layers)) for i in range(1, self.num_layers + 1)]
+        return layer_map(self.num_layers, teacher_layers)  # fithubert: one hint per student block
 
 
 class DistilHuBERTStudent(nn.Module):
