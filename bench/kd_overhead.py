@@ -104,8 +104,8 @@ def ssl_steps(args) -> None:
                 else:
                     tgt, flens = [x.float() for x in cached[i][0]], cached[i][1]
                 preds, plens, _, _ = student.predict(wavs, lens)
-                aligned = [align_frames(p, plens, tgt[0].shape[1], flens)[0] for p in preds]
-                mask = align_frames(preds[0], plens, tgt[0].shape[1], flens)[1]
+                pairs = [align_frames(p, plens, tgt[0].shape[1], flens) for p in preds]
+                aligned, mask = [a for a, _ in pairs], pairs[0][1]
                 loss = (hint_loss(aligned, tgt, mask, weights) if kind == "fithubert"
                         else distilhubert_loss(aligned, tgt, mask))[0]  # fmt: skip
                 loss.backward()

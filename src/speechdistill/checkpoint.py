@@ -125,3 +125,23 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, gauss = meta["python"]
     random.setstate((version, tuple(int(x) for x in tensors["rng.python"].tolist()), gauss))
+
+
+def save_training_state(prefix: str | Path, model: torch.nn.Module, key: str, optimizer, scheduler,
+                        meta: dict) -> None:  # fmt: skip
+    """Weights (under ``key``), optimizer, scheduler and RNG states: all a resume needs."""
+    opt_t, opt_meta = optimizer_tensors(optimizer)
+    rng_t, rng_meta = rng_state()
+    tensors = {f"{key}{k}": v for k, v in model.state_dict().items()} | opt_t | rng_t
+    save_checkpoint(prefix, tensors, meta | {"optimizer": opt_meta, "scheduler": scheduler.state_dict(),
+                                             "rng": rng_meta})  # fmt: skip
+
+
+def load_training_state(prefix: str | Path, model: torch.nn.Module, key: str, optimizer, scheduler) -> dict:
+    """Restore what ``save_training_state`` wrote; returns the checkpoint's metadata."""
+    tensors, meta = load_checkpoint(prefix)
+    load_model_state(model, tensors, key, prefix)
+    load_optimizer(optimizer, tensors, meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    set_rng_state(tensors, meta["rng"])
+    return meta

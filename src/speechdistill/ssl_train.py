@@ -31,12 +31,9 @@ from torch import nn
 
 from speechdistill.checkpoint import (
     load_checkpoint,
-    load_model_state,
-    load_optimizer,
-    optimizer_tensors,
-    rng_state,
+    load_training_state,
     save_checkpoint,
-    set_rng_state,
+    save_training_state,
 )
 from speechdistill.config import to_dict
 from speechdistill.progress import progress
@@ -178,12 +175,7 @@ class Loop:
             self.optimizer, lr_lambda(cfg.warmup_steps, "linear", per_epoch * cfg.epochs, 0.0))
         self.state = {"epoch": 0, "step": 0, "history": []}
         if (out / "last.json").exists():
-            tensors, meta = load_checkpoint(out / "last")
-            load_model_state(module, tensors, "module.", out / "last")
-            load_optimizer(self.optimizer, tensors, meta["optimizer"])
-            self.scheduler.load_state_dict(meta["scheduler"])
-            set_rng_state(tensors, meta["rng"])
-            self.state = meta["state"]
+            self.state = load_training_state(out / "last", module, "module.", self.optimizer, self.scheduler)["state"]
             log.info("resumed %s at epoch %d", out, self.state["epoch"])
         self.module, self.optimizer = self.fabric.setup(module, self.optimizer)
         for name in forward_methods:  # methods the step calls instead of forward (DDP must see them)
@@ -224,12 +216,8 @@ class Loop:
                 log.info("epoch %d: %s", row["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                                if k not in ("epoch", "step")))  # fmt: skip
                 self.out.mkdir(parents=True, exist_ok=True)
-                opt_t, opt_meta = optimizer_tensors(self.optimizer)
-                rng_t, rng_meta = rng_state()
-                tensors = {f"module.{k}": v for k, v in self.raw.state_dict().items()} | opt_t | rng_t
-                save_checkpoint(self.out / "last", tensors, {"kind": "ssl-loop", "state": st, "optimizer": opt_meta,
-                                                             "scheduler": self.scheduler.state_dict(),
-                                                             "rng": rng_meta})  # fmt: skip
+                save_training_state(self.out / "last", self.raw, "module.", self.optimizer, self.scheduler,
+                                    {"kind": "ssl-loop", "state": st})  # fmt: skip
                 if on_epoch_end is not None:
                     on_epoch_end()
         st["seconds_this_run"] = round(time.time() - start, 1)

@@ -27,13 +27,9 @@ from pathlib import Path
 import torch
 
 from speechdistill.checkpoint import (
-    load_checkpoint,
-    load_model_state,
-    load_optimizer,
-    optimizer_tensors,  # fmt: skip
-    rng_state,
+    load_training_state,
     save_checkpoint,
-    set_rng_state,
+    save_training_state,
 )
 from speechdistill.config import save_config, to_dict
 from speechdistill.data.batching import AsrDataset, Batch, make_sampler
@@ -381,12 +377,8 @@ class Trainer:
     def save(self, name: str = "last") -> None:
         if not self.fabric.is_global_zero:
             return
-        model = self._raw_model()
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        opt_t, opt_meta = optimizer_tensors(self.optimizer)
-        rng_t, rng_meta = rng_state()
-        meta = self._meta() | {"optimizer": opt_meta, "scheduler": self.scheduler.state_dict(), "rng": rng_meta}
-        save_checkpoint(self.out / name, tensors | opt_t | rng_t, meta)
+        save_training_state(self.out / name, self._raw_model(), "model.", self.optimizer, self.scheduler,
+                            self._meta())  # fmt: skip
 
     def save_model(self, name: str) -> None:
         """Weights only (what evaluation and export need)."""
@@ -395,11 +387,7 @@ class Trainer:
             save_checkpoint(self.out / name, {f"model.{k}": v for k, v in model.state_dict().items()}, self._meta())
 
     def _restore(self, prefix: Path) -> None:
-        tensors, meta = load_checkpoint(prefix)
-        load_model_state(self.model, tensors, "model.", prefix)
-        load_optimizer(self.optimizer, tensors, meta["optimizer"])
-        self.scheduler.load_state_dict(meta["scheduler"])
-        set_rng_state(tensors, meta["rng"])
+        meta = load_training_state(prefix, self.model, "model.", self.optimizer, self.scheduler)
         self.state = State(**meta["state"])
         log.info("resumed from %s at step %d (epoch %d, batch %d)", prefix, self.state.step,
                  self.state.epoch, self.state.batch_in_epoch)  # fmt: skip
