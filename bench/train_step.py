@@ -8,6 +8,12 @@ one warm-up step, then the median of `--repeats` steps of forward + backward + A
 Peak memory = the process's high-water mark (VmHWM) minus its resident size before
 the first step. The growth exponent between two lengths is log(t2/t1)/log(L2/L1):
 1 is linear, 2 quadratic.
+
+Where the time goes: one more forward pass with timing hooks on the encoder's parts
+(convolutional subsampling, self-attention, Conformer convolution module,
+feed-forward, LSTM) gives each part's share of the forward time; the rest (CTC head,
+norms, residuals, positions) is "other". Forward only: backward has no module hooks
+that time it cleanly, and its split follows the forward's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,35 @@ def _rss_kb(field: str) -> int:
         if line.startswith(field):
             return int(line.split()[1])
     return 0
+
+
+PARTS = {"ConvSubsampling": "subsample", "SelfAttention": "attention", "ConvModule": "conv",
+         "FeedForward": "ff", "LSTM": "lstm"}  # fmt: skip
+
+
+def forward_shares(model, feats, lens) -> dict[str, float]:
+    """Share of one forward pass's wall time spent in each part of PARTS (and "other")."""
+    spent = dict.fromkeys(PARTS.values(), 0.0)
+    started: dict[int, float] = {}
+
+    def enter(module, args):
+        started[id(module)] = time.perf_counter()
+
+    def leave(module, args, output):
+        spent[PARTS[type(module).__name__]] += time.perf_counter() - started[id(module)]
+
+    hooks = []
+    for module in model.modules():
+        if type(module).__name__ in PARTS:
+            hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    t0 = time.perf_counter()
+    model(feats, lens)
+    total = time.perf_counter() - t0
+    for h in hooks:
+        h.remove()
+    shares = {k: v / total for k, v in spent.items()}
+    shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+    return shares
 
 
 def child(kind: str, seconds: float, batch: int, repeats: int) -> None:
@@ -54,7 +89,9 @@ def child(kind: str, seconds: float, batch: int, repeats: int) -> None:
         opt.zero_grad(set_to_none=True)
         if i:
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"seconds": statistics.median(times), "peak_mb": (_rss_kb("VmHWM") - base) / 1024}))
+    peak_mb = (_rss_kb("VmHWM") - base) / 1024
+    shares = forward_shares(model, feats, lens)
+    print(json.dumps({"seconds": statistics.median(times), "peak_mb": peak_mb, "shares": shares}))
 
 
 def main() -> None:
@@ -68,7 +105,9 @@ def main() -> None:
     if args.child:
         child(args.child[0], float(args.child[1]), int(args.child[2]), args.repeats)
         return
-    print(f"{'encoder':12s} {'batch':>5s} {'length s':>8s} {'step s':>8s} {'peak MB':>8s} {'growth':>7s}")
+    parts = list(PARTS.values()) + ["other"]
+    print(f"{'encoder':12s} {'batch':>5s} {'length s':>8s} {'step s':>8s} {'peak MB':>8s} {'growth':>7s}  "
+          + " ".join(f"{p:>9s}" for p in parts) + "   (share of forward time)")
     for kind in args.kinds:
         for batch in args.batch:
             prev = None
@@ -77,7 +116,9 @@ def main() -> None:
                                       str(length), str(batch)], capture_output=True, text=True, check=True)  # fmt: skip
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 growth = (f"{math.log(r['seconds'] / prev[1]) / math.log(length / prev[0]):7.2f}" if prev else "      -")
-                print(f"{kind:12s} {batch:5d} {length:8.0f} {r['seconds']:8.3f} {r['peak_mb']:8.0f} {growth}")
+                share = " ".join(f"{r['shares'][p]:9.0%}" for p in parts)
+                print(f"{kind:12s} {batch:5d} {length:8.0f} {r['seconds']:8.3f} {r['peak_mb']:8.0f} {growth}  {share}",
+                      flush=True)
                 prev = (length, r["seconds"])
 
 

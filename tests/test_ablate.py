@@ -45,6 +45,18 @@ def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):
     assert len(stamps) == 4
     assert ablate(spec, seeds=2) == results  # resumed: nothing is run again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a second ablation file sharing the out_dir (a control) reuses the runs and writes its
+    # own table, leaving the first one's alone
+    table_stamp = (tmp_path / "abl" / "results.md").stat().st_mtime_ns
+    control = tmp_path / "control.yaml"
+    control.write_text(yaml.safe_dump(yaml.safe_load(spec.read_text()) | {
+        "report": "results-control", "variants": {"baseline": []}}))
+    assert ablate(control, seeds=2) == results[:2]
+    assert (tmp_path / "abl" / "results.md").stat().st_mtime_ns == table_stamp
+    assert "| baseline | 2 |" in (tmp_path / "abl" / "results-control.md").read_text()
+    with pytest.raises(ValueError, match="report='x/y' must be a plain file name"):
+        control.write_text(yaml.safe_dump(yaml.safe_load(spec.read_text()) | {"report": "x/y"}))
+        ablate(control, seeds=1)
 
 
 def test_shipped_ablation_variants_all_build_configs():

@@ -225,16 +225,44 @@ def test_probe_and_compare_report(ssl_run, tiny_units):
     from speechdistill.probe import ProbeConfig, probe
 
     out = ssl_run[0]
-    ups = [out / "teacher" / "hf", out / "distilhubert" / "student", out / "fithubert" / "student"]
+    ups = [out / "teacher" / "hf", out / "distilhubert" / "student", out / "fithubert" / "student", out / "fbank"]
     for up in ups:
         r = probe(up, ProbeConfig("pr", str(tiny_units.parent), epochs=1), show_progress=False)
-        assert r["metric"] == "per" and r["test"] > 0 and len(r["layer_weights"]) in (3, 5)
+        assert r["metric"] == "per" and r["test"] > 0 and len(r["layer_weights"]) in (1, 3, 5)
         probe_result_path(up, "pr").write_text(json.dumps(r))
+    assert (out / "fbank.probe-pr.json").exists()  # beside the virtual path, like any upstream
     rows = compare(ups[0], ups[1:], tasks=("pr",), repeats=2)
     assert rows[0]["params_ratio"] == 1.0 and all(r["params_ratio"] < 1 for r in rows[1:])
     assert rows[2]["frame_shift_ms"] == 40 and rows[0]["frame_shift_ms"] == 20
-    assert all(r["macs_per_second"] > 0 and r["pr"] is not None for r in rows)
+    assert all(r["macs_per_second"] > 0 and r["pr"] is not None for r in rows[:3])
+    fbank = rows[3]
+    assert fbank["upstream"].endswith("fbank (filterbank reference)") and fbank["params"] == 0
+    assert fbank["frame_shift_ms"] == 10 and fbank["pr"] is not None
     assert "| params ratio |" in markdown(rows)
+
+
+def test_fbank_reference_upstream_is_the_normalised_filterbank(tmp_path):
+    from speechdistill.data.features import FbankExtractor
+    from speechdistill.teachers.ssl import FbankUpstream, is_fbank, load_upstream
+
+    wavs, lens = _wavs()
+    up = load_teacher(tmp_path / "fbank")
+    assert isinstance(up.upstream, FbankUpstream) and up.num_layers == 0 and up.dim == 80
+    states, flens = up(wavs, lens)
+    ext = FbankExtractor()
+    assert len(states) == 1 and flens.tolist() == [ext.num_frames(int(n)) for n in lens]
+    for i, n in enumerate(lens):
+        f = torch.from_numpy(ext(wavs[i, : int(n)].numpy()))
+        want = (f - f.mean(0)) / (f.std(0, unbiased=False) + 1e-5)
+        torch.testing.assert_close(states[0][i, : int(flens[i])], want)
+        assert (states[0][i, int(flens[i]) :] == 0).all()
+    # a real checkpoint or directory called fbank is never shadowed by the reference
+    (tmp_path / "fbank").mkdir()
+    assert not is_fbank(tmp_path / "fbank")
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face model directory"):
+        load_upstream(tmp_path / "fbank")
+    with pytest.raises(FileNotFoundError, match="fbank` names the filterbank reference"):
+        load_upstream(tmp_path / "fbnak")
 
 
 def test_teacher_cache_is_fp16_and_refused_when_the_layers_change(hubert_dir, tiny_units, tmp_path):

@@ -8,14 +8,17 @@ overrides) and where to write::
     base: configs/baseline.yaml
     out_dir: exp/ablation
     baseline: baseline                # the variant the others are compared with
+    report: results                   # file stem of the table (default: results)
     variants:
       baseline: []
       hier: ["model.taps=[{layer: 2, unit: senone, kd: true, ce_weight: 0.0}]"]
 
 Each run trains into ``{out_dir}/{variant}/seed{n}`` and is scored on dev and
 test (greedy decoding). A run whose ``result.json`` exists is not run again,
-so an interrupted ablation resumes. Results: ``results.md``, ``results.csv``
-and ``results.png`` (mean +- std over seeds, change relative to the baseline).
+so an interrupted ablation resumes. Results: ``{report}.md``, ``.csv`` and
+``.png`` in ``out_dir`` (mean +- std over seeds, change relative to the baseline).
+Two ablation files may share an ``out_dir`` (and so reuse each other's runs, e.g. a
+control reusing the demo's baseline) as long as their ``report`` names differ.
 """
 
 from __future__ import annotations
@@ -40,8 +43,12 @@ class AblationConfig:
     baseline: str = "baseline"
     variants: dict = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)  # applied to every variant
+    report: str = "results"  # the table's file stem in out_dir
 
     def __post_init__(self):
+        if not self.report or Path(self.report).name != self.report:
+            raise ValueError(f"report={self.report!r} must be a plain file name (no directories); "
+                             "the table is written into out_dir")  # fmt: skip
         if self.baseline not in self.variants:
             raise ValueError(f"baseline variant {self.baseline!r} is not among the variants "
                              f"{list(self.variants)}")  # fmt: skip
@@ -105,5 +112,11 @@ def ablate(path: str | Path, seeds: int = 3, extra: list[str] = (), out_dir: str
         for seed in range(seeds):
             log.info("ablation: %s seed %d", variant, seed)
             results.append(run_one(abl, variant, seed, extra))
-    write_report(results, Path(abl.out_dir), abl.baseline)
+    write_report(results, Path(abl.out_dir), abl.baseline, abl.report)
     return results
+
+
+def report_path(path: str | Path) -> Path:
+    """Where ``ablate(path)`` writes its Markdown table."""
+    abl = load_ablation(path)
+    return Path(abl.out_dir) / f"{abl.report}.md"

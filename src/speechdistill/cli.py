@@ -178,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="  speechdistill probe --upstream exp/ssl/teacher/hf --task pr --corpus data/small\n"
                         "Writes {upstream}.probe-{task}.json beside the upstream (read by `compare`).")  # fmt: skip
     pr.add_argument("--upstream", type=Path, required=True,
-                    help="HF directory (HuBERT/wav2vec 2.0/WavLM), SSL student or acoustic-model checkpoint")  # fmt: skip
+                    help="HF directory (HuBERT/wav2vec 2.0/WavLM), SSL student or acoustic-model checkpoint; "
+                    "`fbank` (or DIR/fbank) probes the filterbank itself, the reference")  # fmt: skip
     pr.add_argument("--lstm-dim", type=int, default=256, help="BiLSTM width of the asr head")
     pr.add_argument("--task", choices=("pr", "asr", "sid"), required=True)
     pr.add_argument("--corpus", default="data/small")
@@ -242,10 +243,10 @@ def _run(args: argparse.Namespace) -> None:
         summary = train(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)
         console.print_json(data=summary)
     elif args.command == "ablate":
-        from speechdistill.ablate import ablate, load_ablation
+        from speechdistill.ablate import ablate, report_path
 
         ablate(args.ablation, args.seeds, args.overrides)
-        print((Path(load_ablation(args.ablation).out_dir) / "results.md").read_text())
+        print(report_path(args.ablation).read_text())
     elif args.command == "pretrain":
         from speechdistill.config import load_config
         from speechdistill.ssl_train import PretrainConfig, pretrain
@@ -269,7 +270,8 @@ def _run(args: argparse.Namespace) -> None:
         r = probe(args.upstream, cfg)
         path = probe_result_path(args.upstream, args.task)
         atomic_write_text(path, json.dumps(r, indent=1) + "\n")
-        plot_layer_weights(r, path.with_suffix(".png"))
+        if len(r["layer_weights"]) > 1:  # the filterbank has one state: no weights to plot
+            plot_layer_weights(r, path.with_suffix(".png"))
         console.print(f"{args.upstream} {args.task}: test {r['metric']} {r['test']:.2f}% (dev {r['dev']:.2f}%)")
     elif args.command == "compare":
         from speechdistill.compare import compare, markdown, write_report

@@ -6,7 +6,9 @@ One row per upstream: parameters, MACs per second of audio (torch's FLOP counter
 MACs = FLOPs / 2), CPU inference time per second of audio (median of repeated
 runs on the same 10 s input, the upstreams taking turns so machine noise hits all
 alike), the probe scores found beside each upstream (``speechdistill probe`` writes
-``{upstream}.probe-{task}.json``), and each student's ratio to the teacher.
+``{upstream}.probe-{task}.json``), and each student's ratio to the teacher. An
+upstream named ``fbank`` (e.g. ``exp/ssl/fbank``) is the filterbank reference row:
+no parameters, what the features alone give the probes.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def time_upstreams(upstreams: dict, seconds: float = 10.0, repeats: int = 7) -> 
 
 
 def compare(teacher: str | Path, students: list[str | Path], tasks=("pr", "asr", "sid"), repeats: int = 7) -> list[dict]:
-    from speechdistill.teachers.ssl import load_teacher
+    from speechdistill.teachers.ssl import is_fbank, load_teacher
 
     paths = [Path(teacher), *map(Path, students)]
     ups = {str(p): load_teacher(p) for p in paths}
@@ -65,7 +67,8 @@ def compare(teacher: str | Path, students: list[str | Path], tasks=("pr", "asr",
         inner = up.upstream
         # prediction heads exist only for training; they are not part of the upstream
         params = sum(v.numel() for k, v in inner.named_parameters() if not k.startswith(("heads.", "hidden_proj.")))
-        row = {"upstream": str(p), "params": params, "macs_per_second": count_macs(up),
+        name = f"{p} (filterbank reference)" if is_fbank(p) else str(p)
+        row = {"upstream": name, "params": params, "macs_per_second": count_macs(up),
                "cpu_seconds_per_second": secs[str(p)], "frame_shift_ms": round(1000 * up.frame_shift)}  # fmt: skip
         for task in tasks:
             f = probe_result_path(p, task)

@@ -93,7 +93,8 @@ SSL_PROBES = ("pr", "sid")
 
 def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 20,
                  probe_hours: float = 1.0) -> str:  # fmt: skip
-    """Pre-train the small teacher, distil it into both students, probe all three, compare.
+    """Pre-train the small teacher, distil it into both students, probe all three and the
+    filterbank (the reference), compare.
     Every step is skipped when its result exists; returns the comparison table (Markdown).
     Probes train on the first ``probe_hours`` of the training split (all of it for SID's
     80/10/10 split) and score PR on the full dev and test splits."""
@@ -102,6 +103,7 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
     from speechdistill.data.corpus import build_corpus
     from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
     from speechdistill.ssl_train import DistillConfig, PretrainConfig, distill, pretrain
+    from speechdistill.teachers.ssl import is_fbank
     from speechdistill.units.inventory import build_units
     from speechdistill.utils import atomic_write_text
 
@@ -120,13 +122,14 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
             distill(load_config(DistillConfig, f"configs/ssl/{kind}.yaml",
                                 [*common, f"teacher={teacher}", f"out_dir={d}"]))  # fmt: skip
         upstreams.append(d / "student")
+    upstreams.append(out / "fbank")  # the reference: probes on the filterbank itself
     for up in upstreams:
         for task in SSL_PROBES:
             path = probe_result_path(up, task)
             if not path.exists():
                 r = probe(up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_hours))
                 atomic_write_text(path, json.dumps(r, indent=1) + "\n")
-            if not path.with_suffix(".png").exists():
+            if not path.with_suffix(".png").exists() and not is_fbank(up):  # one state: nothing to plot
                 plot_layer_weights(json.loads(path.read_text()), path.with_suffix(".png"))
     rows = compare(teacher, upstreams[1:], tasks=SSL_PROBES)
     write_report(rows, out)

@@ -247,7 +247,7 @@ def probe(upstream_path: str | Path, cfg: ProbeConfig, out: str | Path | None = 
     test = _score(head, states_cache, parts["test"], target, cfg.task, cfg.max_duration)
     metric = {"pr": "per", "asr": "wer", "sid": "accuracy"}[cfg.task]
     result = {"upstream": str(upstream_path), "task": cfg.task, "metric": metric, "dev": best, "test": test,
-              "layer_weights": [round(float(w), 4) for w in head.featurizer.weights.softmax(0)],
+              "layer_weights": [round(float(w), 4) for w in head.featurizer.weights.detach().softmax(0)],
               "train_utterances": len(parts["train"]), "seconds": round(time.time() - start, 1),
               "history": history, "config": asdict(cfg)}  # fmt: skip
     if out is not None:

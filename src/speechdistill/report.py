@@ -56,15 +56,16 @@ def markdown(rows: list[dict]) -> str:
     return head + body
 
 
-def write_report(results: list[dict], out: Path, baseline: str) -> list[dict]:
+def write_report(results: list[dict], out: Path, baseline: str, name: str = "results") -> list[dict]:
+    """``{out}/{name}.md``, ``.csv`` and ``.png``; returns the summary rows."""
     rows = summarize(results, baseline)
-    atomic_write_text(out / "results.md", markdown(rows))
+    atomic_write_text(out / f"{name}.md", markdown(rows))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_bytes(out / "results.png", _plot(rows))
+    atomic_write_text(out / f"{name}.csv", buf.getvalue())
+    atomic_write_bytes(out / f"{name}.png", _plot(rows))
     return rows
 
 

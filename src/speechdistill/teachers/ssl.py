@@ -11,7 +11,9 @@ run without gradients.
 
 Implementations: Hugging Face ``HubertModel``, ``Wav2Vec2Model`` and ``WavLMModel``
 from a local directory (never the hub); speechdistill's acoustic models (fbank
-computed inside); the SSL students of :mod:`speechdistill.students.ssl`.
+computed inside); the SSL students of :mod:`speechdistill.students.ssl`; and
+``fbank``, the filterbank itself (SUPERB's FBANK baseline, the floor any upstream
+has to beat).
 """
 
 from __future__ import annotations
@@ -89,6 +91,35 @@ class AcousticModelUpstream(nn.Module):
         return self.model.encoder.extract_features(x, feat_lens.to(wavs.device), with_input=True)
 
 
+class FbankUpstream(nn.Module):
+    """The 80-dim log-mel filterbank itself as an upstream: one hidden state at 10 ms,
+    each utterance mean- and variance-normalised over its frames. SUPERB reports the
+    same reference (FBANK): a probe on it says what the features alone give."""
+
+    num_layers, dim, frame_shift = 0, 80, 0.01
+
+    def __init__(self):
+        super().__init__()
+        from speechdistill.data.features import FbankExtractor
+
+        self.fbank = FbankExtractor(num_mel_bins=self.dim)
+
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor):
+        feats = []
+        for w, n in zip(wavs, lens, strict=True):
+            f = torch.from_numpy(self.fbank(w[: int(n)].cpu().numpy()))
+            feats.append((f - f.mean(0)) / (f.std(0, unbiased=False) + 1e-5))
+        feat_lens = torch.tensor([f.shape[0] for f in feats], device=wavs.device)
+        return [nn.utils.rnn.pad_sequence(feats, batch_first=True).to(wavs.device)], feat_lens
+
+
+def is_fbank(path: str | Path) -> bool:
+    """``fbank``, or any path whose last part is ``fbank`` and that does not exist
+    (e.g. ``exp/ssl/fbank``, so that its probe results land in ``exp/ssl``)."""
+    path = Path(path)
+    return path.name == "fbank" and not path.exists() and not path.with_suffix(".json").exists()
+
+
 class FrozenTeacher(nn.Module):
     """Wraps an upstream: eval mode for good (``train()`` is ignored), no gradients."""
 
@@ -106,15 +137,19 @@ class FrozenTeacher(nn.Module):
 
 
 def load_upstream(path: str | Path) -> nn.Module:
-    """A HF directory, a speechdistill SSL student or acoustic-model checkpoint prefix."""
+    """A HF directory, a speechdistill SSL student or acoustic-model checkpoint prefix,
+    or ``fbank`` (see :func:`is_fbank`)."""
     from speechdistill.checkpoint import CheckpointError
 
     path = Path(path)
+    if is_fbank(path):
+        return FbankUpstream()
     if path.is_dir():
         return HFUpstream.from_dir(path)
     meta_path = path.with_suffix(".json")
     if not meta_path.exists():
-        raise FileNotFoundError(f"{path}: neither a Hugging Face directory nor a checkpoint ({meta_path} is missing)")
+        raise FileNotFoundError(f"{path}: neither a Hugging Face directory nor a checkpoint ({meta_path} is "
+                                "missing); `fbank` names the filterbank reference")  # fmt: skip
     kind = json.loads(meta_path.read_text()).get("kind")
     if kind == "ssl-student":
         from speechdistill.students.ssl import load_student
