@@ -172,6 +172,9 @@ def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
         build_student(StudentConfig(kind="fithubert", num_layers=1, teacher_layers=[7]), teacher)
 
 
+TINY_TEACHER = dict(clusters=20, hidden_size=32, num_layers=4, num_heads=2, ff_dim=64, conv_dim=16, final_dim=16)
+
+
 @pytest.fixture(scope="module")
 def ssl_run(tiny_units, tmp_path_factory):
     """Pre-train a tiny teacher on the tiny corpus (2 epochs), distil both students."""
@@ -186,7 +189,7 @@ def ssl_run(tiny_units, tmp_path_factory):
 
     corpus, out = tiny_units.parent, tmp_path_factory.mktemp("ssl")
     data = WaveData(corpus=str(corpus), max_duration=30.0)
-    tiny = dict(clusters=20, hidden_size=32, num_layers=4, num_heads=2, ff_dim=64, conv_dim=16, final_dim=16)
+    tiny = TINY_TEACHER
     pre = pretrain(PretrainConfig(out_dir=str(out / "teacher"), data=data,
                                   optim=LoopConfig(epochs=1, warmup_steps=2, progress=False), **tiny))  # fmt: skip
     resumed = pretrain(PretrainConfig(out_dir=str(out / "teacher"), data=data,
@@ -208,6 +211,40 @@ def test_pretraining_resumes_and_writes_a_hf_teacher(ssl_run):
     assert resumed["history"][0] == pre["history"][0]  # epoch 0 was not run again
     assert resumed["step"] == 2 * pre["step"]
     assert type(AutoModel.from_pretrained(out / "teacher" / "hf", local_files_only=True)).__name__ == "HubertModel"
+
+
+def test_pretraining_repeats_exactly_and_resumes_as_if_never_stopped(tiny_units, tmp_path, monkeypatch):
+    """HuBERT's masks come from numpy's global RNG (HF's _compute_mask_indices), dropout
+    from torch's: two runs must still give the same weights, and so must a run stopped
+    after epoch 1 (its checkpoint written) and resumed."""
+    from safetensors.torch import load_file
+
+    from speechdistill import ssl_train
+
+    def cfg(out):
+        return ssl_train.PretrainConfig(out_dir=str(out), data=ssl_train.WaveData(corpus=str(tiny_units.parent),
+                                        max_duration=30.0), optim=ssl_train.LoopConfig(epochs=2, warmup_steps=2,
+                                        progress=False), **TINY_TEACHER)  # fmt: skip
+
+    ssl_train.pretrain(cfg(tmp_path / "a"))
+    real_save, saves = ssl_train._save_hf, []
+
+    def killed_after_first_epoch(model, path):
+        saves.append(path)
+        if len(saves) == 1:
+            raise RuntimeError("killed")
+        real_save(model, path)
+
+    monkeypatch.setattr(ssl_train, "_save_hf", killed_after_first_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        ssl_train.pretrain(cfg(tmp_path / "b"))
+    assert not (tmp_path / "b" / "summary.json").exists()
+    resumed = ssl_train.pretrain(cfg(tmp_path / "b"))
+    assert resumed["seconds_this_run"] > 0 and [h["epoch"] for h in resumed["history"]] == [0, 1]
+    a, b = (load_file(tmp_path / d / "hf" / "model.safetensors") for d in ("a", "b"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 def test_students_learn_and_stay_small(ssl_run):

@@ -186,6 +186,12 @@ class Loop:
         start = time.time()
         while st["epoch"] < cfg.epochs:
             self.sampler.set_epoch(st["epoch"])
+            # Dropout draws from torch's RNG and HF's _compute_mask_indices (HuBERT's masks)
+            # from numpy's global one: reseed both per epoch and rank, so a run repeats
+            # exactly and a run resumed at an epoch boundary continues as if never stopped.
+            epoch_seed = int(np.random.SeedSequence([self.seed, st["epoch"], fabric.global_rank]).generate_state(1)[0])
+            torch.manual_seed(epoch_seed)
+            np.random.seed(epoch_seed)
             loader = torch.utils.data.DataLoader(WaveDataset(), sampler=self.sampler, batch_size=None)
             self.module.train()
             sums: dict[str, float] = {}
