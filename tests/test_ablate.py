@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from speechdistill.ablate import ablate
-from speechdistill.report import summarize
+from speechdistill.report import markdown, summarize
 
 
 def test_summary_mean_std_and_relative_change():
@@ -21,6 +21,10 @@ def test_summary_mean_std_and_relative_change():
     assert rows["baseline"]["train_minutes"] == 1.5
     assert rows["hier"]["test_wer_rel"] == pytest.approx(100 * (18.9 - 21.0) / 21.0)
     assert rows["baseline"]["test_wer_rel"] == 0.0
+    assert rows["hier"]["dev_wer_std"] != rows["hier"]["dev_wer_std"]  # one seed: no spread (nan), not 0
+    table = markdown(list(rows.values()))
+    assert "| baseline | 2 | 12.00 ± 2.83 | 21.00 ± 1.41 | +0.0% |" in table
+    assert "| hier | 1 | 9.00 | 18.90 | -10.0% | 4.00 | 5.00 |" in table
 
 
 def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):

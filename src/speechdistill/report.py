@@ -20,7 +20,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None]
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
 def summarize(results: list[dict], baseline: str) -> list[dict]:
@@ -43,15 +43,19 @@ def summarize(results: list[dict], baseline: str) -> list[dict]:
     return rows
 
 
+def _cell(row: dict, metric: str) -> str:
+    """mean ± std; the mean alone when there is no spread to show (one seed)."""
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    return f"{mean:.2f}" if std != std else f"{mean:.2f} ± {std:.2f}"
+
+
 def markdown(rows: list[dict]) -> str:
     head = "| variant | seeds | dev WER | test WER | rel. test WER | dev PER | test PER | params | train min |\n"
     head += "|---|---|---|---|---|---|---|---|---|\n"
     body = ""
     for r in rows:
-        body += (f"| {r['variant']} | {r['seeds']} | {r['dev_wer_mean']:.2f} ± {r['dev_wer_std']:.2f} "
-                 f"| {r['test_wer_mean']:.2f} ± {r['test_wer_std']:.2f} | {r['test_wer_rel']:+.1f}% "
-                 f"| {r['dev_per_mean']:.2f} ± {r['dev_per_std']:.2f} "
-                 f"| {r['test_per_mean']:.2f} ± {r['test_per_std']:.2f} "
+        body += (f"| {r['variant']} | {r['seeds']} | {_cell(r, 'dev_wer')} | {_cell(r, 'test_wer')} "
+                 f"| {r['test_wer_rel']:+.1f}% | {_cell(r, 'dev_per')} | {_cell(r, 'test_per')} "
                  f"| {r['params'] / 1e6:.2f}M | {r['train_minutes']:.1f} |\n")  # fmt: skip
     return head + body
 
@@ -77,7 +81,8 @@ def _plot(rows: list[dict]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
     names = [r["variant"] for r in rows]
-    ax.bar(names, [r["test_wer_mean"] for r in rows], yerr=[r["test_wer_std"] for r in rows], capsize=4)
+    errors = [0.0 if r["test_wer_std"] != r["test_wer_std"] else r["test_wer_std"] for r in rows]  # nan: one seed
+    ax.bar(names, [r["test_wer_mean"] for r in rows], yerr=errors, capsize=4)
     ax.set_ylabel("test WER (%)")
     ax.set_title("mean ± std over seeds")
     fig.tight_layout()
