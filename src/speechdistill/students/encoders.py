@@ -133,7 +133,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """(N, T, C), pad (N, T) -> (N, T, C)"""
         N, _, C = x.shape
-        q, k, v = self.qkv(x).view(N, -1, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)  # 3 x (N, h, T, C/h)
+        q, k, v = self.qkv(x).view(N, -1, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, h, T, C/h)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :],
                                            dropout_p=self.dropout if self.training else 0.0)  # fmt: skip
         return self.out(y.transpose(1, 2).reshape(N, -1, C))  # (N, T, C)
