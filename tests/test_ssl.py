@@ -268,6 +268,10 @@ def test_probe_and_compare_report(ssl_run, tiny_units):
         assert r["metric"] == "per" and r["test"] > 0 and len(r["layer_weights"]) in (1, 3, 5)
         probe_result_path(up, "pr").write_text(json.dumps(r))
     assert (out / "fbank.probe-pr.json").exists()  # beside the virtual path, like any upstream
+    from speechdistill.probe import plot_layer_weights
+
+    assert not plot_layer_weights(r, out / "fbank.probe-pr.png")  # one state: nothing to plot
+    assert not (out / "fbank.probe-pr.png").exists()
     rows = compare(ups[0], ups[1:], tasks=("pr",), repeats=2)
     assert rows[0]["params_ratio"] == 1.0 and all(r["params_ratio"] < 1 for r in rows[1:])
     assert rows[2]["frame_shift_ms"] == 40 and rows[0]["frame_shift_ms"] == 20

@@ -270,8 +270,7 @@ def _run(args: argparse.Namespace) -> None:
         r = probe(args.upstream, cfg)
         path = probe_result_path(args.upstream, args.task)
         atomic_write_text(path, json.dumps(r, indent=1) + "\n")
-        if len(r["layer_weights"]) > 1:  # the filterbank has one state: no weights to plot
-            plot_layer_weights(r, path.with_suffix(".png"))
+        plot_layer_weights(r, path.with_suffix(".png"))
         console.print(f"{args.upstream} {args.task}: test {r['metric']} {r['test']:.2f}% (dev {r['dev']:.2f}%)")
     elif args.command == "compare":
         from speechdistill.compare import compare, markdown, write_report

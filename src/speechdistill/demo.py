@@ -103,7 +103,6 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
     from speechdistill.data.corpus import build_corpus
     from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
     from speechdistill.ssl_train import DistillConfig, PretrainConfig, distill, pretrain
-    from speechdistill.teachers.ssl import is_fbank
     from speechdistill.units.inventory import build_units
     from speechdistill.utils import atomic_write_text
 
@@ -129,7 +128,7 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
             if not path.exists():
                 r = probe(up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_hours))
                 atomic_write_text(path, json.dumps(r, indent=1) + "\n")
-            if not path.with_suffix(".png").exists() and not is_fbank(up):  # one state: nothing to plot
+            if not path.with_suffix(".png").exists():
                 plot_layer_weights(json.loads(path.read_text()), path.with_suffix(".png"))
     rows = compare(teacher, upstreams[1:], tasks=SSL_PROBES)
     write_report(rows, out)

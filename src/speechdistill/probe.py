@@ -95,8 +95,9 @@ class ProbeHead(nn.Module):
         return self.out(x)
 
 
-def plot_layer_weights(result: dict, path: str | Path) -> None:
-    """Bar chart of the learned softmax weights per hidden state (0 = pre-transformer)."""
+def plot_layer_weights(result: dict, path: str | Path) -> bool:
+    """Bar chart of the learned softmax weights per hidden state (0 = pre-transformer).
+    An upstream with one state (the filterbank) has nothing to plot: returns False."""
     import io
 
     import matplotlib
@@ -107,6 +108,8 @@ def plot_layer_weights(result: dict, path: str | Path) -> None:
     from speechdistill.utils import atomic_write_bytes
 
     w = result["layer_weights"]
+    if len(w) < 2:
+        return False
     fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(w) + 2), 3))
     ax.bar(range(len(w)), w)
     ax.axhline(1 / len(w), color="grey", lw=0.8, ls="--", label="uniform")
@@ -120,6 +123,7 @@ def plot_layer_weights(result: dict, path: str | Path) -> None:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+    return True
 
 
 def _sid_part(utt: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def summarize(results: list[dict], baseline: str) -> list[dict]:
 def _cell(row: dict, metric: str) -> str:
     """mean ± std; the mean alone when there is no spread to show (one seed)."""
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    return f"{mean:.2f}" if std != std else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -81,7 +82,7 @@ def _plot(rows: list[dict]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
     names = [r["variant"] for r in rows]
-    errors = [0.0 if r["test_wer_std"] != r["test_wer_std"] else r["test_wer_std"] for r in rows]  # nan: one seed
+    errors = [0.0 if math.isnan(r["test_wer_std"]) else r["test_wer_std"] for r in rows]  # nan: one seed
     ax.bar(names, [r["test_wer_mean"] for r in rows], yerr=errors, capsize=4)
     ax.set_ylabel("test WER (%)")
     ax.set_title("mean ± std over seeds")

@@ -69,6 +69,17 @@ class HFUpstream(nn.Module):
         return states, self.frame_lengths(lens)
 
 
+def fbank_each(fbank, wavs: torch.Tensor, lens: torch.Tensor) -> list[torch.Tensor]:
+    """(N, S) padded waveforms, (N,) -> N (T_i, C) filterbanks of the real samples (CPU)."""
+    return [torch.from_numpy(fbank(w[: int(n)].cpu().numpy())) for w, n in zip(wavs, lens, strict=True)]
+
+
+def pad_frames(feats: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """N (T_i, C) -> (N, T, C) zero-padded, (N,) lengths, on ``device``."""
+    lens = torch.tensor([f.shape[0] for f in feats], device=device)
+    return nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device), lens
+
+
 class AcousticModelUpstream(nn.Module):
     """A speechdistill acoustic model (its InferenceModel): fbank of each waveform, normalised, then the
     encoder; index 0 is the subsampled input of block 1."""
@@ -84,11 +95,9 @@ class AcousticModelUpstream(nn.Module):
         self.frame_shift = enc.frame_shift
 
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor):
-        feats = [torch.from_numpy(self.fbank(w[: int(n)].cpu().numpy())) for w, n in zip(wavs, lens, strict=True)]
-        feat_lens = torch.tensor([f.shape[0] for f in feats])
-        x = nn.utils.rnn.pad_sequence(feats, batch_first=True).to(wavs.device)
+        x, feat_lens = pad_frames(fbank_each(self.fbank, wavs, lens), wavs.device)
         x = (x - self.model.feat_mean) / self.model.feat_std
-        return self.model.encoder.extract_features(x, feat_lens.to(wavs.device), with_input=True)
+        return self.model.encoder.extract_features(x, feat_lens, with_input=True)
 
 
 class FbankUpstream(nn.Module):
@@ -105,12 +114,9 @@ class FbankUpstream(nn.Module):
         self.fbank = FbankExtractor(num_mel_bins=self.dim)
 
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor):
-        feats = []
-        for w, n in zip(wavs, lens, strict=True):
-            f = torch.from_numpy(self.fbank(w[: int(n)].cpu().numpy()))
-            feats.append((f - f.mean(0)) / (f.std(0, unbiased=False) + 1e-5))
-        feat_lens = torch.tensor([f.shape[0] for f in feats], device=wavs.device)
-        return [nn.utils.rnn.pad_sequence(feats, batch_first=True).to(wavs.device)], feat_lens
+        feats = [(f - f.mean(0)) / (f.std(0, unbiased=False) + 1e-5) for f in fbank_each(self.fbank, wavs, lens)]
+        x, feat_lens = pad_frames(feats, wavs.device)
+        return [x], feat_lens
 
 
 def is_fbank(path: str | Path) -> bool:
