@@ -29,6 +29,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
 
 clean:

@@ -31,14 +31,17 @@ def main() -> None:
     from speechdistill.distill.soft_labels import SoftLabelCache, build_cache
 
     corpus = Path(args.corpus)
-    print(f"{'unit':8s} {'k':>3s} {'dtype':8s} {'MB/hour':>8s} {'write MB/s':>11s} {'read utt/s':>11s} {'read MB/s':>10s}")
+    print(
+        f"{'unit':8s} {'k':>3s} {'dtype':8s} {'MB/hour':>8s} {'write MB/s':>11s} {'read utt/s':>11s} {'read MB/s':>10s}"
+    )
     for unit in args.units:
         for k in args.top_k:
             for dtype in (torch.float16, torch.float32):
                 with tempfile.TemporaryDirectory() as tmp:
                     prefix = Path(tmp) / "cache"
-                    meta = build_cache(corpus, unit, k, args.temperature, show_progress=False,
-                                       values_dtype=dtype, prefix=prefix)  # fmt: skip
+                    meta = build_cache(
+                        corpus, unit, k, args.temperature, show_progress=False, values_dtype=dtype, prefix=prefix
+                    )
                     mb = meta["bytes"] / 1e6
                     t0 = time.perf_counter()
                     cache = SoftLabelCache.open(prefix, corpus / "lm" / unit, corpus / "units")
@@ -48,8 +51,10 @@ def main() -> None:
                         cache.frames(u, 0.04, int(dur / 0.04) + 1)
                     read = time.perf_counter() - t0
                 name = str(dtype).replace("torch.", "")
-                print(f"{unit:8s} {k:3d} {name:8s} {mb / meta['hours']:8.2f} {mb / meta['write_seconds']:11.1f} "
-                      f"{len(utts) / read:11.0f} {mb / read:10.1f}")  # fmt: skip
+                print(
+                    f"{unit:8s} {k:3d} {name:8s} {mb / meta['hours']:8.2f} {mb / meta['write_seconds']:11.1f} "
+                    f"{len(utts) / read:11.0f} {mb / read:10.1f}"
+                )
 
 
 if __name__ == "__main__":

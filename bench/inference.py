@@ -70,7 +70,9 @@ def main() -> None:
                     times[k].append(time.perf_counter() - t0)
         rtf = {k: statistics.median(v) / args.seconds for k, v in times.items()}
         params = sum(p.numel() for p in model.parameters())
-        print(f"{preset:6s} {params / 1e6:7.2f}M {rtf['eager']:8.4f} {rtf['torchscript']:12.4f} {rtf['onnxruntime']:12.4f}")
+        print(
+            f"{preset:6s} {params / 1e6:7.2f}M {rtf['eager']:8.4f} {rtf['torchscript']:12.4f} {rtf['onnxruntime']:12.4f}"
+        )
 
 
 if __name__ == "__main__":

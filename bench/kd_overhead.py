@@ -61,8 +61,7 @@ def main() -> None:
             for tap in hier.cfg.model.taps:
                 for cut in chunk:
                     ids, _ = reference_positions(cut, tap.unit, hier.units)
-                    top_k_soft_labels(lms[tap.unit].position_logits(torch.tensor([ids]))[0], tap.top_k,
-                                      tap.temperature)
+                    top_k_soft_labels(lms[tap.unit].position_logits(torch.tensor([ids]))[0], tap.top_k, tap.temperature)
         batch = hier.dataset[chunk]
         hier.forward_backward(batch)
         hier.optimizer_step()
@@ -74,9 +73,10 @@ def main() -> None:
 
 def ssl_steps(args) -> None:
     """SSL student steps: teacher states from memory (fp16, as cached) vs the teacher online."""
+    from speechdistill.ssl_train import DistillConfig, WaveData, WaveDataset, load_wave_cuts
+
     from speechdistill.config import load_config
     from speechdistill.distill.ssl_losses import align_frames, distilhubert_loss, hint_loss
-    from speechdistill.ssl_train import DistillConfig, WaveData, WaveDataset, load_wave_cuts
     from speechdistill.students.ssl import build_student
     from speechdistill.teachers.ssl import load_teacher
 
@@ -106,15 +106,20 @@ def ssl_steps(args) -> None:
                 preds, plens, _, _ = student.predict(wavs, lens)
                 pairs = [align_frames(p, plens, tgt[0].shape[1], flens) for p in preds]
                 aligned, mask = [a for a, _ in pairs], pairs[0][1]
-                loss = (hint_loss(aligned, tgt, mask, weights) if kind == "fithubert"
-                        else distilhubert_loss(aligned, tgt, mask))[0]  # fmt: skip
+                loss = (
+                    hint_loss(aligned, tgt, mask, weights)
+                    if kind == "fithubert"
+                    else distilhubert_loss(aligned, tgt, mask)
+                )[0]
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 times[mode].append(time.perf_counter() - t0)
         med = {k: statistics.median(v[2:]) for k, v in times.items()}
-        print(f"{kind:13s} teacher cached {med['cached'] * 1000:7.1f} ms   online {med['online'] * 1000:7.1f} ms   "
-              f"online / cached {med['online'] / med['cached']:.2f}")  # fmt: skip
+        print(
+            f"{kind:13s} teacher cached {med['cached'] * 1000:7.1f} ms   online {med['online'] * 1000:7.1f} ms   "
+            f"online / cached {med['online'] / med['cached']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,13 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-PARTS = {"ConvSubsampling": "subsample", "SelfAttention": "attention", "ConvModule": "conv",
-         "FeedForward": "ff", "LSTM": "lstm"}  # fmt: skip
+PARTS = {
+    "ConvSubsampling": "subsample",
+    "SelfAttention": "attention",
+    "ConvModule": "conv",
+    "FeedForward": "ff",
+    "LSTM": "lstm",
+}
 
 
 def forward_shares(model, feats, lens) -> dict[str, float]:
@@ -106,19 +111,37 @@ def main() -> None:
         child(args.child[0], float(args.child[1]), int(args.child[2]), args.repeats)
         return
     parts = list(PARTS.values()) + ["other"]
-    print(f"{'encoder':12s} {'batch':>5s} {'length s':>8s} {'step s':>8s} {'peak MB':>8s} {'growth':>7s}  "
-          + " ".join(f"{p:>9s}" for p in parts) + "   (share of forward time)")
+    print(
+        f"{'encoder':12s} {'batch':>5s} {'length s':>8s} {'step s':>8s} {'peak MB':>8s} {'growth':>7s}  "
+        + " ".join(f"{p:>9s}" for p in parts)
+        + "   (share of forward time)"
+    )
     for kind in args.kinds:
         for batch in args.batch:
             prev = None
             for length in args.lengths:
-                out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--child", kind,
-                                      str(length), str(batch)], capture_output=True, text=True, check=True)  # fmt: skip
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--repeats",
+                        str(args.repeats),
+                        "--child",
+                        kind,
+                        str(length),
+                        str(batch),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                growth = (f"{math.log(r['seconds'] / prev[1]) / math.log(length / prev[0]):7.2f}" if prev else "      -")
+                growth = f"{math.log(r['seconds'] / prev[1]) / math.log(length / prev[0]):7.2f}" if prev else "      -"
                 share = " ".join(f"{r['shares'][p]:9.0%}" for p in parts)
-                print(f"{kind:12s} {batch:5d} {length:8.0f} {r['seconds']:8.3f} {r['peak_mb']:8.0f} {growth}  {share}",
-                      flush=True)
+                print(
+                    f"{kind:12s} {batch:5d} {length:8.0f} {r['seconds']:8.3f} {r['peak_mb']:8.0f} {growth}  {share}",
+                    flush=True,
+                )
                 prev = (length, r["seconds"])
 
 

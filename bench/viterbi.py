@@ -61,8 +61,10 @@ def main() -> None:
     p.add_argument("--targets", type=int, default=20)
     args = p.parse_args()
     torch.manual_seed(0)
-    cases = [(torch.randn(args.frames, 257).log_softmax(-1), torch.randint(1, 257, (args.targets,)).tolist())
-             for _ in range(args.utterances)]  # fmt: skip
+    cases = [
+        (torch.randn(args.frames, 257).log_softmax(-1), torch.randint(1, 257, (args.targets,)).tolist())
+        for _ in range(args.utterances)
+    ]
     times = {}
     for name, fn in (("reference", reference_viterbi), ("speechdistill", ctc_viterbi)):
         t0 = time.perf_counter()

@@ -31,9 +31,9 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_units(tiny_corpus) -> Path:
     from speechdistill.data.features import compute_features
-    from speechdistill.units.inventory import UnitsConfig, build_units
+    from speechdistill.data.units import build_units
+    from speechdistill.units.inventory import UnitsConfig
 
     compute_features(tiny_corpus, show_progress=False)
-    build_units(tiny_corpus, UnitsConfig(vocab_size=128, num_senones=160, min_senone_frames=20),
-                show_progress=False)
+    build_units(tiny_corpus, UnitsConfig(vocab_size=128, num_senones=160, min_senone_frames=20), show_progress=False)
     return tiny_corpus / "units"

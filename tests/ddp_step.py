@@ -13,27 +13,38 @@ from lhotse import CutSet
 from safetensors.torch import save_file
 
 from speechdistill.config import from_dict
-from speechdistill.train import TrainConfig, Trainer
+from speechdistill.engine import Engine
+from speechdistill.train import AsrTask, TrainConfig
 
 corpus, out = sys.argv[1], sys.argv[2]
 ddp = "LOCAL_RANK" in __import__("os").environ
-cfg = from_dict(TrainConfig, {
-    "out_dir": out, "progress": False, "strategy": "ddp" if ddp else "auto", "devices": 2 if ddp else 1,
-    "data": {"corpus": corpus}, "specaug": {"enabled": False},
-    "model": {"encoder": {"preset": None, "num_blocks": 2, "d_model": 32, "num_heads": 2, "ff_dim": 64,
-                          "dropout": 0.0}},
-    "optim": {"lr": 0.01, "warmup_steps": 0},
-})
-trainer = Trainer(cfg)
-cuts = sorted(trainer.train_cuts, key=lambda c: c.id)[:8]
-rank, world = trainer.fabric.global_rank, trainer.fabric.world_size
-batch = trainer.dataset[CutSet.from_cuts(cuts[rank::world])]
-terms, _ = trainer.forward_backward(batch)
+cfg = from_dict(
+    TrainConfig,
+    {
+        "out_dir": out,
+        "progress": False,
+        "strategy": "ddp" if ddp else "auto",
+        "devices": 2 if ddp else 1,
+        "data": {"corpus": corpus},
+        "specaug": {"enabled": False},
+        "model": {
+            "encoder": {"preset": None, "num_blocks": 2, "d_model": 32, "num_heads": 2, "ff_dim": 64, "dropout": 0.0}
+        },
+        "optim": {"lr": 0.01, "warmup_steps": 0},
+    },
+)
+engine = Engine(cfg)
+task = AsrTask(cfg, engine)
+engine.setup(task)
+cuts = sorted(task.train_cuts, key=lambda c: c.id)[:8]
+rank, world = engine.fabric.global_rank, engine.fabric.world_size
+batch = task.dataset[CutSet.from_cuts(cuts[rank::world])]
+_, terms = engine.forward_backward(batch)
 # Gradients, not Adam's first update: Adam turns numerically-zero gradients
 # (e.g. attention key biases) into +-lr steps whose sign is noise.
-grads = {n: p.grad.detach().clone() for n, p in trainer._raw_model().named_parameters() if p.grad is not None}
-loss = trainer.fabric.all_reduce(torch.tensor(terms["total"]), reduce_op="mean")
-if trainer.fabric.is_global_zero:
+grads = {n: p.grad.detach().clone() for n, p in task.model.named_parameters() if p.grad is not None}
+loss = engine.fabric.all_reduce(torch.tensor(terms["total"]), reduce_op="mean")
+if engine.is_main:
     save_file(grads, f"{out}/grads.safetensors")
     with open(f"{out}/loss.json", "w") as f:
         json.dump({"loss": float(loss), "world_size": world}, f)

@@ -11,9 +11,36 @@ from speechdistill.report import markdown, summarize
 
 def test_summary_mean_std_and_relative_change():
     results = [
-        {"variant": "baseline", "seed": 0, "params": 10, "train_seconds": 60, "dev_wer": 10.0, "test_wer": 20.0, "dev_per": 5.0, "test_per": 6.0},
-        {"variant": "baseline", "seed": 1, "params": 10, "train_seconds": 120, "dev_wer": 14.0, "test_wer": 22.0, "dev_per": 5.0, "test_per": 6.0},
-        {"variant": "hier", "seed": 0, "params": 10, "train_seconds": 60, "dev_wer": 9.0, "test_wer": 18.9, "dev_per": 4.0, "test_per": 5.0},
+        {
+            "variant": "baseline",
+            "seed": 0,
+            "params": 10,
+            "train_seconds": 60,
+            "dev_wer": 10.0,
+            "test_wer": 20.0,
+            "dev_per": 5.0,
+            "test_per": 6.0,
+        },
+        {
+            "variant": "baseline",
+            "seed": 1,
+            "params": 10,
+            "train_seconds": 120,
+            "dev_wer": 14.0,
+            "test_wer": 22.0,
+            "dev_per": 5.0,
+            "test_per": 6.0,
+        },
+        {
+            "variant": "hier",
+            "seed": 0,
+            "params": 10,
+            "train_seconds": 60,
+            "dev_wer": 9.0,
+            "test_wer": 18.9,
+            "dev_per": 4.0,
+            "test_per": 5.0,
+        },
     ]
     rows = {r["variant"]: r for r in summarize(results, "baseline")}
     assert rows["baseline"]["dev_wer_mean"] == pytest.approx(12.0)
@@ -29,19 +56,35 @@ def test_summary_mean_std_and_relative_change():
 
 def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "name": "base", "progress": False, "data": {"corpus": str(tiny_units.parent), "max_duration": 30.0},
-        "model": {"encoder": {"preset": None, "num_blocks": 2, "d_model": 32, "num_heads": 2, "ff_dim": 64}},
-        "optim": {"max_steps": 3, "warmup_steps": 1},
-    }))
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "name": "base",
+                "progress": False,
+                "data": {"corpus": str(tiny_units.parent), "max_duration": 30.0},
+                "model": {"encoder": {"preset": None, "num_blocks": 2, "d_model": 32, "num_heads": 2, "ff_dim": 64}},
+                "optim": {"max_steps": 3, "warmup_steps": 1},
+            }
+        )
+    )
     spec = tmp_path / "ablation.yaml"
-    spec.write_text(yaml.safe_dump({
-        "base": str(base), "out_dir": str(tmp_path / "abl"), "baseline": "baseline",
-        "variants": {"baseline": [], "senone_tap": ["model.taps=[{layer: 1, unit: senone}]"]},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "out_dir": str(tmp_path / "abl"),
+                "baseline": "baseline",
+                "variants": {"baseline": [], "senone_tap": ["model.taps=[{layer: 1, unit: senone}]"]},
+            }
+        )
+    )
     results = ablate(spec, seeds=2)
     assert [(r["variant"], r["seed"]) for r in results] == [
-        ("baseline", 0), ("baseline", 1), ("senone_tap", 0), ("senone_tap", 1)]
+        ("baseline", 0),
+        ("baseline", 1),
+        ("senone_tap", 0),
+        ("senone_tap", 1),
+    ]
     table = (tmp_path / "abl" / "results.md").read_text()
     assert "| senone_tap | 2 |" in table and (tmp_path / "abl" / "results.png").stat().st_size > 1000
     assert len((tmp_path / "abl" / "results.csv").read_text().splitlines()) == 3
@@ -53,8 +96,9 @@ def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):
     # own table, leaving the first one's alone
     table_stamp = (tmp_path / "abl" / "results.md").stat().st_mtime_ns
     control = tmp_path / "control.yaml"
-    control.write_text(yaml.safe_dump(yaml.safe_load(spec.read_text()) | {
-        "report": "results-control", "variants": {"baseline": []}}))
+    control.write_text(
+        yaml.safe_dump(yaml.safe_load(spec.read_text()) | {"report": "results-control", "variants": {"baseline": []}})
+    )
     assert ablate(control, seeds=2) == results[:2]
     assert (tmp_path / "abl" / "results.md").stat().st_mtime_ns == table_stamp
     assert "| baseline | 2 |" in (tmp_path / "abl" / "results-control.md").read_text()
@@ -68,10 +112,44 @@ def test_shipped_ablation_variants_all_build_configs():
 
     from speechdistill.ablate import load_ablation, run_config
 
-    root = Path(__file__).parent.parent
-    abl = load_ablation(root / "configs" / "ablation.yaml")
-    abl.base = str(root / abl.base)
+    root = Path(__file__).parent.parent / "configs" / "asr"
+    abl = load_ablation(root / "ablation.yaml")
     for variant in abl.variants:
         cfg = run_config(abl, variant, seed=1)
         assert cfg.seed == 1 and cfg.out_dir.endswith(f"{variant}/seed1")
     assert len(run_config(abl, "hier", 0).model.taps) == 3
+
+
+def test_demo_variants_are_the_baseline_plus_their_method():
+    """The demo's recipe files (merged into the baseline) give exactly the configs the
+    demo ran when every variant was written out as overrides."""
+    from pathlib import Path
+
+    from speechdistill.ablate import load_ablation, run_config
+    from speechdistill.config import apply_override, from_dict, load_config, to_dict
+    from speechdistill.train import TrainConfig
+
+    root = Path(__file__).parent.parent / "configs" / "asr"
+    demo = load_ablation(root / "demo.yaml")
+    kd = "kd: {top_k: 8, temperature: 3.0}, ce_weight: 0.0"
+    written_out = {
+        "baseline": [],
+        "interp": ["interp.enabled=true"],
+        "aux": [f"model.taps=[{{layer: 4, unit: subword, {kd}}}]"],
+        "hier": [
+            f"model.taps=[{{layer: 2, unit: senone, {kd}}}, {{layer: 3, unit: phone, {kd}}}, "
+            f"{{layer: 4, unit: subword, {kd}}}]"
+        ],
+    }
+    for variant, overrides in written_out.items():
+        data = to_dict(load_config(TrainConfig, root / "baseline.yaml"))
+        for o in [
+            "precision=bf16-mixed",
+            "optim.max_epochs=3",
+            *overrides,
+            "seed=1",
+            f"name={variant}",
+            f"out_dir={Path('exp/demo') / variant / 'seed1'}",
+        ]:
+            apply_override(data, o)
+        assert to_dict(run_config(demo, variant, 1)) == to_dict(from_dict(TrainConfig, data)), variant

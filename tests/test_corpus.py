@@ -74,10 +74,24 @@ def test_same_seed_gives_byte_identical_manifests(tiny_corpus, tmp_path):
 
 def test_killed_build_resumes_without_resynthesising(tiny_corpus, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "speechdistill.cli", "corpus", "build",
-                             "--preset", "tiny", "--out", str(out), "--jobs", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "speechdistill.cli",
+            "corpus",
+            "build",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and len(list(out.glob("align/*/*.json"))) < 20:
         time.sleep(0.05)
@@ -99,7 +113,9 @@ def test_user_text_file_and_its_errors(tmp_path):
     text = tmp_path / "story.txt"
     text.write_text("The cat sat on the mat today. A dog ran across the green field quickly.\n" * 3)
     assert [s.text for s in load_sentences(text)] == [
-        "THE CAT SAT ON THE MAT TODAY", "A DOG RAN ACROSS THE GREEN FIELD QUICKLY"]
+        "THE CAT SAT ON THE MAT TODAY",
+        "A DOG RAN ACROSS THE GREEN FIELD QUICKLY",
+    ]
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("Caf\xe9 au lait is nice to drink.".encode("latin-1"))
     with pytest.raises(ValueError, match="latin1.txt is not UTF-8.*iconv"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from speechdistill.data.layout import SoftLabelSpec
 from speechdistill.distill.losses import interpolated_target, kd_kl
 from speechdistill.distill.soft_labels import (
     SoftLabelCache,
@@ -82,11 +83,12 @@ def test_lm_cache_round_trip_and_stale_cache_refused(tiny_units):
     from speechdistill.units.inventory import Units
 
     corpus = tiny_units.parent
-    meta = train_lm(corpus, "phone", LMConfig(d_model=32, num_layers=1), epochs=1, max_sentences=300,
-                    show_progress=False)
+    meta = train_lm(
+        corpus, "phone", LMConfig(d_model=32, num_layers=1), epochs=1, max_sentences=300, show_progress=False
+    )
     assert 1.0 < meta["dev_perplexity"] < 40, "better than uniform over 40 phones"
     lm, _ = load_lm(corpus / "lm" / "phone")
-    cache_meta = build_cache(corpus, "phone", k=4, temperature=2.0, show_progress=False)
+    cache_meta = build_cache(corpus, SoftLabelSpec("phone", 4, 2.0), show_progress=False)
     assert cache_meta["utterances"] == 64 and cache_meta["bytes_per_hour_of_audio"] > 0
     prefix = corpus / "soft_labels" / "phone-k4-T2"
     cache = SoftLabelCache.open(prefix, lm=corpus / "lm" / "phone", units_dir=tiny_units)
@@ -98,8 +100,9 @@ def test_lm_cache_round_trip_and_stale_cache_refused(tiny_units):
     first = int(np.argmax(mask.numpy()))
     assert indices[first].tolist() == direct[1][0].tolist()
     # retraining the LM makes the cache stale
-    train_lm(corpus, "phone", LMConfig(d_model=32, num_layers=1), epochs=1, max_sentences=300, seed=1,
-             show_progress=False)
+    train_lm(
+        corpus, "phone", LMConfig(d_model=32, num_layers=1), epochs=1, max_sentences=300, seed=1, show_progress=False
+    )
     with pytest.raises(StaleCacheError, match="is stale.*rebuild it with `speechdistill teach`"):
         SoftLabelCache.open(prefix, lm=corpus / "lm" / "phone", units_dir=tiny_units)
 
@@ -126,19 +129,28 @@ def test_hierarchical_taps_and_interpolation_train_end_to_end(tiny_units, tmp_pa
 
     corpus = tiny_units.parent
     for unit in ("senone", "phone", "subword"):
-        train_lm(corpus, unit, LMConfig(d_model=32, num_layers=1), epochs=1, max_sentences=200,
-                 show_progress=False)
-        build_cache(corpus, unit, k=4, temperature=2.0, show_progress=False)
-    kd = {"kd": True, "ce_weight": 0.0, "top_k": 4, "temperature": 2.0}
-    cfg = from_dict(TrainConfig, {
-        "out_dir": str(tmp_path), "progress": False, "log_every": 1,
-        "data": {"corpus": str(corpus), "max_duration": 30.0},
-        "model": {"encoder": {"preset": None, "num_blocks": 3, "d_model": 32, "num_heads": 2, "ff_dim": 64},
-                  "taps": [{"layer": 1, "unit": "senone"} | kd, {"layer": 2, "unit": "phone"} | kd,
-                           {"layer": 3, "unit": "subword"} | kd]},
-        "interp": {"enabled": True, "weight": 0.3, "top_k": 4, "temperature": 2.0, "ramp_steps": 4},
-        "optim": {"max_steps": 4, "warmup_steps": 2},
-    })
+        train_lm(corpus, unit, LMConfig(d_model=32, num_layers=1), epochs=1, max_sentences=200, show_progress=False)
+        build_cache(corpus, SoftLabelSpec(unit, 4, 2.0), show_progress=False)
+    kd = {"kd": {"top_k": 4, "temperature": 2.0}, "ce_weight": 0.0}
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "out_dir": str(tmp_path),
+            "progress": False,
+            "log_every": 1,
+            "data": {"corpus": str(corpus), "max_duration": 30.0},
+            "model": {
+                "encoder": {"preset": None, "num_blocks": 3, "d_model": 32, "num_heads": 2, "ff_dim": 64},
+                "taps": [
+                    {"layer": 1, "unit": "senone"} | kd,
+                    {"layer": 2, "unit": "phone"} | kd,
+                    {"layer": 3, "unit": "subword"} | kd,
+                ],
+            },
+            "interp": {"enabled": True, "weight": 0.3, "soft": {"top_k": 4, "temperature": 2.0}, "ramp_steps": 4},
+            "optim": {"max_steps": 4, "warmup_steps": 2},
+        },
+    )
     summary = train(cfg)
     assert summary["steps"] == 4
     rows = [line.split(",") for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
@@ -152,28 +164,30 @@ def test_hierarchical_taps_and_interpolation_train_end_to_end(tiny_units, tmp_pa
 def test_hugging_face_subword_teacher_from_a_local_directory(tiny_units, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from speechdistill.teachers.lm_train import load_teacher
+    from speechdistill.teachers.lm_train import load_lm_teacher
     from speechdistill.units.inventory import Units
 
     units = Units(tiny_units)
     V = units.vocab_size("subword")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=V + 1, n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                               bos_token_id=V, eos_token_id=V)).save_pretrained(tmp_path / "hf")
-    teacher, meta = load_teacher(tmp_path / "hf", "subword", units)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=V + 1, n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=V, eos_token_id=V)
+    ).save_pretrained(tmp_path / "hf")
+    teacher, meta = load_lm_teacher(tmp_path / "hf", "subword", units)
     ids = torch.tensor([[5, 9, 17, 3]])
     logits = teacher.position_logits(ids)
     assert logits.shape == (1, 4, V) and meta["kind"] == "hf"
     changed = ids.clone()
     changed[0, 3] = 40
     torch.testing.assert_close(teacher.position_logits(changed), logits)  # causal: position 3 ignores itself
-    with pytest.raises(ValueError, match="teach subwords only"):
-        load_teacher(tmp_path / "hf", "phone", units)
+    with pytest.raises(ValueError, match=r"teach word-piece units \(subwords\) only"):
+        load_lm_teacher(tmp_path / "hf", "phone", units)
     GPT2LMHeadModel(GPT2Config(vocab_size=V - 5, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "small")
     with pytest.raises(ValueError, match="must hold the .* SentencePiece ids"):
-        load_teacher(tmp_path / "small", "subword", units)
-    meta = build_cache(tiny_units.parent, "subword", k=4, temperature=1.0, lm_prefix=tmp_path / "hf",
-                       show_progress=False)
+        load_lm_teacher(tmp_path / "small", "subword", units)
+    meta = build_cache(
+        tiny_units.parent, SoftLabelSpec("subword", 4, 1.0), lm_prefix=tmp_path / "hf", show_progress=False
+    )
     assert meta["utterances"] == 64
 
 

@@ -13,8 +13,17 @@ KINDS = ("conformer", "transformer", "blstm")
 
 
 def tiny_encoder(kind: str, subsampling: int = 4) -> EncoderConfig:
-    return EncoderConfig(kind=kind, preset=None, num_blocks=3, d_model=32, num_heads=4, ff_dim=64,
-                         conv_kernel=5, dropout=0.1, subsampling=subsampling)
+    return EncoderConfig(
+        kind=kind,
+        preset=None,
+        num_blocks=3,
+        d_model=32,
+        num_heads=4,
+        ff_dim=64,
+        conv_kernel=5,
+        dropout=0.1,
+        subsampling=subsampling,
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -31,7 +40,7 @@ def test_every_block_output_with_lengths(kind, subsampling):
     assert out_lens.tolist() == expected.tolist()
     for y in layers:
         assert y.shape == (3, int(expected.max()), 32)
-        assert (y[1, int(expected[1]):] == 0).all(), "padded frames are zero"
+        assert (y[1, int(expected[1]) :] == 0).all(), "padded frames are zero"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -75,7 +84,9 @@ def test_taps_validated_and_dropped_for_inference():
         TapConfig(layer=1, unit="senone", kind="ctc")
     with pytest.raises(ConfigError, match=r"taps\[0\]: expected a mapping|unknown config key taps\[0\]\.depth"):
         from_dict(ModelConfig, {"taps": [{"depth": 2}]})
-    cfg = ModelConfig(encoder=enc, taps=[TapConfig(layer=1, unit="senone"), TapConfig(layer=2, unit="phone", kind="ctc")])
+    cfg = ModelConfig(
+        encoder=enc, taps=[TapConfig(layer=1, unit="senone"), TapConfig(layer=2, unit="phone", kind="ctc")]
+    )
     vocab = {"subword": 50, "phone": 40, "senone": 120}
     model = AcousticModel(cfg, vocab).eval()
     out = model(torch.randn(2, 64, 80), torch.tensor([64, 50]))
@@ -108,12 +119,13 @@ def test_every_shipped_config_loads():
     import yaml
 
     from speechdistill.ablate import load_ablation, run_config
-    from speechdistill.config import load_config
-    from speechdistill.ssl_train import DistillConfig, PretrainConfig
+    from speechdistill.config import load_config, to_dict
+    from speechdistill.distill.ssl_distill import DistillConfig
+    from speechdistill.teachers.pretrain import PretrainConfig
     from speechdistill.train import TrainConfig
 
     root = Path(__file__).parent.parent / "configs"
-    configs = sorted(root.glob("*.yaml"))
+    configs = sorted((root / "asr").glob("*.yaml"))
     ablations = [p for p in configs if "variants" in yaml.safe_load(p.read_text())]
     assert {p.name for p in ablations} == {"ablation.yaml", "demo.yaml", "demo_controls.yaml"}
     assert len(configs) - len(ablations) >= 6
@@ -124,6 +136,19 @@ def test_every_shipped_config_loads():
                 run_config(abl, variant, 0)
         else:
             assert load_config(TrainConfig, path).name == path.stem
+    # a recipe is its base plus what it says: aux.yaml differs from baseline.yaml in name, out_dir and taps only
+    base, aux = (to_dict(load_config(TrainConfig, root / "asr" / f"{n}.yaml")) for n in ("baseline", "aux"))
+    assert {k for k in base if base[k] != aux[k]} == {"name", "out_dir", "model"}
+    assert aux["model"]["taps"] == [
+        {
+            "layer": 4,
+            "unit": "subword",
+            "kind": "frame",
+            "weight": 0.3,
+            "ce_weight": 0.0,
+            "kd": {"unit": "subword", "top_k": 8, "temperature": 3.0},
+        }
+    ]
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind

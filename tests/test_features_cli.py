@@ -44,15 +44,17 @@ def test_every_subcommand_has_help():
     commands = list(_subcommands(_parser()))
     assert ("corpus", "build") in commands and ("units", "build") in commands
     for cmd in [()] + commands:
-        out = subprocess.run([sys.executable, "-m", "speechdistill.cli", *cmd, "--help"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "speechdistill.cli", *cmd, "--help"], capture_output=True, text=True
+        )
         assert out.returncode == 0, cmd
         assert "usage: speechdistill" in out.stdout
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "speechdistill.cli", "units", "build", str(tmp_path)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "speechdistill.cli", "units", "build", str(tmp_path)], capture_output=True, text=True
+    )
     assert out.returncode == 1
     assert out.stderr.strip().startswith("error:") and "lm_text.txt is missing" in out.stderr
     assert "Traceback" not in out.stderr

@@ -9,13 +9,7 @@ import pytest
 import soundfile as sf
 from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
-from speechdistill.data.audio import (
-    BadAudioError,
-    inspect_audio,
-    load_audio,
-    load_cut_audio,
-    to_mono_16k,
-)
+from speechdistill.data.audio import BadAudioError, inspect_audio, load_audio, load_cut_audio, to_mono_16k
 from speechdistill.data.corpus import load_split
 from speechdistill.data.importers import import_kaldi_dir, import_lhotse, import_lm_text
 
@@ -44,10 +38,18 @@ def kaldi_dir(tmp_path):
     d.mkdir()
     recs = ["good", "long", "rate8k", "stereo", "empty", "nan", "garbage", "notext"]
     (d / "wav.scp").write_text("".join(f"{r} {audio / r}.wav\n" for r in recs) + "piped sox x.wav -t wav - |\n")
-    utts = {"good-1": ("good", 0, 1), "long-1": ("long", 0, 1.5), "long-2": ("long", 1.5, 3.0),
-            "rate8k-1": ("rate8k", 0, -1), "stereo-1": ("stereo", 0, -1), "empty-1": ("empty", 0, -1),
-            "nan-1": ("nan", 0, -1), "garbage-1": ("garbage", 0, -1), "notext-1": ("notext", 0, -1),
-            "piped-1": ("piped", 0, -1)}
+    utts = {
+        "good-1": ("good", 0, 1),
+        "long-1": ("long", 0, 1.5),
+        "long-2": ("long", 1.5, 3.0),
+        "rate8k-1": ("rate8k", 0, -1),
+        "stereo-1": ("stereo", 0, -1),
+        "empty-1": ("empty", 0, -1),
+        "nan-1": ("nan", 0, -1),
+        "garbage-1": ("garbage", 0, -1),
+        "notext-1": ("notext", 0, -1),
+        "piped-1": ("piped", 0, -1),
+    }
     (d / "segments").write_text("".join(f"{u} {r} {s} {e}\n" for u, (r, s, e) in utts.items()))
     text = {u: "hello, world said the test!" for u in utts} | {"notext-1": "  ... !!"}
     (d / "text").write_text("".join(f"{u} {t}\n" for u, t in text.items()))
@@ -92,12 +94,14 @@ def test_kaldi_import_errors_name_the_file(tmp_path):
 def test_lhotse_import_and_lm_text_without_dev_test(kaldi_dir, tmp_path):
     audio = kaldi_dir.parent / "audio"
     recs = RecordingSet.from_recordings([Recording.from_file(audio / f"{r}.wav") for r in ("good", "stereo")])
-    sups = SupervisionSet.from_segments([
-        SupervisionSegment("u1", "good", 0, 1.0, text="Let there be light."),
-        SupervisionSegment("u1", "good", 0, 1.0, text="duplicate id"),
-        SupervisionSegment("u2", "stereo", 0, 1.0, text="and there was light"),
-        SupervisionSegment("u3", "missing", 0, 1.0, text="no such recording"),
-    ])
+    sups = SupervisionSet.from_segments(
+        [
+            SupervisionSegment("u1", "good", 0, 1.0, text="Let there be light."),
+            SupervisionSegment("u1", "good", 0, 1.0, text="duplicate id"),
+            SupervisionSegment("u2", "stereo", 0, 1.0, text="and there was light"),
+            SupervisionSegment("u3", "missing", 0, 1.0, text="no such recording"),
+        ]
+    )
     recs.to_file(tmp_path / "r.jsonl")
     sups.to_file(tmp_path / "s.jsonl")
     out = tmp_path / "c"

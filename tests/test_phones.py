@@ -69,9 +69,16 @@ def test_flite_end_times_become_a_tiling_alignment():
 
 
 def test_word_spans_from_edit_distance_alignment():
-    phones = [A(SIL, 0, 0.1), A("DH", 0.1, 0.1), A("IY", 0.2, 0.1),  # "THE" said as DH IY
-              A("K", 0.3, 0.1), A("AE", 0.4, 0.1), A("T", 0.5, 0.1), A("S", 0.6, 0.1),  # extra S
-              A(SIL, 0.7, 0.2)]
+    phones = [
+        A(SIL, 0, 0.1),
+        A("DH", 0.1, 0.1),
+        A("IY", 0.2, 0.1),  # "THE" said as DH IY
+        A("K", 0.3, 0.1),
+        A("AE", 0.4, 0.1),
+        A("T", 0.5, 0.1),
+        A("S", 0.6, 0.1),  # extra S
+        A(SIL, 0.7, 0.2),
+    ]
     words = align_words(["THE", "CAT"], [["DH", "AH"], ["K", "AE", "T"]], phones)
     assert words == [A("THE", 0.1, 0.2), A("CAT", 0.3, 0.4)]  # the inserted S joins CAT
     # a word whose phones were all dropped gets a zero-length span where it would be

@@ -15,12 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechdistill.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_model_state,
-    save_checkpoint,
-)
+from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from speechdistill.config import ConfigError, from_dict
 from speechdistill.data.corpus import load_split
 from speechdistill.data.importers import import_kaldi_dir
@@ -48,13 +43,20 @@ def hostile(tmp_path_factory):
     nan[500] = np.nan
     clipped = np.clip(_tone(1.0, amp=3.0), -1, 1)
     files = {
-        "good": (_tone(2.0), 16000), "zero": (np.zeros(0, np.float32), 16000),
-        "one": (np.array([0.1], np.float32), 16000), "hour": (np.zeros(16000 * 3600, np.int16), 16000),
-        "rate8k": (_tone(1.0, 8000), 8000), "rate48k": (_tone(1.0, 48000), 48000),
-        "stereo": (np.stack([_tone(1.0), _tone(1.0)], 1), 16000), "clipped": (clipped, 16000),
-        "silence": (np.zeros(16000, np.float32), 16000), "nan": (nan, 16000),
-        "emptytext": (_tone(1.0), 16000), "punct": (_tone(1.0), 16000), "tenk": (_tone(2.0), 16000),
-    }  # fmt: skip
+        "good": (_tone(2.0), 16000),
+        "zero": (np.zeros(0, np.float32), 16000),
+        "one": (np.array([0.1], np.float32), 16000),
+        "hour": (np.zeros(16000 * 3600, np.int16), 16000),
+        "rate8k": (_tone(1.0, 8000), 8000),
+        "rate48k": (_tone(1.0, 48000), 48000),
+        "stereo": (np.stack([_tone(1.0), _tone(1.0)], 1), 16000),
+        "clipped": (clipped, 16000),
+        "silence": (np.zeros(16000, np.float32), 16000),
+        "nan": (nan, 16000),
+        "emptytext": (_tone(1.0), 16000),
+        "punct": (_tone(1.0), 16000),
+        "tenk": (_tone(2.0), 16000),
+    }
     for name, (x, sr) in files.items():
         sf.write(audio / f"{name}.wav", x, sr, subtype="FLOAT" if name == "nan" else "PCM_16")
     d = root / "kaldi"
@@ -71,19 +73,26 @@ def test_every_hostile_input_is_kept_converted_or_skipped_with_a_message(hostile
     report = import_kaldi_dir(hostile, tmp_path / "out", split="dev")
     s = report["skipped_utterances"]
     expected = {
-        "zero": "is empty (0 samples)", "one": "is 1 samples (0.1 ms) long, shorter than 100 ms",
+        "zero": "is empty (0 samples)",
+        "one": "is 1 samples (0.1 ms) long, shorter than 100 ms",
         "hour": "is 60.0 minutes long (more than 10); cut it into utterances with a Kaldi `segments` file",
-        "silence": "is silent (peak 0.0e+00)", "nan": "contains NaN or infinite samples",
-        "missing": "cannot read audio file", "emptytext": "has an empty transcript",
+        "silence": "is silent (peak 0.0e+00)",
+        "nan": "contains NaN or infinite samples",
+        "missing": "cannot read audio file",
+        "emptytext": "has an empty transcript",
         "punct": "has an empty transcript (nothing left after normalisation)",
         "tenk": "10000 words for 2.00 s of audio (more than 8 words/s)",
-    }  # fmt: skip
+    }
     assert set(s) == set(expected)
     for utt, msg in expected.items():
         assert msg in s[utt] and utt in s[utt], (utt, s[utt])
     assert report["kept"] == 5  # good, rate8k, rate48k, stereo, clipped
-    assert report["converted"] == {"8000 Hz, resampled to 16000 Hz": 1, "48000 Hz, resampled to 16000 Hz": 1,
-                                   "multi-channel, averaged to mono": 1, "clipped (kept)": 1}  # fmt: skip
+    assert report["converted"] == {
+        "8000 Hz, resampled to 16000 Hz": 1,
+        "48000 Hz, resampled to 16000 Hz": 1,
+        "multi-channel, averaged to mono": 1,
+        "clipped (kept)": 1,
+    }
     cuts = load_split(tmp_path / "out", "dev")
     assert sorted(c.id for c in cuts) == ["clipped", "good", "rate48k", "rate8k", "stereo"]
     from speechdistill.data.audio import load_cut_audio
@@ -111,7 +120,9 @@ def test_non_utf8_and_duplicate_ids_abort_the_import_and_keep_the_old_manifests(
 def test_truncated_manifests_are_named(tiny_corpus, tmp_path):
     corpus = tmp_path / "c"
     # without features, so `features compute` must read the manifests (other tests may have computed them)
-    shutil.copytree(tiny_corpus, corpus, ignore=shutil.ignore_patterns("audio", "feats", "*_cuts.jsonl", "features.json"))
+    shutil.copytree(
+        tiny_corpus, corpus, ignore=shutil.ignore_patterns("audio", "feats", "*_cuts.jsonl", "features.json")
+    )
     path = corpus / "train_supervisions.jsonl"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # cut mid-line
@@ -134,9 +145,10 @@ def test_truncated_soft_label_cache_is_refused_and_kept(tiny_units, tmp_path):
     corpus = tmp_path / "c"
     shutil.copytree(tiny_units.parent, corpus, symlinks=True)
     train_lm(corpus, "phone", LMConfig(d_model=16, num_layers=1), max_sentences=50, show_progress=False)
+    from speechdistill.data.layout import SoftLabelSpec
     from speechdistill.distill.soft_labels import build_cache
 
-    build_cache(corpus, "phone", 4, 2.0, show_progress=False)
+    build_cache(corpus, SoftLabelSpec("phone", 4, 2.0), show_progress=False)
     shard = corpus / "soft_labels" / "phone-k4-T2.safetensors"
     shard.write_bytes(shard.read_bytes()[:1000])
     damaged = shard.read_bytes()
@@ -183,19 +195,30 @@ def test_nothing_unpickles_user_files():
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.learning_rate=1", "unknown config key optim.learning_rate"),
-    ("model.encoder.num_blocks=six", "expected an integer, got 'six'"),
-    ("model.encoder.preset=null", None),  # valid: the control
-    ("model.encoder.d_model=-3", "d_model=-3 conflicts with preset 'xs'"),
-    ("data.max_duration=-5", "max_duration and num_buckets must be positive"),
-    ("model.taps=[{layer: 9, unit: phone}]", "layer 9"),
-    ("optim.schedule=cosine", "schedule must be 'noam' or 'linear'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.learning_rate=1", "unknown config key optim.learning_rate"),
+        ("model.encoder.num_blocks=six", "expected an integer, got 'six'"),
+        ("model.encoder.preset=null", None),  # valid: the control
+        ("model.encoder.d_model=-3", "d_model=-3 conflicts with preset 'xs'"),
+        ("data.max_duration=-5", "max_duration and num_buckets must be positive"),
+        ("model.taps=[{layer: 9, unit: phone}]", "layer 9"),
+        ("optim.schedule=cosine", "schedule must be one of noam, linear, constant"),
+    ],
+)
 def test_bad_configs_are_rejected_before_any_work(tiny_units, tmp_path, override, message):
     out = tmp_path / "never"
-    proc = _cli("train", "configs/baseline.yaml", f"data.corpus={tiny_units.parent}", f"out_dir={out}",
-                "optim.max_epochs=1", "optim.max_steps=1", "progress=false", override)  # fmt: skip
+    proc = _cli(
+        "train",
+        "configs/asr/baseline.yaml",
+        f"data.corpus={tiny_units.parent}",
+        f"out_dir={out}",
+        "optim.max_epochs=1",
+        "optim.max_steps=1",
+        "progress=false",
+        override,
+    )
     if message is None:
         assert proc.returncode == 0, proc.stderr[-2000:]
         return
@@ -205,17 +228,27 @@ def test_bad_configs_are_rejected_before_any_work(tiny_units, tmp_path, override
 
 def test_bad_ssl_and_ablation_configs_are_rejected(tmp_path):
     from speechdistill.ablate import ablate
-    from speechdistill.ssl_train import DistillConfig, PretrainConfig
+    from speechdistill.distill.ssl_distill import DistillConfig
+    from speechdistill.teachers.pretrain import PretrainConfig
 
     with pytest.raises(ConfigError, match="hidden_size=100 is not divisible by num_heads=3"):
         from_dict(PretrainConfig, {"hidden_size": 100, "num_heads": 3})
-    with pytest.raises(ConfigError, match="student.kind='tinyhubert'"):
+    with pytest.raises(
+        ConfigError, match="student: unknown SSL student kind 'tinyhubert'; valid: distilhubert, fithubert"
+    ):
         from_dict(DistillConfig, {"student": {"kind": "tinyhubert"}})
     with pytest.raises(ConfigError, match="attention_weight needs equal frame rates"):
         from_dict(DistillConfig, {"student": {"kind": "fithubert"}, "attention_weight": 1.0})
     abl = tmp_path / "abl.yaml"
-    abl.write_text(json.dumps({"base": "configs/baseline.yaml", "out_dir": str(tmp_path / "abl"),
-                               "variants": {"baseline": [], "bad": ["model.encoder.d_model=-1"]}}))  # fmt: skip
+    abl.write_text(
+        json.dumps(
+            {
+                "base": str(Path(__file__).parent.parent / "configs" / "asr" / "baseline.yaml"),
+                "out_dir": str(tmp_path / "abl"),
+                "variants": {"baseline": [], "bad": ["model.encoder.d_model=-1"]},
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="d_model=-1 conflicts with preset 'xs'"):
         ablate(abl, seeds=1)
     assert not (tmp_path / "abl").exists()

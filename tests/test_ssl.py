@@ -3,37 +3,38 @@ and saving/reloading students."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
-from speechdistill.distill.ssl_losses import (
-    align_frames,
-    attention_map_loss,
-    distilhubert_loss,
-    hint_loss,
-)
+from speechdistill.distill.ssl_losses import align_frames, attention_map_loss, distilhubert_loss, hint_loss
 from speechdistill.students.ssl import StudentConfig, build_student, load_student, save_student
-from speechdistill.teachers.ssl import HFUpstream, load_teacher, load_upstream
+from speechdistill.teachers.pretrain import ssl_optim
+from speechdistill.teachers.ssl import HFUpstream
+from speechdistill.teachers.upstream import load_teacher, load_upstream
 
-TINY = dict(conv_dim=(16,) * 7, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)  # fmt: skip
+TINY = dict(
+    conv_dim=(16,) * 7,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_conv_pos_embeddings=8,
+    num_conv_pos_embedding_groups=4,
+)
 
 
 def save_tiny(family: str, path, **kw):
-    from transformers import (
-        HubertConfig,
-        HubertModel,
-        Wav2Vec2Config,
-        Wav2Vec2Model,
-        WavLMConfig,
-        WavLMModel,
-    )
+    from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel
 
-    cfg_cls, model_cls = {"hubert": (HubertConfig, HubertModel), "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
-                          "wavlm": (WavLMConfig, WavLMModel)}[family]  # fmt: skip
+    cfg_cls, model_cls = {
+        "hubert": (HubertConfig, HubertModel),
+        "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+        "wavlm": (WavLMConfig, WavLMModel),
+    }[family]
     torch.manual_seed(0)
     model_cls(cfg_cls(**(TINY | kw))).save_pretrained(path)
     return path
@@ -87,8 +88,9 @@ def test_teacher_is_frozen_and_stays_in_eval_mode(hubert_dir):
 def test_a_non_speech_hf_directory_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-              ).save_pretrained(tmp_path / "bert")  # fmt: skip
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="model_type 'bert' is not a speech SSL model"):
         load_upstream(tmp_path / "bert")
 
@@ -158,8 +160,9 @@ def test_distilhubert_student_copies_the_teacher_and_round_trips(hubert_dir, tmp
 
 def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
     teacher = load_teacher(hubert_dir)
-    student = build_student(StudentConfig(kind="fithubert", num_layers=4, d_model=16, ff_dim=32,
-                                          num_heads=2, conv_dim=8), teacher).eval()  # fmt: skip
+    student = build_student(
+        StudentConfig(kind="fithubert", num_layers=4, d_model=16, ff_dim=32, num_heads=2, conv_dim=8), teacher
+    ).eval()
     assert student.targets == [1, 2, 3, 4] and student.frame_shift == pytest.approx(0.04)
     wavs, lens = _wavs()
     states, slens = student(wavs, lens)
@@ -172,34 +175,46 @@ def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
         build_student(StudentConfig(kind="fithubert", num_layers=1, teacher_layers=[7]), teacher)
 
 
+def _optim(lr: float = 5e-4, **kw):
+    """The SSL tasks' optimisation with a tiny schedule."""
+    return dataclasses.replace(ssl_optim(lr), **kw)
+
+
 TINY_TEACHER = dict(clusters=20, hidden_size=32, num_layers=4, num_heads=2, ff_dim=64, conv_dim=16, final_dim=16)
 
 
 @pytest.fixture(scope="module")
 def ssl_run(tiny_units, tmp_path_factory):
     """Pre-train a tiny teacher on the tiny corpus (2 epochs), distil both students."""
-    from speechdistill.ssl_train import (
-        DistillConfig,
-        LoopConfig,
-        PretrainConfig,
-        WaveData,
-        distill,
-        pretrain,
-    )
+    from speechdistill.data.batching import WaveData
+    from speechdistill.distill.ssl_distill import DistillConfig, distill
+    from speechdistill.teachers.pretrain import PretrainConfig, pretrain
 
     corpus, out = tiny_units.parent, tmp_path_factory.mktemp("ssl")
     data = WaveData(corpus=str(corpus), max_duration=30.0)
     tiny = TINY_TEACHER
-    pre = pretrain(PretrainConfig(out_dir=str(out / "teacher"), data=data,
-                                  optim=LoopConfig(epochs=1, warmup_steps=2, progress=False), **tiny))  # fmt: skip
-    resumed = pretrain(PretrainConfig(out_dir=str(out / "teacher"), data=data,
-                                      optim=LoopConfig(epochs=2, warmup_steps=2, progress=False), **tiny))  # fmt: skip
+    pre = pretrain(
+        PretrainConfig(
+            out_dir=str(out / "teacher"), data=data, optim=_optim(max_epochs=1, warmup_steps=2), progress=False, **tiny
+        )
+    )
+    resumed = pretrain(
+        PretrainConfig(
+            out_dir=str(out / "teacher"), data=data, optim=_optim(max_epochs=2, warmup_steps=2), progress=False, **tiny
+        )
+    )
     students = {}
     for kind, extra in (("distilhubert", {}), ("fithubert", dict(num_layers=4, d_model=16, ff_dim=32, conv_dim=8))):
-        students[kind] = distill(DistillConfig(
-            teacher=str(out / "teacher" / "hf"), out_dir=str(out / kind), data=data,
-            optim=LoopConfig(lr=1e-3, epochs=2, warmup_steps=2, progress=False),
-            student=StudentConfig(kind=kind, num_heads=2, **extra)))  # fmt: skip
+        students[kind] = distill(
+            DistillConfig(
+                teacher=str(out / "teacher" / "hf"),
+                out_dir=str(out / kind),
+                data=data,
+                optim=_optim(lr=1e-3, max_epochs=2, warmup_steps=2),
+                progress=False,
+                student=StudentConfig(kind=kind, num_heads=2, **extra),
+            )
+        )
     return out, pre, resumed, students
 
 
@@ -219,12 +234,17 @@ def test_pretraining_repeats_exactly_and_resumes_as_if_never_stopped(tiny_units,
     after epoch 1 (its checkpoint written) and resumed."""
     from safetensors.torch import load_file
 
-    from speechdistill import ssl_train
+    from speechdistill.data.batching import WaveData
+    from speechdistill.teachers import pretrain as ssl_train
 
     def cfg(out):
-        return ssl_train.PretrainConfig(out_dir=str(out), data=ssl_train.WaveData(corpus=str(tiny_units.parent),
-                                        max_duration=30.0), optim=ssl_train.LoopConfig(epochs=2, warmup_steps=2,
-                                        progress=False), **TINY_TEACHER)  # fmt: skip
+        return ssl_train.PretrainConfig(
+            out_dir=str(out),
+            data=WaveData(corpus=str(tiny_units.parent), max_duration=30.0),
+            optim=_optim(max_epochs=2, warmup_steps=2),
+            progress=False,
+            **TINY_TEACHER,
+        )
 
     ssl_train.pretrain(cfg(tmp_path / "a"))
     real_save, saves = ssl_train._save_hf, []
@@ -284,7 +304,7 @@ def test_probe_and_compare_report(ssl_run, tiny_units):
 
 def test_fbank_reference_upstream_is_the_normalised_filterbank(tmp_path):
     from speechdistill.data.features import FbankExtractor
-    from speechdistill.teachers.ssl import FbankUpstream, is_fbank, load_upstream
+    from speechdistill.teachers.ssl import FbankUpstream, is_fbank
 
     wavs, lens = _wavs()
     up = load_teacher(tmp_path / "fbank")
@@ -307,7 +327,8 @@ def test_fbank_reference_upstream_is_the_normalised_filterbank(tmp_path):
 
 
 def test_teacher_cache_is_fp16_and_refused_when_the_layers_change(hubert_dir, tiny_units, tmp_path):
-    from speechdistill.ssl_train import WaveData, WaveDataset, cache_teacher, load_wave_cuts
+    from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts
+    from speechdistill.distill.ssl_distill import cache_teacher
 
     teacher = load_teacher(hubert_dir)
     cuts = load_wave_cuts(WaveData(str(tiny_units.parent), max_hours=0.005))
@@ -336,9 +357,24 @@ def test_ssl_distillation_under_ddp_keeps_ranks_equal(ssl_run, tiny_units, tmp_p
     from safetensors.torch import load_file
 
     teacher = ssl_run[0] / "teacher" / "hf"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                           "29541", Path(__file__).parent / "ssl_ddp.py", teacher, tiny_units.parent, tmp_path],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29541",
+            Path(__file__).parent / "ssl_ddp.py",
+            teacher,
+            tiny_units.parent,
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert a.keys() == b.keys() and len(a) > 10
@@ -362,19 +398,29 @@ def test_weighted_sum_is_learnable_and_sums_to_one(tmp_path):
     torch.testing.assert_close(out, want)
     out.pow(2).sum().backward()
     assert ws.weights.grad is not None and ws.weights.grad.abs().sum() > 0
-    plot_layer_weights({"layer_weights": w.tolist(), "task": "pr", "upstream": "x/teacher", "metric": "per",
-                        "test": 12.3}, tmp_path / "w.png")  # fmt: skip
+    plot_layer_weights(
+        {"layer_weights": w.tolist(), "task": "pr", "upstream": "x/teacher", "metric": "per", "test": 12.3},
+        tmp_path / "w.png",
+    )
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_tinybert_terms_run_and_are_logged(ssl_run, tiny_units, tmp_path):
-    from speechdistill.ssl_train import DistillConfig, LoopConfig, WaveData, distill
+    from speechdistill.data.batching import WaveData
+    from speechdistill.distill.ssl_distill import DistillConfig, distill
 
-    s = distill(DistillConfig(
-        teacher=str(ssl_run[0] / "teacher" / "hf"), out_dir=str(tmp_path / "tb"),
-        data=WaveData(corpus=str(tiny_units.parent), max_hours=0.01, max_duration=30.0),
-        optim=LoopConfig(lr=1e-3, epochs=1, warmup_steps=1, progress=False),
-        student=StudentConfig(kind="distilhubert", num_layers=2), hidden_weight=0.5, attention_weight=1.0))  # fmt: skip
+    s = distill(
+        DistillConfig(
+            teacher=str(ssl_run[0] / "teacher" / "hf"),
+            out_dir=str(tmp_path / "tb"),
+            data=WaveData(corpus=str(tiny_units.parent), max_hours=0.01, max_duration=30.0),
+            optim=_optim(lr=1e-3, max_epochs=1, warmup_steps=1),
+            progress=False,
+            student=StudentConfig(kind="distilhubert", num_layers=2),
+            hidden_weight=0.5,
+            attention_weight=1.0,
+        )
+    )
     terms = s["history"][0]
     assert {"hidden.0", "hidden.1", "attention.0", "attention.1"} <= set(terms)
     assert terms["attention.0"] > 0 and terms["hidden.0"] > 0 and not s["teacher_cached"]

@@ -23,13 +23,21 @@ TESTS = Path(__file__).parent
 
 
 def tiny_config(corpus, out, **optim) -> TrainConfig:
-    return from_dict(TrainConfig, {
-        "out_dir": str(out), "progress": False, "checkpoint_every": 4, "log_every": 2,
-        "data": {"corpus": str(corpus), "max_duration": 30.0},
-        "model": {"encoder": {"preset": None, "num_blocks": 3, "d_model": 48, "num_heads": 4, "ff_dim": 96},
-                  "taps": [{"layer": 1, "unit": "senone"}, {"layer": 2, "unit": "phone", "kind": "ctc"}]},
-        "optim": {"lr": 0.003, "warmup_steps": 5, "max_epochs": 3} | optim,
-    })
+    return from_dict(
+        TrainConfig,
+        {
+            "out_dir": str(out),
+            "progress": False,
+            "checkpoint_every": 4,
+            "log_every": 2,
+            "data": {"corpus": str(corpus), "max_duration": 30.0},
+            "model": {
+                "encoder": {"preset": None, "num_blocks": 3, "d_model": 48, "num_heads": 4, "ff_dim": 96},
+                "taps": [{"layer": 1, "unit": "senone"}, {"layer": 2, "unit": "phone", "kind": "ctc"}],
+            },
+            "optim": {"lr": 0.003, "warmup_steps": 5, "max_epochs": 3} | optim,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,7 @@ def trained(tiny_units, tmp_path_factory):
 
 
 def _cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "speechdistill.cli", *map(str, args)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "speechdistill.cli", *map(str, args)], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -84,11 +91,23 @@ def test_ddp_two_processes_match_one(tiny_units, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for d in (one, two):
         d.mkdir()
-    subprocess.run([sys.executable, TESTS / "ddp_step.py", tiny_units.parent, one], check=True,
-                   capture_output=True)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29533", TESTS / "ddp_step.py", tiny_units.parent, two],
-                          capture_output=True, text=True)
+    subprocess.run([sys.executable, TESTS / "ddp_step.py", tiny_units.parent, one], check=True, capture_output=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            TESTS / "ddp_step.py",
+            tiny_units.parent,
+            two,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = json.loads((one / "loss.json").read_text()), json.loads((two / "loss.json").read_text())
     assert (a["world_size"], b["world_size"]) == (1, 2)
@@ -112,12 +131,12 @@ def test_evaluate_writes_hypotheses(trained, tiny_units):
 def test_export_onnx_matches_pytorch(trained, tmp_path):
     import onnxruntime as ort
 
-    from speechdistill.evaluate import load_inference_model
     from speechdistill.export import export
+    from speechdistill.students.model import load_inference_model
 
     out, _ = trained
     written = export(out / "best", tmp_path)
-    model, _, _ = load_inference_model(out / "best")
+    model, _ = load_inference_model(out / "best")
     feats, lens = torch.randn(3, 177, 80), torch.tensor([177, 120, 64])
     with torch.no_grad():
         ref, ref_lens = model(feats, lens)
@@ -152,33 +171,40 @@ def test_truncated_or_foreign_checkpoints_are_named(trained, tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_utterances(trained, tiny_units, tmp_path):
-    from speechdistill.train import NonFiniteLossError, Trainer
-
-    trainer = Trainer(tiny_config(tiny_units.parent, tmp_path / "nan", max_steps=4))
-    cuts = sorted(trainer.train_cuts, key=lambda c: c.id)[:3]
     from lhotse import CutSet
 
-    batch = trainer.dataset[CutSet.from_cuts(cuts)]
+    from speechdistill.engine import Engine, NonFiniteLossError
+    from speechdistill.train import AsrTask
+
+    cfg = tiny_config(tiny_units.parent, tmp_path / "nan", max_steps=4)
+    engine = Engine(cfg)
+    task = AsrTask(cfg, engine)
+    engine.setup(task)
+    cuts = sorted(task.train_cuts, key=lambda c: c.id)[:3]
+    batch = task.dataset[CutSet.from_cuts(cuts)]
     batch.feats[1, 5, 3] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 0 .*on utterances \['espeak-"):
-        trainer.forward_backward(batch)
+        engine.forward_backward(batch)
     assert not (tmp_path / "nan" / "last.safetensors").exists(), "nothing is saved from a NaN step"
 
 
 def test_learning_rate_schedules_hand_computed():
-    from speechdistill.train import lr_lambda
+    from speechdistill.engine import lr_lambda
 
     noam = lr_lambda(4)
     assert [noam(s) for s in (0, 2, 3, 15)] == pytest.approx([0.25, 0.75, 1.0, 0.5])
     # warmup 4 steps, then a straight line from 1 (step 4) to 0.1 (step 12), held after
     lin = lr_lambda(4, "linear", total_steps=12, final=0.1)
     assert [lin(s) for s in (0, 3, 7, 11, 30)] == pytest.approx([0.25, 1.0, 0.55, 0.1, 0.1])
+    con = lr_lambda(4, "constant")
+    assert [con(s) for s in (0, 3, 100)] == pytest.approx([0.25, 1.0, 1.0])
     with pytest.raises(ValueError, match="schedule must be"):
         from_dict(TrainConfig, {"optim": {"schedule": "cosine"}})
 
 
 def test_acoustic_model_is_an_upstream(trained):
-    from speechdistill.teachers.ssl import AcousticModelUpstream, load_teacher
+    from speechdistill.teachers.ssl import AcousticModelUpstream
+    from speechdistill.teachers.upstream import load_teacher
 
     out, _ = trained
     teacher = load_teacher(out / "best")

@@ -88,17 +88,18 @@ def test_built_inventory_every_phone_has_its_states(tiny_units):
     info = units.info
     assert info["vocab"]["phone"] == 40 and info["vocab"]["subword"] == 128
     assert info["vocab"]["senone"] <= 160
-    S = units.tree.states_per_phone
+    tree = units["senone"].tree
+    S = tree.states_per_phone
     for phone in (SIL,) + ARPABET:
-        ids = {units.tree.senone(phone, s) for s in range(S)}
+        ids = {tree.senone(phone, s) for s in range(S)}
         assert len(ids) == S, f"{phone} lacks distinct states"
     # frame-level labels of real utterances use only the states of the aligned phone
     owner = {}
-    for (phone, _), leaves in units.tree.rules.items():
+    for (phone, _), leaves in tree.rules.items():
         owner.update({sid: phone for _, sid in leaves})
     for cut in load_split(tiny_units.parent, "train").subset(first=5):
         ali = cut.supervisions[0].alignment["phone"]
-        labels = units.tree.frame_labels(ali, 0.01, cut.num_samples // 160)
+        labels = tree.frame_labels(ali, 0.01, cut.num_samples // 160)
         for t, lab in enumerate(labels):
             centre = (t + 0.5) * 0.01
             seg = next(a for a in ali if a.start <= centre < a.start + a.duration + 1e-9)
@@ -110,10 +111,10 @@ def test_text_converts_to_every_unit(tiny_units):
     text = "AND GOD SAID LET THERE BE LIGHT"
     phones = units.phones(text)
     assert phones[:3] == ["AH", "N", "D"]
-    assert len(units.senones(text)) == 3 * len(phones)
-    expanded = units.senones(text, frame_shift=0.01)
+    assert len(units.encode(text, "senone")) == 3 * len(phones)
+    expanded = units["senone"].expanded(text, frame_shift=0.01)
     assert len(expanded) > 3 * len(phones)
-    assert "".join(units.subwords(text)).replace("\u2581", " ").strip() == text
+    assert "".join(units["subword"].tokens(text)).replace("\u2581", " ").strip() == text
     lm_lines = (tiny_units / "lm_text.senone.txt").read_text().splitlines()
     assert len(lm_lines) == len((tiny_units.parent / "lm_text.txt").read_text().splitlines())
     assert max(units.encode(text, "phone")) < units.vocab_size("phone")

@@ -1,17 +1,22 @@
 """The ablation command: every variant x every seed, one results table.
 
-    speechdistill ablate configs/ablation.yaml --seeds 3
+    speechdistill ablate configs/asr/ablation.yaml --seeds 3
 
-An ablation file names a base config, the variants (each a list of dotted
-overrides) and where to write::
+An ablation file names a base config, the variants and where to write::
 
-    base: configs/baseline.yaml
+    base: baseline.yaml               # the training config, relative to this file
     out_dir: exp/ablation
     baseline: baseline                # the variant the others are compared with
     report: results                   # file stem of the table (default: results)
+    overrides: ["optim.max_epochs=3"] # applied to every variant
     variants:
       baseline: []
-      hier: ["model.taps=[{layer: 2, unit: senone, kd: true, ce_weight: 0.0}]"]
+      hier: [hier.yaml]               # a recipe file: its own keys are merged in
+      aux_phone: ["model.taps=[{layer: 3, unit: phone, kd: {}, ce_weight: 0.0}]"]
+
+A run's config is: the base, the variant's recipe files (their own keys, not their
+``base``, ``name`` or ``out_dir``), the shared overrides, the variant's ``key=value``
+overrides, the command line's, then seed, name and out_dir.
 
 Each run trains into ``{out_dir}/{variant}/seed{n}`` and is scored on dev and
 test (greedy decoding). A run whose ``result.json`` exists is not run again,
@@ -28,9 +33,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from speechdistill.config import ConfigError, apply_override, from_dict, load_config, to_dict
+from speechdistill.config import ConfigError, apply_override, from_dict, load_config, merge, read_yaml, to_dict
+from speechdistill.evaluate import evaluate
+from speechdistill.report import write_report
+from speechdistill.train import TrainConfig, train
 from speechdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -47,11 +53,11 @@ class AblationConfig:
 
     def __post_init__(self):
         if not self.report or Path(self.report).name != self.report:
-            raise ValueError(f"report={self.report!r} must be a plain file name (no directories); "
-                             "the table is written into out_dir")  # fmt: skip
+            raise ValueError(
+                f"report={self.report!r} must be a plain file name (no directories); the table is written into out_dir"
+            )
         if self.baseline not in self.variants:
-            raise ValueError(f"baseline variant {self.baseline!r} is not among the variants "
-                             f"{list(self.variants)}")  # fmt: skip
+            raise ValueError(f"baseline variant {self.baseline!r} is not among the variants {list(self.variants)}")
         for name, ovs in self.variants.items():
             if not isinstance(ovs, list) or not all(isinstance(o, str) for o in ovs):
                 raise ValueError(f"variants.{name} must be a list of key=value strings")
@@ -61,37 +67,44 @@ def load_ablation(path: str | Path) -> AblationConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"ablation file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    return from_dict(AblationConfig, data)
+    abl = from_dict(AblationConfig, read_yaml(path))
+    abl.base = str(path.parent / abl.base)  # files are named relative to the ablation file
+    abl.variants = {
+        v: [str(path.parent / i) if i.endswith(".yaml") else i for i in items] for v, items in abl.variants.items()
+    }
+    return abl
 
 
 def run_config(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ()):
-    """The TrainConfig of one run: base + shared overrides + variant overrides + seed."""
-    from speechdistill.train import TrainConfig
-
-    base = to_dict(load_config(TrainConfig, abl.base))
-    for o in [*abl.overrides, *abl.variants[variant], *extra,
-              f"seed={seed}", f"name={variant}", f"out_dir={Path(abl.out_dir) / variant / f'seed{seed}'}"]:  # fmt: skip
-        apply_override(base, o)
-    return from_dict(TrainConfig, base)
+    """The TrainConfig of one run (see the module docstring for the order)."""
+    data = to_dict(load_config(TrainConfig, abl.base))
+    items = abl.variants[variant]
+    for recipe in (i for i in items if i.endswith(".yaml")):
+        data = merge(data, {k: v for k, v in read_yaml(recipe).items() if k not in ("base", "name", "out_dir")})
+    run = [f"seed={seed}", f"name={variant}", f"out_dir={Path(abl.out_dir) / variant / f'seed{seed}'}"]
+    for o in [*abl.overrides, *(i for i in items if not i.endswith(".yaml")), *extra, *run]:
+        apply_override(data, o)
+    return from_dict(TrainConfig, data)
 
 
 def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ()) -> dict:
-    from speechdistill.evaluate import evaluate
-    from speechdistill.train import train
-
     cfg = run_config(abl, variant, seed, extra)
     out = Path(cfg.out_dir)
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     summary = train(cfg, resume=True)
-    result = {"variant": variant, "seed": seed, "params": summary["params_without_taps"],
-              "params_with_taps": summary["params"], "train_seconds": summary["train_seconds_this_run"],
-              "epochs": summary["epochs"]}  # fmt: skip
+    result = {
+        "variant": variant,
+        "seed": seed,
+        "params": summary["params_without_taps"],
+        "params_with_taps": summary["params"],
+        "train_seconds": summary["train_seconds_this_run"],
+        "epochs": summary["epochs"],
+    }
     for split in ("dev", "test"):
         scores = evaluate(out / "best", cfg.data.corpus, split)
-        result[f"{split}_wer"] = scores["wer"] if scores["unit"] == "subword" else None
+        result[f"{split}_wer"] = scores["wer"] if scores["words"] else None
         result[f"{split}_per"] = scores["per"]
     atomic_write_text(result_path, json.dumps(result, indent=1) + "\n")
     return result
@@ -100,8 +113,6 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
 def ablate(path: str | Path, seeds: int = 3, extra: list[str] = (), out_dir: str | Path | None = None) -> list[dict]:
     """Run (or resume) every variant with seeds 0..seeds-1; write the report (into
     ``out_dir`` when given, else the ablation file's)."""
-    from speechdistill.report import write_report
-
     abl = load_ablation(path)
     if out_dir is not None:
         abl.out_dir = str(out_dir)

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
-from speechdistill.utils import atomic_write_bytes, atomic_write_text
+from speechdistill.utils import DataError, atomic_write_bytes, atomic_write_text
 
 FORMAT = "speechdistill-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataError):
     """A checkpoint that cannot be used; the message names the file and why."""
 
 
@@ -49,8 +49,9 @@ def load_checkpoint(prefix: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     st_path, json_path = _paths(prefix)
     for p in (st_path, json_path):
         if not p.exists():
-            raise CheckpointError(f"checkpoint file {p} is missing (a checkpoint is a "
-                                  ".safetensors file plus a .json beside it)")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint file {p} is missing (a checkpoint is a .safetensors file plus a .json beside it)"
+            )
     try:
         meta = json.loads(json_path.read_text())
     except json.JSONDecodeError as e:
@@ -59,8 +60,10 @@ def load_checkpoint(prefix: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{json_path} is not a speechdistill checkpoint")
     data = st_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise CheckpointError(f"{st_path} is truncated or does not belong to {json_path.name} "
-                              f"({len(data)} bytes; checksum mismatch); use another checkpoint")  # fmt: skip
+        raise CheckpointError(
+            f"{st_path} is truncated or does not belong to {json_path.name} "
+            f"({len(data)} bytes; checksum mismatch); use another checkpoint"
+        )
     try:
         tensors = load(data)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -70,7 +73,7 @@ def load_checkpoint(prefix: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def load_model_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path) -> None:
     """Load ``prefix``-ed tensors into ``module``; a mismatch names the first differences."""
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -115,8 +118,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
         "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64)),
         "rng.python": torch.tensor(py_state[1], dtype=torch.int64),
     }
-    return tensors, {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                     "python": [py_state[0], py_state[2]]}  # fmt: skip
+    return tensors, {
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], py_state[2]],
+    }
 
 
 def set_rng_state(tensors: dict, meta: dict) -> None:
@@ -127,14 +132,14 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
     random.setstate((version, tuple(int(x) for x in tensors["rng.python"].tolist()), gauss))
 
 
-def save_training_state(prefix: str | Path, model: torch.nn.Module, key: str, optimizer, scheduler,
-                        meta: dict) -> None:  # fmt: skip
+def save_training_state(prefix: str | Path, model: torch.nn.Module, key: str, optimizer, scheduler, meta: dict) -> None:
     """Weights (under ``key``), optimizer, scheduler and RNG states: all a resume needs."""
     opt_t, opt_meta = optimizer_tensors(optimizer)
     rng_t, rng_meta = rng_state()
     tensors = {f"{key}{k}": v for k, v in model.state_dict().items()} | opt_t | rng_t
-    save_checkpoint(prefix, tensors, meta | {"optimizer": opt_meta, "scheduler": scheduler.state_dict(),
-                                             "rng": rng_meta})  # fmt: skip
+    save_checkpoint(
+        prefix, tensors, meta | {"optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
+    )
 
 
 def load_training_state(prefix: str | Path, model: torch.nn.Module, key: str, optimizer, scheduler) -> dict:

@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from speechdistill.teachers.ssl import is_fbank
+from speechdistill.teachers.upstream import load_teacher
 from speechdistill.utils import atomic_write_text
 
 
@@ -30,8 +33,6 @@ def probe_result_path(upstream: str | Path, task: str) -> Path:
 
 def count_macs(upstream, seconds: float = 1.0) -> float:
     """Multiply-accumulates of one forward pass over ``seconds`` of audio."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     wav = torch.randn(1, int(16000 * seconds))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         upstream(wav, torch.tensor([wav.shape[1]]))
@@ -55,9 +56,9 @@ def time_upstreams(upstreams: dict, seconds: float = 10.0, repeats: int = 7) -> 
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def compare(teacher: str | Path, students: list[str | Path], tasks=("pr", "asr", "sid"), repeats: int = 7) -> list[dict]:
-    from speechdistill.teachers.ssl import is_fbank, load_teacher
-
+def compare(
+    teacher: str | Path, students: list[str | Path], tasks=("pr", "asr", "sid"), repeats: int = 7
+) -> list[dict]:
     paths = [Path(teacher), *map(Path, students)]
     ups = {str(p): load_teacher(p) for p in paths}
     secs = time_upstreams(ups, repeats=repeats)
@@ -68,8 +69,13 @@ def compare(teacher: str | Path, students: list[str | Path], tasks=("pr", "asr",
         # prediction heads exist only for training; they are not part of the upstream
         params = sum(v.numel() for k, v in inner.named_parameters() if not k.startswith(("heads.", "hidden_proj.")))
         name = f"{p} (filterbank reference)" if is_fbank(p) else str(p)
-        row = {"upstream": name, "params": params, "macs_per_second": count_macs(up),
-               "cpu_seconds_per_second": secs[str(p)], "frame_shift_ms": round(1000 * up.frame_shift)}  # fmt: skip
+        row = {
+            "upstream": name,
+            "params": params,
+            "macs_per_second": count_macs(up),
+            "cpu_seconds_per_second": secs[str(p)],
+            "frame_shift_ms": round(1000 * up.frame_shift),
+        }
         for task in tasks:
             f = probe_result_path(p, task)
             row[task] = json.loads(f.read_text())["test"] if f.exists() else None
@@ -86,12 +92,16 @@ def markdown(rows: list[dict]) -> str:
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
 
-    out = ("| upstream | params | MACs / s audio | CPU s / s audio | frame | PR PER | ASR WER | SID acc "
-           "| params ratio | time ratio |\n|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+    out = (
+        "| upstream | params | MACs / s audio | CPU s / s audio | frame | PR PER | ASR WER | SID acc "
+        "| params ratio | time ratio |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     for r in rows:
-        out += (f"| {r['upstream']} | {r['params'] / 1e6:.2f}M | {r['macs_per_second'] / 1e9:.3f}G "
-                f"| {r['cpu_seconds_per_second']:.4f} | {r['frame_shift_ms']} ms | {f(r.get('pr'))} "
-                f"| {f(r.get('asr'))} | {f(r.get('sid'))} | {r['params_ratio']:.3f} | {r['time_ratio']:.3f} |\n")  # fmt: skip
+        out += (
+            f"| {r['upstream']} | {r['params'] / 1e6:.2f}M | {r['macs_per_second'] / 1e9:.3f}G "
+            f"| {r['cpu_seconds_per_second']:.4f} | {r['frame_shift_ms']} ms | {f(r.get('pr'))} "
+            f"| {f(r.get('asr'))} | {f(r.get('sid'))} | {r['params_ratio']:.3f} | {r['time_ratio']:.3f} |\n"
+        )
     return out
 
 

@@ -1,11 +1,14 @@
 """Typed experiment configs: dataclasses loaded from YAML with dotted overrides.
 
-    >>> cfg = load_config("configs/baseline.yaml", ["optim.lr=5e-4", "model.encoder.preset=s"])
+    >>> cfg = load_config(TrainConfig, "configs/asr/aux.yaml", ["optim.lr=5e-4", "model.encoder.preset=s"])
     >>> save_config(cfg, "exp/run/config.yaml")
 
 Every key is checked before any work starts: an unknown key is an error that
 names the valid keys, a value of the wrong type is an error that names the key
 and the type wanted. YAML is read with ``safe_load``: configs never run code.
+A config may start from another: ``base: baseline.yaml`` (a path relative to the
+file) loads that file first and the rest of this one is merged into it, mappings
+key by key, lists and values replaced whole.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from speechdistill.utils import atomic_write_text
+from speechdistill.utils import UsageError, atomic_write_text
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config key or value that cannot be used; the message names the key."""
 
 
@@ -82,8 +85,10 @@ def from_dict(cls, data: dict, prefix: str = ""):
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys of "
-                          f"{prefix.rstrip('.') or cls.__name__}: {', '.join(names)}")  # fmt: skip
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys of "
+            f"{prefix.rstrip('.') or cls.__name__}: {', '.join(names)}"
+        )
     kwargs = {k: _check(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -115,18 +120,44 @@ def apply_override(data: dict, override: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping, checked."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file with its ``base:`` chain resolved (paths relative to each file)."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: `base:` files include each other ({' -> '.join(map(str, _seen))})")
+    data = read_yaml(path)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    return merge(read_config(path.parent / base, (*_seen, path.resolve())), data)
+
+
 def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys")
+    data = read_config(path) if path is not None else {}
     for o in overrides:
         apply_override(data, o)
     return from_dict(cls, data)

@@ -5,7 +5,8 @@
 
 Steps, each kept when already done (so a second run only re-prints the table):
 corpus -> features -> units -> one LM per unit -> soft-label caches ->
-``configs/demo.yaml`` (baseline, interp, aux, hier) through the ablation command.
+``configs/asr/demo.yaml`` (baseline, interp, aux, hier) through the ablation command.
+The SSL demo: teacher pre-training, two students, probes, comparison.
 """
 
 from __future__ import annotations
@@ -15,73 +16,79 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from speechdistill.ablate import ablate
+from speechdistill.compare import compare, markdown, probe_result_path, write_report
+from speechdistill.config import load_config
+from speechdistill.data.corpus import build_corpus
+from speechdistill.data.features import compute_features
+from speechdistill.data.layout import CorpusDir, SoftLabelSpec
+from speechdistill.data.units import build_units
+from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
+from speechdistill.distill.ssl_distill import DistillConfig, distill
+from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
+from speechdistill.teachers.lm_train import train_lm
+from speechdistill.teachers.pretrain import PretrainConfig, pretrain
+from speechdistill.utils import atomic_write_text
 
-UNITS = ("senone", "phone", "subword")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    ablation: str = "configs/demo.yaml"
+    ablation: str = "configs/asr/demo.yaml"
     out_dir: str = "exp/demo"
     seeds: int = 2
     # LM sentences per unit (0: all). Senone sequences are 3x longer than phone ones and the
     # senone LM is the slowest teacher (279 s for all 59,729 sentences on 2 cores); its
     # perplexity is ~1.8 either way, so the demo trains it on part of the text.
     lm_sentences: tuple[tuple[str, int], ...] = (("senone", 20000), ("phone", 0), ("subword", 0))
+    soft_labels: tuple[int, float] = (8, 3.0)  # top-k, temperature: what configs/demo.yaml's methods use
     overrides: tuple[str, ...] = ()
 
 
 FULL = DemoPlan()
-QUICK = DemoPlan(out_dir="exp/demo-quick", seeds=1,
-                 lm_sentences=(("senone", 5000), ("phone", 10000), ("subword", 10000)),
-                 overrides=("optim.max_epochs=2",))  # fmt: skip
+QUICK = DemoPlan(
+    out_dir="exp/demo-quick",
+    seeds=1,
+    lm_sentences=(("senone", 5000), ("phone", 10000), ("subword", 10000)),
+    overrides=("optim.max_epochs=2",),
+)
 
 
-def _cache_usable(corpus: Path, unit: str, k: int, temperature: float) -> bool:
-    from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError
-
-    prefix = corpus / "soft_labels" / f"{unit}-k{k}-T{temperature:g}"
-    if not prefix.with_suffix(".json").exists():
+def _cache_usable(corpus: CorpusDir, spec: SoftLabelSpec) -> bool:
+    if not corpus.soft_labels(spec).with_suffix(".json").exists():
         return False
     try:
-        SoftLabelCache.open(prefix, corpus / "lm" / unit, corpus / "units")
+        SoftLabelCache.open_for(corpus, spec)
     except StaleCacheError as e:
         log.warning("%s; rebuilding it", e)
         return False
     return True
 
 
-def prepare(corpus: Path, plan: DemoPlan, preset: str = "small") -> None:
+def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small") -> None:
     """Corpus, features, units, LMs and caches: whatever is missing."""
-    from speechdistill.data.corpus import build_corpus
-    from speechdistill.data.features import compute_features
-    from speechdistill.distill.soft_labels import build_cache
-    from speechdistill.teachers.lm_train import train_lm
-    from speechdistill.units.inventory import build_units
-
-    build_corpus(preset, corpus)
+    corpus = CorpusDir(corpus)
+    build_corpus(preset, corpus.root)
     compute_features(corpus)
-    if not (corpus / "units" / "units.json").exists():
+    if not (corpus.units / "units.json").exists():
         build_units(corpus)
     for unit, sentences in plan.lm_sentences:
-        meta_path = corpus / "lm" / f"{unit}.json"
+        meta_path = corpus.lm(unit).with_suffix(".json")
         if meta_path.exists() and json.loads(meta_path.read_text()).get("max_sentences", 0) != sentences:
             log.info("%s LM was trained on another amount of text than this demo plan; retraining", unit)
             meta_path.unlink()
         if not meta_path.exists():
             meta = train_lm(corpus, unit, max_sentences=sentences)
             log.info("%s LM: dev perplexity %.2f (%d s)", unit, meta["dev_perplexity"], meta["train_seconds"])
-        if not _cache_usable(corpus, unit, 8, 3.0):
-            build_cache(corpus, unit, 8, 3.0)
+        spec = SoftLabelSpec(unit, *plan.soft_labels)
+        if not _cache_usable(corpus, spec):
+            build_cache(corpus, spec)
 
 
 def run_demo(corpus: str | Path = "data/small", quick: bool = False, seeds: int | None = None) -> Path:
     """Prepare everything, run the methods over seeds; returns the results table (Markdown)."""
-    from speechdistill.ablate import ablate
-
     plan = QUICK if quick else FULL
-    corpus = Path(corpus)
     prepare(corpus, plan)
     ablate(plan.ablation, seeds or plan.seeds, [f"data.corpus={corpus}", *plan.overrides], out_dir=plan.out_dir)
     return Path(plan.out_dir) / "results.md"
@@ -91,24 +98,17 @@ SSL_STUDENTS = ("distilhubert", "fithubert")
 SSL_PROBES = ("pr", "sid")
 
 
-def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 20,
-                 probe_hours: float = 1.0) -> str:  # fmt: skip
+def run_ssl_demo(
+    corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 20, probe_hours: float = 1.0
+) -> str:
     """Pre-train the small teacher, distil it into both students, probe all three and the
     filterbank (the reference), compare.
     Every step is skipped when its result exists; returns the comparison table (Markdown).
     Probes train on the first ``probe_hours`` of the training split (all of it for SID's
     80/10/10 split) and score PR on the full dev and test splits."""
-    from speechdistill.compare import compare, markdown, probe_result_path, write_report
-    from speechdistill.config import load_config
-    from speechdistill.data.corpus import build_corpus
-    from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
-    from speechdistill.ssl_train import DistillConfig, PretrainConfig, distill, pretrain
-    from speechdistill.units.inventory import build_units
-    from speechdistill.utils import atomic_write_text
-
-    corpus, out = Path(corpus), Path(out)
-    build_corpus("small", corpus)
-    if not (corpus / "units" / "units.json").exists():  # the phone inventory of the PR probe
+    corpus, out = CorpusDir(corpus), Path(out)
+    build_corpus("small", corpus.root)
+    if not (corpus.units / "units.json").exists():  # the phone inventory of the PR probe
         build_units(corpus)
     common = [f"data.corpus={corpus}"]
     teacher = out / "teacher" / "hf"
@@ -118,8 +118,9 @@ def run_ssl_demo(corpus: str | Path = "data/small", out: str | Path = "exp/ssl",
     for kind in SSL_STUDENTS:
         d = out / kind
         if not (d / "summary.json").exists():
-            distill(load_config(DistillConfig, f"configs/ssl/{kind}.yaml",
-                                [*common, f"teacher={teacher}", f"out_dir={d}"]))  # fmt: skip
+            distill(
+                load_config(DistillConfig, f"configs/ssl/{kind}.yaml", [*common, f"teacher={teacher}", f"out_dir={d}"])
+            )
         upstreams.append(d / "student")
     upstreams.append(out / "fbank")  # the reference: probes on the filterbank itself
     for up in upstreams:

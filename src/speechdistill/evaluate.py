@@ -18,17 +18,23 @@ from pathlib import Path
 
 import torch
 
+from speechdistill.data.batching import AsrDataset, make_sampler
+from speechdistill.data.corpus import load_split
+from speechdistill.data.importers import import_kaldi_dir
+from speechdistill.data.layout import CorpusDir
 from speechdistill.decode import beam_decode, error_rates, greedy_decode
+from speechdistill.students.model import load_inference_model
+from speechdistill.units.inventory import Units
+from speechdistill.units.lexicon import UnpronounceableWordError
+from speechdistill.units.phones import UnknownPhoneError
 from speechdistill.utils import atomic_write_text
 
 
 @torch.no_grad()
-def decode_cuts(model, dataset, cuts, unit: str, units, max_duration: float = 200.0,
-                beam: int = 0) -> dict:  # fmt: skip
+def decode_cuts(model, dataset, cuts, unit: str, units: Units, max_duration: float = 200.0, beam: int = 0) -> dict:
     """Decode ``cuts`` with an InferenceModel; returns scores and per-utterance rows."""
-    from speechdistill.data.batching import make_sampler
-
     model.eval()
+    ut = units[unit]
     rows = []
     for cut_batch in make_sampler(cuts, max_duration, shuffle=False, seed=0):
         batch = dataset[cut_batch]
@@ -37,25 +43,29 @@ def decode_cuts(model, dataset, cuts, unit: str, units, max_duration: float = 20
         refs = batch.targets[unit]
         for i, utt in enumerate(batch.ids):
             ref_ids = refs[0][i, : refs[1][i]].tolist()
-            rows.append((utt, _to_text(ref_ids, unit, units), _to_text(hyps[i], unit, units)))
+            rows.append(
+                (utt, ut.to_text([j - ut.offset for j in ref_ids]), ut.to_text([j - ut.offset for j in hyps[i]]))
+            )
     rows.sort()
     scores = error_rates([r[1] for r in rows], [r[2] for r in rows])
-    result = {"error_rate": scores["wer"], "wer": scores["wer"], "cer": scores["cer"], "rows": rows,
-              "num_utterances": len(rows)}  # fmt: skip
-    if unit == "subword":
-        result["per"] = error_rates([_phones(r[1], units) for r in rows],
-                                    [_phones(r[2], units) for r in rows])["wer"]  # fmt: skip
+    result = {
+        "error_rate": scores["wer"],
+        "wer": scores["wer"],
+        "cer": scores["cer"],
+        "rows": rows,
+        "num_utterances": len(rows),
+        "words": ut.words,
+    }
+    if ut.words:  # PER on the lexicon pronunciations of reference and hypothesis words
+        result["per"] = error_rates([_phones(r[1], units) for r in rows], [_phones(r[2], units) for r in rows])["wer"]
     else:
         result["per"] = result["wer"]
     return result
 
 
-def _phones(text: str, units) -> str:
+def _phones(text: str, units: Units) -> str:
     """Word text -> lexicon phones (CMUdict, else G2P); a word G2P cannot say is dropped
     (hypotheses can hold any string of pieces; scoring must not stop on one)."""
-    from speechdistill.units.lexicon import UnpronounceableWordError
-    from speechdistill.units.phones import UnknownPhoneError
-
     out = []
     for w in text.split():
         try:
@@ -65,51 +75,35 @@ def _phones(text: str, units) -> str:
     return " ".join(out)
 
 
-def _to_text(ids: list[int], unit: str, units) -> str:
-    if unit == "subword":
-        return units.sp.decode([i - 1 for i in ids])
-    return " ".join(units.phone_list[i] for i in ids)
-
-
-def load_inference_model(ckpt: str | Path):
-    """(InferenceModel, TrainConfig, vocab) from a checkpoint written by training."""
-    from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state
-    from speechdistill.config import from_dict
-    from speechdistill.students.model import AcousticModel
-    from speechdistill.train import TrainConfig
-
-    tensors, meta = load_checkpoint(ckpt)
-    if meta.get("kind") != "acoustic-model":
-        raise CheckpointError(f"{ckpt} is not an acoustic-model checkpoint (kind={meta.get('kind')!r})")
-    cfg = from_dict(TrainConfig, meta["config"])
-    model = AcousticModel(cfg.model, meta["vocab"])
-    load_model_state(model, tensors, "model.", ckpt)
-    return model.without_taps().eval(), cfg, meta["vocab"]
-
-
-def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", beam: int = 0,
-             units_dir: str | Path | None = None, out: str | Path | None = None) -> dict:  # fmt: skip
+def evaluate(
+    ckpt: str | Path,
+    data: str | Path,
+    split: str = "test",
+    beam: int = 0,
+    units_dir: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict:
     """Score a checkpoint on ``data``: a corpus directory (with ``split``), a Kaldi data
     dir (``wav.scp`` + ``text``) or a lhotse supervision manifest beside its recordings."""
-    from speechdistill.data.batching import AsrDataset
-    from speechdistill.data.corpus import load_split
-    from speechdistill.data.importers import import_kaldi_dir
-    from speechdistill.units.inventory import Units
-
-    model, cfg, _ = load_inference_model(ckpt)
+    model, meta = load_inference_model(ckpt)
+    main_unit = meta["config"]["model"]["main_unit"]
     data = Path(data)
-    units = Units(units_dir or Path(cfg.data.corpus) / "units")
+    units = Units(units_dir or CorpusDir(meta["config"]["data"]["corpus"]).units)
     if (data / "wav.scp").exists():
         tmp = Path(tempfile.mkdtemp())
         import_kaldi_dir(data, tmp, split=split)
         data = tmp
     cuts = load_split(data, split)
-    dataset = AsrDataset(units, cfg.model.main_unit, frames_fn=lambda t: t, on_the_fly=True)
-    result = decode_cuts(model, dataset, cuts, cfg.model.main_unit, units, beam=beam)
+    dataset = AsrDataset(units, main_unit, frames_fn=lambda t: t, on_the_fly=True)
+    result = decode_cuts(model, dataset, cuts, main_unit, units, beam=beam)
     out = Path(out or Path(ckpt).parent)
     atomic_write_text(out / f"{split}.hyp.tsv", "".join(f"{u}\t{r}\t{h}\n" for u, r, h in result["rows"]))
     scores = {k: v for k, v in result.items() if k != "rows"} | {
-        "checkpoint": str(ckpt), "data": str(data), "split": split, "unit": cfg.model.main_unit,
-        "decoder": f"beam{beam}" if beam > 1 else "greedy"}  # fmt: skip
+        "checkpoint": str(ckpt),
+        "data": str(data),
+        "split": split,
+        "unit": main_unit,
+        "decoder": f"beam{beam}" if beam > 1 else "greedy",
+    }
     atomic_write_text(out / f"{split}.scores.json", json.dumps(scores, indent=1) + "\n")
     return scores

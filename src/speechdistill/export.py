@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-from speechdistill.evaluate import load_inference_model
+from speechdistill.students.model import load_inference_model
 from speechdistill.utils import atomic_write_bytes, atomic_write_text
 
 
@@ -29,17 +30,24 @@ def _example(seed: int = 0):
 
 def export_onnx(model, path: Path, atol: float = 1e-3) -> float:
     """Write ``path`` and return the largest |onnx - torch| on a padded test batch."""
-    import onnxruntime as ort
-
     feats, lens = _example()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            model, (feats, lens), str(tmp_path), input_names=["feats", "feat_lens"],
-            output_names=["log_probs", "out_lens"], opset_version=17, dynamo=False,
-            dynamic_axes={"feats": {0: "N", 1: "T"}, "feat_lens": {0: "N"},
-                          "log_probs": {0: "N", 1: "T_out"}, "out_lens": {0: "N"}},
-        )  # fmt: skip
+            model,
+            (feats, lens),
+            str(tmp_path),
+            input_names=["feats", "feat_lens"],
+            output_names=["log_probs", "out_lens"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={
+                "feats": {0: "N", 1: "T"},
+                "feat_lens": {0: "N"},
+                "log_probs": {0: "N", 1: "T_out"},
+                "out_lens": {0: "N"},
+            },
+        )
         session = ort.InferenceSession(str(tmp_path), providers=["CPUExecutionProvider"])
         feats2, lens2 = _example(1)
         worst = 0.0
@@ -74,13 +82,24 @@ def export_model(model, out: str | Path, torchscript: bool = True, onnx: bool = 
 
 
 def export(ckpt: str | Path, out: str | Path, torchscript: bool = True, onnx: bool = True) -> dict:
-    model, cfg, vocab = load_inference_model(ckpt)
+    model, meta = load_inference_model(ckpt)
     out = Path(out)
     written = export_model(model, out, torchscript, onnx)
-    atomic_write_text(out / "model.json", json.dumps({
-        "checkpoint": str(ckpt), "main_unit": cfg.model.main_unit, "vocab": vocab,
-        "frame_shift": cfg.model.encoder.frame_shift, "inputs": "feats (N,T,80) fbank, feat_lens (N,)",
-        "outputs": "log_probs (N,T',V) CTC, blank=0; out_lens (N,)"}, indent=1) + "\n")  # fmt: skip
+    atomic_write_text(
+        out / "model.json",
+        json.dumps(
+            {
+                "checkpoint": str(ckpt),
+                "main_unit": meta["config"]["model"]["main_unit"],
+                "vocab": meta["vocab"],
+                "frame_shift": model.encoder.cfg.frame_shift,
+                "inputs": "feats (N,T,80) fbank, feat_lens (N,)",
+                "outputs": "log_probs (N,T',V) CTC, blank=0; out_lens (N,)",
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     return written
 
 

@@ -21,6 +21,7 @@ as fp16 (``cache=True``, the default), since the upstream never changes.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -29,10 +30,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lhotse import CutSet
+from matplotlib.figure import Figure
 from torch import nn
 
-from speechdistill.progress import progress
-from speechdistill.utils import atomic_write_text
+from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
+from speechdistill.data.corpus import load_split
+from speechdistill.data.layout import CorpusDir
+from speechdistill.decode import error_rates, greedy_decode
+from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
+from speechdistill.teachers.upstream import load_teacher
+from speechdistill.units.inventory import Units
+from speechdistill.utils import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -98,30 +107,23 @@ class ProbeHead(nn.Module):
 def plot_layer_weights(result: dict, path: str | Path) -> bool:
     """Bar chart of the learned softmax weights per hidden state (0 = pre-transformer).
     An upstream with one state (the filterbank) has nothing to plot: returns False."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from speechdistill.utils import atomic_write_bytes
-
     w = result["layer_weights"]
     if len(w) < 2:
         return False
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(w) + 2), 3))
+    fig = Figure(figsize=(max(4, 0.4 * len(w) + 2), 3))
+    ax = fig.subplots()
     ax.bar(range(len(w)), w)
     ax.axhline(1 / len(w), color="grey", lw=0.8, ls="--", label="uniform")
     ax.set_xlabel("hidden state (0 = input of block 1)")
     ax.set_ylabel("softmax weight")
-    ax.set_title(f"{result['task']} probe of {Path(result['upstream']).name}: test {result['metric']} "
-                 f"{result['test']:.1f}", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{result['task']} probe of {Path(result['upstream']).name}: test {result['metric']} {result['test']:.1f}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return True
 
@@ -133,13 +135,6 @@ def _sid_part(utt: str) -> str:
 
 def probe_splits(cfg: ProbeConfig):
     """-> {"train"/"dev"/"test": CutSet}, class count, target function."""
-    from lhotse import CutSet
-
-    from speechdistill.data.batching import ctc_sequence
-    from speechdistill.data.corpus import load_split
-    from speechdistill.ssl_train import WaveData, load_wave_cuts
-    from speechdistill.units.inventory import Units
-
     train = load_wave_cuts(WaveData(cfg.corpus, "train", cfg.max_hours))
     if cfg.task == "sid":
         parts = {p: CutSet.from_cuts([c for c in train if _sid_part(c.id) == p]) for p in ("train", "dev", "test")}
@@ -148,8 +143,8 @@ def probe_splits(cfg: ProbeConfig):
         return parts, len(speakers), lambda c: index[c.supervisions[0].speaker]
     parts = {"train": train, "dev": load_split(cfg.corpus, "dev"), "test": load_split(cfg.corpus, "test")}
     if cfg.task == "pr":
-        units = Units(Path(cfg.corpus) / "units")
-        return parts, units.vocab_size("phone"), lambda c: ctc_sequence(c, "phone", units)
+        phones = Units(CorpusDir(cfg.corpus).units)["phone"]
+        return parts, phones.num_classes, lambda c: phones.ctc_targets(c.supervisions[0])
     return parts, len(CHARS) + 1, lambda c: char_ids(c.supervisions[0].text)
 
 
@@ -170,15 +165,13 @@ class StateCache:
             if self.enabled:
                 self.store.update(zip(ids, rows, strict=True))
         flens = torch.tensor([r[0].shape[0] for r in rows])
-        states = [nn.utils.rnn.pad_sequence([r[k].float() for r in rows], batch_first=True)
-                  for k in range(len(rows[0]))]  # fmt: skip
+        states = [
+            nn.utils.rnn.pad_sequence([r[k].float() for r in rows], batch_first=True) for k in range(len(rows[0]))
+        ]
         return states, flens
 
 
 def _batches(cuts, max_duration: float, shuffle: bool, seed: int, epoch: int):
-    from speechdistill.data.batching import make_sampler
-    from speechdistill.ssl_train import WaveDataset
-
     sampler = make_sampler(cuts, max_duration, shuffle, seed)
     sampler.set_epoch(epoch)
     ds = WaveDataset()
@@ -188,8 +181,6 @@ def _batches(cuts, max_duration: float, shuffle: bool, seed: int, epoch: int):
 
 
 def _score(head, cache, cuts, target, task, max_duration) -> float:
-    from speechdistill.decode import error_rates, greedy_decode
-
     head.eval()
     refs, hyps, correct, n = [], [], 0, 0
     with torch.no_grad():
@@ -214,46 +205,88 @@ def _score(head, cache, cuts, target, task, max_duration) -> float:
     return error_rates(refs, hyps)["wer"]  # PER for phone-id "words"; WER for char strings
 
 
-def probe(upstream_path: str | Path, cfg: ProbeConfig, out: str | Path | None = None, cache: bool = True,
-          show_progress: bool = True) -> dict:  # fmt: skip
-    """Train the probe head; returns (and writes to ``out``/probe-{task}.json) the scores."""
-    from speechdistill.teachers.ssl import load_teacher
+class ProbeTask(Task):
+    """A probe head on a frozen upstream's hidden states; the best dev epoch is kept."""
 
+    kind = "probe"
+    monitor = "dev"
+
+    def __init__(self, cfg: ProbeConfig, engine: Engine, upstream, parts, num_classes: int, target, cache: bool):
+        self.cfg, self.engine, self.parts, self.target = cfg, engine, parts, target
+        self.higher_is_better = cfg.task == "sid"
+        self.model = ProbeHead(cfg.task, upstream.num_layers + 1, upstream.dim, num_classes, cfg.lstm_dim)
+        self.states = StateCache(upstream, cache)
+        self.best_state: dict | None = None
+
+    def batches(self, epoch: int, skip: int):
+        return _batches(self.parts["train"], self.cfg.max_duration, True, self.cfg.seed, epoch)
+
+    def step(self, model, batch):
+        cuts, wavs, lens = batch
+        states, flens = self.states.batch(cuts, wavs, lens)
+        y = model(states, flens)
+        if self.cfg.task == "sid":
+            loss = F.cross_entropy(y, torch.tensor([self.target(c) for c in cuts]))
+        else:
+            tg = [torch.tensor(self.target(c)) for c in cuts]
+            loss = F.ctc_loss(
+                y.log_softmax(-1).transpose(0, 1),
+                torch.cat(tg),
+                flens,
+                torch.tensor([len(t) for t in tg]),
+                zero_infinity=True,
+            )
+        return loss, {"loss": float(loss.detach())}
+
+    def score(self, split: str) -> float:
+        return _score(self.model, self.states, self.parts[split], self.target, self.cfg.task, self.cfg.max_duration)
+
+    def validate(self, model) -> dict[str, float]:
+        return {"dev": self.score("dev")}
+
+    def on_best(self, engine: Engine) -> None:
+        self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+
+def probe(
+    upstream_path: str | Path,
+    cfg: ProbeConfig,
+    out: str | Path | None = None,
+    cache: bool = True,
+    show_progress: bool = True,
+) -> dict:
+    """Train the probe head; returns (and writes to ``out``/probe-{task}.json) the scores."""
+    start = time.time()
+    optim = OptimConfig(
+        lr=cfg.lr,
+        weight_decay=0.01,
+        warmup_steps=0,
+        grad_clip=0.0,
+        max_epochs=cfg.epochs,
+        schedule="constant",
+        early_stop_patience=0,
+    )
+    engine = Engine(EngineConfig(out_dir="", seed=cfg.seed, optim=optim, progress=show_progress))
     torch.manual_seed(cfg.seed)
     upstream = load_teacher(upstream_path)
     parts, num_classes, target = probe_splits(cfg)
-    head = ProbeHead(cfg.task, upstream.num_layers + 1, upstream.dim, num_classes, cfg.lstm_dim)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
-    states_cache = StateCache(upstream, cache)
-    higher_is_better = cfg.task == "sid"
-    best, best_state, history = None, None, []
-    start = time.time()
-    for epoch in range(cfg.epochs):
-        for batch, wavs, lens in progress(_batches(parts["train"], cfg.max_duration, True, cfg.seed, epoch),
-                                          desc=f"{cfg.task} probe epoch {epoch}", enable=show_progress):  # fmt: skip
-            states, flens = states_cache.batch(batch, wavs, lens)
-            y = head(states, flens)
-            if cfg.task == "sid":
-                loss = F.cross_entropy(y, torch.tensor([target(c) for c in batch]))
-            else:
-                tg = [torch.tensor(target(c)) for c in batch]
-                loss = F.ctc_loss(y.log_softmax(-1).transpose(0, 1), torch.cat(tg), flens,
-                                  torch.tensor([len(t) for t in tg]), zero_infinity=True)  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        dev = _score(head, states_cache, parts["dev"], target, cfg.task, cfg.max_duration)
-        history.append({"epoch": epoch, "dev": dev, "loss": float(loss.detach())})
-        log.info("%s probe epoch %d: dev %.2f", cfg.task, epoch, dev)
-        if best is None or (dev > best if higher_is_better else dev < best):
-            best, best_state = dev, {k: v.clone() for k, v in head.state_dict().items()}
-    head.load_state_dict(best_state)
-    test = _score(head, states_cache, parts["test"], target, cfg.task, cfg.max_duration)
+    task = ProbeTask(cfg, engine, upstream, parts, num_classes, target, cache)
+    st = engine.fit(task)
+    task.model.load_state_dict(task.best_state)
+    test = task.score("test")
     metric = {"pr": "per", "asr": "wer", "sid": "accuracy"}[cfg.task]
-    result = {"upstream": str(upstream_path), "task": cfg.task, "metric": metric, "dev": best, "test": test,
-              "layer_weights": [round(float(w), 4) for w in head.featurizer.weights.detach().softmax(0)],
-              "train_utterances": len(parts["train"]), "seconds": round(time.time() - start, 1),
-              "history": history, "config": asdict(cfg)}  # fmt: skip
+    result = {
+        "upstream": str(upstream_path),
+        "task": cfg.task,
+        "metric": metric,
+        "dev": st["best"],
+        "test": test,
+        "layer_weights": [round(float(w), 4) for w in task.model.featurizer.weights.detach().softmax(0)],
+        "train_utterances": len(parts["train"]),
+        "seconds": round(time.time() - start, 1),
+        "history": st["history"],
+        "config": asdict(cfg),
+    }
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Tables and plots of ablation results.
 
-    >>> rows = summarize(results, baseline="baseline")
-    >>> write_report(results, Path("exp/ablation"), "baseline")   # results.{md,csv,png}
+>>> rows = summarize(results, baseline="baseline")
+>>> write_report(results, Path("exp/ablation"), "baseline")   # results.{md,csv,png}
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import io
 import math
 import statistics
 from pathlib import Path
+
+from matplotlib.figure import Figure
 
 from speechdistill.utils import atomic_write_bytes, atomic_write_text
 
@@ -31,8 +33,12 @@ def summarize(results: list[dict], baseline: str) -> list[dict]:
     rows = []
     for v in variants:
         runs = [r for r in results if r["variant"] == v]
-        row = {"variant": v, "seeds": len(runs), "params": runs[0]["params"],
-               "train_minutes": round(statistics.fmean(r["train_seconds"] for r in runs) / 60, 2)}  # fmt: skip
+        row = {
+            "variant": v,
+            "seeds": len(runs),
+            "params": runs[0]["params"],
+            "train_minutes": round(statistics.fmean(r["train_seconds"] for r in runs) / 60, 2),
+        }
         for m in METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([r.get(m) for r in runs])
         rows.append(row)
@@ -55,9 +61,11 @@ def markdown(rows: list[dict]) -> str:
     head += "|---|---|---|---|---|---|---|---|---|\n"
     body = ""
     for r in rows:
-        body += (f"| {r['variant']} | {r['seeds']} | {_cell(r, 'dev_wer')} | {_cell(r, 'test_wer')} "
-                 f"| {r['test_wer_rel']:+.1f}% | {_cell(r, 'dev_per')} | {_cell(r, 'test_per')} "
-                 f"| {r['params'] / 1e6:.2f}M | {r['train_minutes']:.1f} |\n")  # fmt: skip
+        body += (
+            f"| {r['variant']} | {r['seeds']} | {_cell(r, 'dev_wer')} | {_cell(r, 'test_wer')} "
+            f"| {r['test_wer_rel']:+.1f}% | {_cell(r, 'dev_per')} | {_cell(r, 'test_per')} "
+            f"| {r['params'] / 1e6:.2f}M | {r['train_minutes']:.1f} |\n"
+        )
     return head + body
 
 
@@ -75,12 +83,8 @@ def write_report(results: list[dict], out: Path, baseline: str, name: str = "res
 
 
 def _plot(rows: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
+    fig = Figure(figsize=(max(4, 1.2 * len(rows)), 3.5))
+    ax = fig.subplots()
     names = [r["variant"] for r in rows]
     errors = [0.0 if math.isnan(r["test_wer_std"]) else r["test_wer_std"] for r in rows]  # nan: one seed
     ax.bar(names, [r["test_wer_mean"] for r in rows], yerr=errors, capsize=4)
@@ -89,8 +93,7 @@ def _plot(rows: list[dict]) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     return buf.getvalue()
 
 
-__all__ = ["markdown", "summarize", "write_report", "Path"]
+__all__ = ["markdown", "summarize", "write_report"]

@@ -1,40 +1,38 @@
-"""The one training loop (Lightning Fabric): CPU or GPUs, one process or DDP
-over many GPUs and nodes (``torchrun``-compatible), fp32 or bf16.
+"""Acoustic-model training: the task the engine runs for ``speechdistill train``.
 
-    speechdistill train configs/baseline.yaml data.corpus=data/small
-    torchrun --nproc-per-node 8 -m speechdistill.cli train configs/baseline.yaml devices=8
+    speechdistill train configs/asr/baseline.yaml data.corpus=data/small
+    torchrun --nproc-per-node 8 -m speechdistill.cli train configs/asr/baseline.yaml devices=8 strategy=ddp
 
-It reads in a fixed order: ``compute_loss`` -> ``train_one_epoch`` ->
-``validate`` -> ``run``. ``compute_loss`` returns the total and every named
-term; every term reaches the CSV log. A checkpoint (``last``) is written every
-``checkpoint_every`` steps and at each epoch end, with optimizer, scheduler,
-RNG and data position, so ``--resume`` continues a killed run to the same
-weights as an uninterrupted one.
+It reads in a fixed order: ``compute_loss`` (the total and every named term; every
+term reaches the CSV log) -> ``AsrTask`` (data, the step with SpecAugment, dev
+scoring, the best checkpoint) -> ``train``. The loop, checkpoints and resume are the
+engine's (engine.py): ``--resume`` continues a killed run to the same weights as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
-import os
-import signal
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from speechdistill.checkpoint import (
-    load_training_state,
-    save_checkpoint,
-    save_training_state,
-)
-from speechdistill.config import save_config, to_dict
+from speechdistill.checkpoint import save_checkpoint
+from speechdistill.config import to_dict
+from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.batching import AsrDataset, Batch, make_sampler
-from speechdistill.distill.losses import ctc_loss, ctc_viterbi, frame_ce, kd_kl
+from speechdistill.data.corpus import load_split
+from speechdistill.data.features import FbankExtractor, load_cuts_with_features
+from speechdistill.data.layout import CorpusDir, SoftLabelSpec
+from speechdistill.distill.losses import ctc_loss, ctc_viterbi
+from speechdistill.distill.soft_labels import SoftLabelCache
+from speechdistill.distill.taps import TAP_LOSSES
+from speechdistill.engine import Engine, EngineConfig, Task
+from speechdistill.evaluate import decode_cuts
 from speechdistill.students.model import AcousticModel, ModelConfig
+from speechdistill.units.inventory import Units
+from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +54,6 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 2e-3  # peak learning rate, reached after warmup
-    weight_decay: float = 1e-3
-    warmup_steps: int = 300
-    grad_clip: float = 5.0
-    accumulate: int = 1
-    max_epochs: int = 30
-    max_steps: int = 0  # 0: no limit
-    early_stop_patience: int = 4  # epochs without a better dev error rate
-    # noam: warmup then lr * sqrt(warmup / step); linear: warmup then a straight line down to
-    # final_lr_ratio * lr at the last step of max_epochs (better when the budget is short)
-    schedule: str = "noam"
-    final_lr_ratio: float = 0.05
-
-    def __post_init__(self):
-        if self.lr <= 0 or self.accumulate < 1 or self.max_epochs < 1 or self.warmup_steps < 0:
-            raise ValueError("lr must be > 0, accumulate >= 1, max_epochs >= 1, warmup_steps >= 0")
-        if self.schedule not in ("noam", "linear"):
-            raise ValueError(f"schedule must be 'noam' or 'linear', not {self.schedule!r}")
-        if not 0.0 <= self.final_lr_ratio <= 1.0:
-            raise ValueError("final_lr_ratio must be in [0, 1]")
-
-
-@dataclass
 class SpecAugConfig:
     enabled: bool = True
     freq_masks: int = 2
@@ -95,12 +69,12 @@ class InterpConfig:
     LM's soft label: L_main = (1 - w) * L_ctc + w * CE(p_LM, main), w ramped linearly
     from 0 over ``ramp_steps`` (0: no ramp). On those frames CTC acts as CE to the
     one-hot label, so the effective target is (1 - w) one_hot + w p_LM
-    (``losses.interpolated_target``; the identity is tested)."""
+    (``losses.interpolated_target``; the identity is tested). ``soft``: the soft labels
+    (their unit is the main output's)."""
 
     enabled: bool = False
     weight: float = 0.3
-    top_k: int = 8
-    temperature: float = 3.0
+    soft: SoftLabelSpec = field(default_factory=SoftLabelSpec)
     ramp_steps: int = 0
 
     def __post_init__(self):
@@ -109,32 +83,26 @@ class InterpConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(EngineConfig):
     name: str = "baseline"
-    seed: int = 0
     out_dir: str = "exp/baseline"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     specaug: SpecAugConfig = field(default_factory=SpecAugConfig)
     interp: InterpConfig = field(default_factory=InterpConfig)
-    precision: str = "32-true"  # or "bf16-mixed"
-    accelerator: str = "cpu"  # "cpu", "gpu", "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"  # "ddp" for several processes
-    log_every: int = 25
-    checkpoint_every: int = 100
-    progress: bool = True
-    debug_kill_at_step: int = 0  # tests: SIGKILL this process when the step is reached
 
     def __post_init__(self):
-        if self.precision not in ("32-true", "bf16-mixed", "16-mixed"):
-            raise ValueError(f"precision={self.precision!r}; valid: 32-true, bf16-mixed, 16-mixed")
+        super().__post_init__()
+        if self.interp.soft.unit not in ("", self.model.main_unit):
+            raise ValueError(
+                f"interp.soft.unit={self.interp.soft.unit!r}: label interpolation works on the "
+                f"main output ({self.model.main_unit})"
+            )
 
-
-class NonFiniteLossError(RuntimeError):
-    pass
+    @property
+    def interp_soft(self) -> SoftLabelSpec:
+        """The soft labels of label interpolation: over the main output's unit."""
+        return replace(self.interp.soft, unit=self.model.main_unit)
 
 
 def spec_augment(feats: torch.Tensor, lens: torch.Tensor, cfg: SpecAugConfig) -> torch.Tensor:
@@ -180,56 +148,32 @@ def interp_ce(log_probs, lens, targets, target_lens, soft) -> torch.Tensor:
 def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict[str, float], dict]:
     """Total loss, every named term (floats, for the logs), and info (skipped utterances).
 
-    L = (1 - w_interp) (1 - sum w_ctc_taps) CTC_main + w_interp CE_interp
-        + sum_ctc_taps w CTC_tap + sum_frame_taps w (KD_tap + ce_weight CE_tap)
+    L = (1 - w_interp) (1 - sum w_ctc_taps) CTC_main + w_interp CE_interp + sum_taps w_tap L_tap
+
+    where L_tap is the tap's loss (distill/taps.py: a frame tap's ce_weight CE + KD, a CTC
+    tap's CTC) and CTC taps take their weight off the main loss (intermediate CTC).
     """
     out = model(batch.feats, batch.feat_lens)
     mcfg = cfg.model
     targets, target_lens = batch.targets[mcfg.main_unit]
     main, ok = ctc_loss(out.main, out.lens, targets, target_lens)
-    ctc_tap_weight = sum(t.weight for t in mcfg.taps if t.kind == "ctc")
-    total = (1.0 - ctc_tap_weight) * main
+    total = (1.0 - sum(t.weight for t in mcfg.taps if TAP_LOSSES[t.kind].takes_main_weight)) * main
     terms = {"ctc": float(main.detach())}
-    if cfg.interp.enabled and "main" in batch.soft:  # dev batches carry no soft labels
+    soft = batch.soft_positions.get(cfg.interp_soft) if cfg.interp.enabled else None
+    if soft is not None:  # dev batches carry no soft labels
         w = cfg.interp.weight * (min(1.0, step / cfg.interp.ramp_steps) if cfg.interp.ramp_steps else 1.0)
-        interp = interp_ce(out.main, out.lens, targets, target_lens, batch.soft["main"])
+        interp = interp_ce(out.main, out.lens, targets, target_lens, soft)
         total = (1.0 - w) * total + w * interp
         terms["interp"] = float(interp.detach())
         terms["interp_weight"] = w
     for tap in mcfg.taps:
-        if tap.kind == "ctc":
-            t, tl = batch.targets[tap.unit]
-            term, _ = ctc_loss(out.taps[tap.name], out.lens, t, tl)
-        else:
-            term = out.taps[tap.name].sum() * 0.0
-            if tap.ce_weight > 0:
-                ce = frame_ce(out.taps[tap.name], batch.frame_targets[tap.name])
-                term = term + tap.ce_weight * ce
-                terms[f"{tap.name}.ce"] = float(ce.detach())
-            if tap.kd and tap.name in batch.soft:
-                kd = kd_kl(out.taps[tap.name], *batch.soft[tap.name], tap.temperature)
-                term = term + kd
-                terms[f"{tap.name}.kd"] = float(kd.detach())
+        term, named = TAP_LOSSES[tap.kind].loss(tap, out.taps[tap.name], out.lens, batch)
         total = total + tap.weight * term
+        terms |= named
         terms[tap.name] = float(term.detach())
     terms["total"] = float(total.detach())
     skipped = [i for i, good in zip(batch.ids, ok.tolist(), strict=True) if not good]
     return total, terms, {"skipped": skipped}
-
-
-def lr_lambda(warmup: int, schedule: str = "noam", total_steps: int = 0, final: float = 0.05):
-    """The learning-rate factor at a step: linear warmup to 1, then either inverse square
-    root decay (``noam``, Vaswani et al. 2017) or a straight line from 1 at the end of the
-    warmup to ``final`` at ``total_steps`` (``linear``), held at ``final`` after it."""
-    def f(step: int) -> float:
-        step = step + 1
-        if step < warmup:
-            return step / warmup
-        if schedule == "noam":
-            return math.sqrt(warmup / step) if warmup > 0 else 1.0
-        span = max(1, total_steps - warmup)
-        return max(final, 1.0 - (1.0 - final) * (step - warmup) / span)
-    return f
 
 
 class _Skip(torch.utils.data.Sampler):
@@ -244,101 +188,67 @@ class _Skip(torch.utils.data.Sampler):
                 yield cuts
 
 
-@dataclass
-class State:
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best_error: float = float("inf")
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    skipped_utterances: int = 0
-    history: list = field(default_factory=list)
+class AsrTask(Task):
+    """An acoustic model with its taps, trained on a corpus's training split and scored on dev."""
 
+    kind = "acoustic-model"
+    monitor = "dev_error"
 
-class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
-        from lightning_fabric import Fabric
-
-        from speechdistill.units.inventory import Units
-
-        self.cfg = cfg
-        self.out = Path(cfg.out_dir)
-        self.fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-                             strategy=cfg.strategy, precision=cfg.precision)  # fmt: skip
-        self.fabric.launch()
-        self.units = Units(Path(cfg.data.corpus) / "units")
-        self.vocab = {u: self.units.vocab_size(u) for u in ("subword", "phone", "senone")}
+    def __init__(self, cfg: TrainConfig, engine: Engine):
+        self.cfg, self.engine = cfg, engine
+        corpus = CorpusDir(cfg.data.corpus)
+        self.units = Units(corpus.units)
+        self.vocab = self.units.vocab()
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = AcousticModel(cfg.model, self.vocab)
         self.train_cuts, self.dev_cuts = self._load_cuts()
         self._set_feature_stats()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
-                                           weight_decay=cfg.optim.weight_decay)  # fmt: skip
-        o = cfg.optim
-        total = o.max_steps or o.max_epochs * self._batches_per_epoch() // o.accumulate
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(o.warmup_steps, o.schedule, total, o.final_lr_ratio))
-        self.state = State()
-        self._tb = None
-        if resume and (self.out / "last.json").exists():
-            self._restore(self.out / "last")
-        elif not resume:
-            for name in ("last.json", "last.safetensors", "log.csv"):
-                if self.fabric.is_global_zero:
-                    (self.out / name).unlink(missing_ok=True)
-        self.model, self.optimizer = self.fabric.setup(self.model, self.optimizer)
-        enc = cfg.model.encoder
-        sub = self._raw_model().encoder.subsampling
-        def dataset(caches):
-            return AsrDataset(self.units, cfg.model.main_unit, cfg.model.taps,
-                              frames_fn=lambda t: int(sub.out_lengths(torch.tensor([t]))[0]),
-                              frame_shift=enc.frame_shift, on_the_fly=cfg.data.on_the_fly_features,
-                              caches=caches)  # fmt: skip
+        self.skipped = 0
+        sub = self.model.encoder.subsampling
+        specs = {t.kd for t in cfg.model.taps if t.kd is not None} | (
+            {cfg.interp_soft} if cfg.interp.enabled else set()
+        )
+        caches = {spec: SoftLabelCache.open_for(corpus, spec) for spec in specs}
 
-        self.dataset = dataset(self._open_caches())
-        self.dev_dataset = dataset(None)  # soft labels exist for training utterances only
+        def dataset(soft_frames=None, soft_positions=None):
+            return AsrDataset(
+                self.units,
+                cfg.model.main_unit,
+                cfg.model.taps,
+                frames_fn=lambda t: int(sub.out_lengths(torch.tensor([t]))[0]),
+                frame_shift=cfg.model.encoder.frame_shift,
+                on_the_fly=cfg.data.on_the_fly_features,
+                soft_frames=soft_frames,
+                soft_positions=soft_positions,
+            )
 
-    # -- set-up ---------------------------------------------------------------------
-    def _batches_per_epoch(self) -> int:
-        """Batches in epoch 0 on the rank with fewest (what the linear schedule spans)."""
-        if self.cfg.optim.schedule != "linear" or self.cfg.optim.max_steps:
-            return 0
-        sampler = make_sampler(self.train_cuts, self.cfg.data.max_duration, True, self.cfg.seed,
-                               self.cfg.data.num_buckets, self.fabric.world_size, self.fabric.global_rank)  # fmt: skip
-        sampler.set_epoch(0)
-        n = torch.tensor(float(sum(1 for _ in sampler)))
-        return int(self.fabric.all_reduce(n, reduce_op="min")) if self.fabric.world_size > 1 else int(n)
-    def _raw_model(self) -> AcousticModel:
-        m = self.model
-        while hasattr(m, "module") and not isinstance(m, AcousticModel):
-            m = m.module
-        return m
+        self.dataset = dataset(
+            {t.kd: caches[t.kd] for t in cfg.model.taps if t.kd is not None},
+            {cfg.interp_soft: caches[cfg.interp_soft]} if cfg.interp.enabled else None,
+        )
+        self.dev_dataset = dataset()  # soft labels exist for training utterances only
 
     def _load_cuts(self):
-        from speechdistill.data.corpus import load_split
-        from speechdistill.data.features import load_cuts_with_features
-
-        load = load_split if self.cfg.data.on_the_fly_features else load_cuts_with_features
-        train = load(self.cfg.data.corpus, self.cfg.data.train_split)
-        dev = load(self.cfg.data.corpus, self.cfg.data.dev_split)
-        too_long = [c.id for c in train if c.duration > self.cfg.data.max_utterance_duration]
+        d = self.cfg.data
+        load = load_split if d.on_the_fly_features else load_cuts_with_features
+        train, dev = load(d.corpus, d.train_split), load(d.corpus, d.dev_split)
+        too_long = [c.id for c in train if c.duration > d.max_utterance_duration]
         if too_long:
-            log.warning("dropping %d training utterances longer than %.0f s (e.g. %s)",
-                        len(too_long), self.cfg.data.max_utterance_duration, too_long[0])  # fmt: skip
-            train = train.filter(lambda c: c.duration <= self.cfg.data.max_utterance_duration).to_eager()
-        if any(t.kind == "frame" for t in self.cfg.model.taps):
+            log.warning(
+                "dropping %d training utterances longer than %.0f s (e.g. %s)",
+                len(too_long),
+                d.max_utterance_duration,
+                too_long[0],
+            )
+            train = train.filter(lambda c: c.duration <= d.max_utterance_duration).to_eager()
+        if any(TAP_LOSSES[t.kind].frames for t in self.cfg.model.taps):
             for c in train.subset(first=1):
                 if not (c.supervisions[0].alignment or {}).get("phone"):
-                    raise ValueError(f"frame-level taps need phone alignments; utterance {c.id} "
-                                     f"of {self.cfg.data.corpus} has none")  # fmt: skip
+                    raise DataError(f"frame-level taps need phone alignments; utterance {c.id} of {d.corpus} has none")
         return train, dev
 
     def _set_feature_stats(self, num_cuts: int = 200) -> None:
         """Global mean/std of the features of the first ``num_cuts`` training utterances."""
-        from speechdistill.data.audio import load_cut_audio
-        from speechdistill.data.features import FbankExtractor
-
         fbank = FbankExtractor()
         s = ss = n = 0
         for cut in self.train_cuts.subset(first=min(num_cuts, len(self.train_cuts))):
@@ -349,204 +259,99 @@ class Trainer:
         self.model.feat_mean.copy_(mean.float())
         self.model.feat_std.copy_(std.float())
 
-    def _open_caches(self) -> dict:
-        """Soft-label caches of the KD taps ("tap name") and of label interpolation ("main")."""
-        from speechdistill.distill.soft_labels import SoftLabelCache
-
-        corpus = Path(self.cfg.data.corpus)
-        wanted = {t.name: (t.unit, t.top_k, t.temperature) for t in self.cfg.model.taps if t.kd}
-        if self.cfg.interp.enabled:
-            i = self.cfg.interp
-            wanted["main"] = (self.cfg.model.main_unit, i.top_k, i.temperature)
-        caches, opened = {}, {}
-        for name, (unit, k, temp) in wanted.items():
-            prefix = corpus / "soft_labels" / f"{unit}-k{k}-T{temp:g}"
-            if not prefix.with_suffix(".json").exists():
-                raise FileNotFoundError(f"soft-label cache {prefix} is missing: run `speechdistill "
-                                        f"teach {corpus} --unit {unit} --top-k {k} --temperature {temp:g}`")  # fmt: skip
-            if prefix not in opened:
-                opened[prefix] = SoftLabelCache.open(prefix, corpus / "lm" / unit, corpus / "units")
-            caches[name] = opened[prefix]
-        return caches
-
-    # -- checkpoints ----------------------------------------------------------------
-    def _meta(self) -> dict:
-        return {"kind": "acoustic-model", "config": to_dict(self.cfg), "vocab": self.vocab,
-                "state": self.state.__dict__}  # fmt: skip
-
-    def save(self, name: str = "last") -> None:
-        if not self.fabric.is_global_zero:
-            return
-        save_training_state(self.out / name, self._raw_model(), "model.", self.optimizer, self.scheduler,
-                            self._meta())  # fmt: skip
-
-    def save_model(self, name: str) -> None:
-        """Weights only (what evaluation and export need)."""
-        if self.fabric.is_global_zero:
-            model = self._raw_model()
-            save_checkpoint(self.out / name, {f"model.{k}": v for k, v in model.state_dict().items()}, self._meta())
-
-    def _restore(self, prefix: Path) -> None:
-        meta = load_training_state(prefix, self.model, "model.", self.optimizer, self.scheduler)
-        self.state = State(**meta["state"])
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", prefix, self.state.step,
-                 self.state.epoch, self.state.batch_in_epoch)  # fmt: skip
-
-    # -- the loop -------------------------------------------------------------------
-    def _loader(self, cuts, shuffle: bool, epoch: int, skip: int = 0, dataset=None):
-        sampler = make_sampler(cuts, self.cfg.data.max_duration, shuffle, self.cfg.seed,
-                               self.cfg.data.num_buckets, self.fabric.world_size, self.fabric.global_rank)  # fmt: skip
+    def _sampler(self, cuts, shuffle: bool, epoch: int):
+        d, fabric = self.cfg.data, self.engine.fabric
+        sampler = make_sampler(
+            cuts, d.max_duration, shuffle, self.cfg.seed, d.num_buckets, fabric.world_size, fabric.global_rank
+        )
         sampler.set_epoch(epoch)
+        return sampler
+
+    def _loader(self, cuts, shuffle: bool, epoch: int, skip: int = 0, dataset=None):
         # Own generator: creating a loader must not draw from the global RNG (resume).
-        return torch.utils.data.DataLoader(dataset or self.dataset, sampler=_Skip(sampler, skip), batch_size=None,
-                                           num_workers=self.cfg.data.num_workers,
-                                           generator=torch.Generator().manual_seed(self.cfg.seed))  # fmt: skip
+        return torch.utils.data.DataLoader(
+            dataset or self.dataset,
+            sampler=_Skip(self._sampler(cuts, shuffle, epoch), skip),
+            batch_size=None,
+            num_workers=self.cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
 
-    def forward_backward(self, batch: Batch, accumulating: bool = False) -> tuple[dict, dict]:
-        """SpecAugment, loss, backward (gradients synchronised unless accumulating)."""
-        cfg, fabric = self.cfg, self.fabric
-        batch = batch.to(fabric.device)
-        if cfg.specaug.enabled:
-            batch.feats = spec_augment(batch.feats, batch.feat_lens, cfg.specaug)
-        with fabric.no_backward_sync(self.model, enabled=accumulating):
-            loss, terms, info = compute_loss(self.model, batch, cfg, self.state.step)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {float(loss)} at step {self.state.step} (epoch {self.state.epoch}) "
-                    f"on utterances {batch.ids[:8]}; terms {terms}. Nothing was saved from this "
-                    "step; lower optim.lr or check these utterances")  # fmt: skip
-            fabric.backward(loss / cfg.optim.accumulate)
-        return terms, info
+    def batches(self, epoch: int, skip: int):
+        return self._loader(self.train_cuts, True, epoch, skip)
 
-    def optimizer_step(self) -> None:
-        if self.cfg.optim.grad_clip > 0:
-            self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.state.step += 1
+    def num_batches(self) -> int:
+        return sum(1 for _ in self._sampler(self.train_cuts, True, 0))
 
-    def train_one_epoch(self, epoch: int) -> bool:
-        """Returns False when max_steps is reached."""
-        cfg, fabric, st = self.cfg, self.fabric, self.state
-        self.model.train()
-        loader = self._loader(self.train_cuts, True, epoch, skip=st.batch_in_epoch)
-        it = iter(loader)
-        bar = None
-        if cfg.progress and fabric.is_global_zero:
-            from tqdm import tqdm
+    def step(self, model, batch: Batch):
+        batch = batch.to(self.engine.fabric.device)
+        if self.cfg.specaug.enabled:
+            batch.feats = spec_augment(batch.feats, batch.feat_lens, self.cfg.specaug)
+        loss, terms, info = compute_loss(model, batch, self.cfg, self.engine.state.step)
+        self.skipped += len(info["skipped"])
+        for utt in info["skipped"]:
+            log.debug("skipped %s: transcript too long for its frames (CTC)", utt)
+        return loss, terms
 
-            bar = tqdm(desc=f"epoch {epoch}", unit="batch", initial=st.batch_in_epoch, leave=False)
-        while True:
-            batch = next(it, None)
-            # Every rank continues only while all have data (uneven bucketing under DDP).
-            ready = fabric.all_reduce(torch.tensor(float(batch is not None)), reduce_op="sum")
-            if float(ready) < fabric.world_size:
-                break
-            accumulating = (st.batch_in_epoch + 1) % cfg.optim.accumulate != 0
-            terms, info = self.forward_backward(batch, accumulating)
-            st.skipped_utterances += len(info["skipped"])
-            for utt in info["skipped"]:
-                log.debug("skipped %s: transcript too long for its frames (CTC)", utt)
-            st.batch_in_epoch += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{terms['total']:.3f}")
-            if accumulating:
-                continue
-            self.optimizer_step()
-            if st.step % cfg.log_every == 0:
-                self._log({"step": st.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0]} | terms)
-            if st.step % cfg.checkpoint_every == 0:
-                self.save("last")
-            if cfg.debug_kill_at_step and st.step == cfg.debug_kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if cfg.optim.max_steps and st.step >= cfg.optim.max_steps:
-                if bar is not None:
-                    bar.close()
-                return False
-        if bar is not None:
-            bar.close()
-        return True
+    def describe(self, batch: Batch) -> str:
+        return f"on utterances {batch.ids[:8]}"
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Dev loss terms and greedy error rate of the main output (rank 0 decodes all)."""
-        from speechdistill.evaluate import decode_cuts
-
-        self.model.eval()
+    def validate(self, model) -> dict[str, float]:
+        """Dev loss terms and the greedy error rate of the main output."""
+        model.eval()
         terms_sum: dict[str, float] = {}
         n = 0
         for batch in self._loader(self.dev_cuts, False, 0, dataset=self.dev_dataset):
-            _, terms, _ = compute_loss(self.model, batch.to(self.fabric.device), self.cfg, self.state.step)
+            _, terms, _ = compute_loss(model, batch.to(self.engine.fabric.device), self.cfg, self.engine.state.step)
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v
             n += 1
         result = {f"dev_{k}": v / max(1, n) for k, v in terms_sum.items()}
-        scores = decode_cuts(self._raw_model().without_taps(), self.dev_dataset, self.dev_cuts,
-                             self.cfg.model.main_unit, self.units, max_duration=self.cfg.data.max_duration)  # fmt: skip
+        scores = decode_cuts(
+            self.model.without_taps(),
+            self.dev_dataset,
+            self.dev_cuts,
+            self.cfg.model.main_unit,
+            self.units,
+            max_duration=self.cfg.data.max_duration,
+        )
         result["dev_error"] = scores["error_rate"]
-        self.model.train()
+        model.train()
         return result
 
-    def _log(self, row: dict) -> None:
-        if not self.fabric.is_global_zero:
-            return
-        if self._tb is None:
-            try:  # TensorBoard when installed; the CSV always
-                from torch.utils.tensorboard import SummaryWriter
+    def meta(self) -> dict:
+        return {"kind": self.kind, "config": to_dict(self.cfg), "vocab": self.vocab}
 
-                self._tb = SummaryWriter(str(self.out / "tensorboard"))
-            except ImportError:
-                self._tb = False
-        if self._tb:
-            for k, v in row.items():
-                if k != "step":
-                    self._tb.add_scalar(k, v, row["step"])
-        path = self.out / "log.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["time", "key", "value", "step"])
-            for k, v in row.items():
-                if k != "step":
-                    w.writerow([f"{time.time():.1f}", k, v, row["step"]])
+    def state_dict(self) -> dict:
+        return {"skipped_utterances": self.skipped}
 
-    def run(self) -> dict:
-        cfg, st = self.cfg, self.state
-        if self.fabric.is_global_zero:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
-        start = time.time()
-        while st.epoch < cfg.optim.max_epochs:
-            more = self.train_one_epoch(st.epoch)
-            scores = self.validate()
-            self._log({"step": st.step, "epoch": st.epoch} | scores)
-            st.history.append({"epoch": st.epoch, "step": st.step} | scores)
-            if scores["dev_error"] < st.best_error:
-                st.best_error, st.best_epoch, st.bad_epochs = scores["dev_error"], st.epoch, 0
-                self.save_model("best")
-            else:
-                st.bad_epochs += 1
-            if self.fabric.is_global_zero:
-                log.info("epoch %d step %d: dev loss %.3f, dev %s error %.2f%% (best %.2f%% @ %d)",
-                         st.epoch, st.step, scores.get("dev_total", float("nan")), cfg.model.main_unit,
-                         scores["dev_error"], st.best_error, st.best_epoch)  # fmt: skip
-            st.epoch += 1
-            st.batch_in_epoch = 0
-            self.save("last")
-            if not more or st.bad_epochs >= cfg.optim.early_stop_patience:
-                break
-        summary = {"best_dev_error": st.best_error, "best_epoch": st.best_epoch, "steps": st.step,
-                   "epochs": st.epoch, "skipped_utterances": st.skipped_utterances,
-                   "train_seconds_this_run": round(time.time() - start, 1),
-                   "params": self._raw_model().num_params(), "params_without_taps":
-                   self._raw_model().num_params(with_taps=False)}  # fmt: skip
-        if self.fabric.is_global_zero:
-            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        return summary
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = state.get("skipped_utterances", 0)
+
+    def on_best(self, engine: Engine) -> None:
+        """Weights only (what evaluation and export need)."""
+        if engine.is_main:
+            tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            save_checkpoint(engine.out / "best", tensors, self.meta() | {"state": asdict(engine.state)})
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    return Trainer(cfg, resume).run()
+    """Train an acoustic model; writes ``{out_dir}/best``, ``last``, ``log.csv`` and
+    ``train_summary.json``, and returns the summary."""
+    engine = Engine(cfg)
+    task = AsrTask(cfg, engine)
+    st = engine.fit(task, resume)
+    summary = {
+        "best_dev_error": st["best"],
+        "best_epoch": st["best_epoch"],
+        "steps": st["step"],
+        "epochs": st["epoch"],
+        "skipped_utterances": task.skipped,
+        "train_seconds_this_run": st["seconds_this_run"],
+        "params": task.model.num_params(),
+        "params_without_taps": task.model.num_params(with_taps=False),
+    }
+    if engine.is_main:
+        atomic_write_text(engine.out / "train_summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary

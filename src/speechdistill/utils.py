@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -32,15 +33,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-class ManifestError(ValueError):
+class UsageError(Exception):
+    """A fault in what the user gave (config, data, files, set-up), not in the code: the
+    message names it and what to do. The CLI prints these as one line; any other
+    exception is a bug and keeps its traceback."""
+
+
+class DataError(UsageError, ValueError):
+    """Input data (a corpus, manifest, alignment, text or model file) that cannot be used."""
+
+
+class ManifestError(DataError):
     """A manifest that is truncated or corrupt; the message names the file and line."""
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """One JSON object per line. A line cut short (a truncated file) or otherwise not
     JSON is an error naming the file and line, never a silently shorter list."""
-    import json
-
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -49,6 +58,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ManifestError(f"{path}:{n}: not a complete JSON line ({e.msg}); the manifest is "
-                                    "truncated or corrupt: rebuild or re-import the corpus") from None  # fmt: skip
+                raise ManifestError(
+                    f"{path}:{n}: not a complete JSON line ({e.msg}); the manifest is "
+                    "truncated or corrupt: rebuild or re-import the corpus"
+                ) from None
     return rows

@@ -14,6 +14,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from speechdistill.utils import DataError
+
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.1  # shorter audio cannot hold one 40 ms output frame after subsampling
 MAX_SECONDS = 600.0  # longer "utterances" are whole recordings: give a segments file
@@ -21,7 +23,7 @@ SILENCE_PEAK = 1e-4  # peak |sample| below this: nothing was recorded
 CLIPPED_FRACTION = 0.01  # more samples than this at full scale: noted as clipped
 
 
-class BadAudioError(ValueError):
+class BadAudioError(DataError):
     """An audio file that cannot be used; the message names the file and the fix."""
 
 
@@ -54,17 +56,22 @@ def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> Aud
     try:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
-        raise BadAudioError(f"utterance {utt}: cannot read audio file {path} ({e}); "
-                            "check that it exists and is WAV/FLAC/OGG") from None  # fmt: skip
+        raise BadAudioError(
+            f"utterance {utt}: cannot read audio file {path} ({e}); check that it exists and is WAV/FLAC/OGG"
+        ) from None
     if info.frames == 0:
         raise BadAudioError(f"utterance {utt}: audio file {path} is empty (0 samples)")
     seconds = info.frames / info.samplerate
     if seconds < MIN_SECONDS:
-        raise BadAudioError(f"utterance {utt}: audio file {path} is {info.frames} samples ({seconds * 1000:.1f} ms) "
-                            f"long, shorter than {MIN_SECONDS * 1000:.0f} ms: too short to recognise")  # fmt: skip
+        raise BadAudioError(
+            f"utterance {utt}: audio file {path} is {info.frames} samples ({seconds * 1000:.1f} ms) "
+            f"long, shorter than {MIN_SECONDS * 1000:.0f} ms: too short to recognise"
+        )
     if seconds > MAX_SECONDS:
-        raise BadAudioError(f"utterance {utt}: audio file {path} is {seconds / 60:.1f} minutes long (more than "
-                            f"{MAX_SECONDS / 60:.0f}); cut it into utterances with a Kaldi `segments` file")  # fmt: skip
+        raise BadAudioError(
+            f"utterance {utt}: audio file {path} is {seconds / 60:.1f} minutes long (more than "
+            f"{MAX_SECONDS / 60:.0f}); cut it into utterances with a Kaldi `segments` file"
+        )
     report = AudioReport(str(path), info.samplerate, info.channels, info.frames)
     if info.channels > 1:
         report.notes.append(f"{info.channels} channels, averaged to mono")
@@ -73,12 +80,12 @@ def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> Aud
     if check_samples:
         samples, _ = sf.read(str(path), dtype="float32", always_2d=True)
         if not np.isfinite(samples).all():
-            raise BadAudioError(f"utterance {utt}: audio file {path} contains NaN or infinite "
-                                "samples; re-export it")  # fmt: skip
+            raise BadAudioError(f"utterance {utt}: audio file {path} contains NaN or infinite samples; re-export it")
         peak = float(np.abs(samples).max())
         if peak < SILENCE_PEAK:
-            raise BadAudioError(f"utterance {utt}: audio file {path} is silent (peak {peak:.1e}); "
-                                "check the recording or its channel")  # fmt: skip
+            raise BadAudioError(
+                f"utterance {utt}: audio file {path} is silent (peak {peak:.1e}); check the recording or its channel"
+            )
         clipped = float((np.abs(samples) >= 0.999).mean())
         if clipped > CLIPPED_FRACTION:
             report.notes.append(f"clipped ({100 * clipped:.1f}% of samples at full scale)")
@@ -94,12 +101,9 @@ def load_audio(recording, offset: float = 0.0, duration: float | None = None) ->
     frames = -1 if duration is None else int(round(duration * sr))
     if len(recording.sources) == 1 and source.type == "file" and not recording.transforms:
         try:
-            samples, sr = sf.read(source.source, start=start, frames=frames, dtype="float32",
-                                  always_2d=True)  # fmt: skip
+            samples, sr = sf.read(source.source, start=start, frames=frames, dtype="float32", always_2d=True)
         except (RuntimeError, sf.LibsndfileError, OSError) as e:
-            raise BadAudioError(
-                f"recording {recording.id}: cannot read {source.source} ({e})"
-            ) from None
+            raise BadAudioError(f"recording {recording.id}: cannot read {source.source} ({e})") from None
     else:
         samples = recording.load_audio(offset=offset, duration=duration).T
     return to_mono_16k(samples, sr, f"recording {recording.id}")

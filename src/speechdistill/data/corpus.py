@@ -19,6 +19,7 @@ leaves only finished files; rerunning it synthesises only what is missing.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -36,13 +37,16 @@ from lhotse.utils import fastcopy
 
 from speechdistill.data.alignment import align_words, phones_from_espeak, phones_from_flite
 from speechdistill.data.audio import SAMPLE_RATE
+from speechdistill.data.layout import SPLITS, CorpusDir
 from speechdistill.data.text import Sentence, load_sentences
 from speechdistill.data.voices import Voice, make_voices, split_voices
 from speechdistill.progress import progress
-from speechdistill.utils import ManifestError, atomic_write_bytes, atomic_write_text, read_jsonl
+from speechdistill.synth.espeak import Espeak
+from speechdistill.synth.flite import MissingPackageError, flite_binary, flite_synthesize
+from speechdistill.units.lexicon import Lexicon
+from speechdistill.utils import DataError, ManifestError, atomic_write_bytes, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,11 @@ def plan_corpus(preset: CorpusPreset, sentences: list[Sentence], seed: int):
     LM sentences). Sentences are disjoint across splits and never in the LM text."""
     needed = preset.num_train + preset.num_dev + preset.num_test
     if len(sentences) < needed:
-        raise ValueError(f"the text has {len(sentences)} usable sentences; the preset needs "
-                         f"{needed} plus more for the LM text")  # fmt: skip
+        raise DataError(
+            f"the text has {len(sentences)} usable sentences; the preset needs {needed} plus more for the LM text"
+        )
     voices = make_voices(preset.num_espeak_voices, preset.num_flite_voices, seed)
-    by_split = dict(zip(SPLITS, split_voices(voices, preset.num_dev_voices,
-                                             preset.num_test_voices, seed), strict=True))  # fmt: skip
+    by_split = dict(zip(SPLITS, split_voices(voices, preset.num_dev_voices, preset.num_test_voices, seed), strict=True))
     order = list(range(len(sentences)))
     random.Random(seed).shuffle(order)
     counts = {"test": preset.num_test, "dev": preset.num_dev, "train": preset.num_train}
@@ -108,9 +112,6 @@ def _spoken(sentence: Sentence) -> str:
 def synthesize_utterance(utt: Utterance, out: Path) -> dict:
     """Speak one utterance, write its FLAC and alignment JSON (in that order, each
     atomically), and return the JSON record. Raises on any fault."""
-    from speechdistill.synth.espeak import Espeak
-    from speechdistill.synth.flite import flite_synthesize
-
     v = utt.voice
     if v.engine == "espeak":
         audio, sr, events = Espeak.instance().synthesize(_spoken(utt.sentence), v.name, v.rate, v.pitch)
@@ -126,28 +127,32 @@ def synthesize_utterance(utt: Utterance, out: Path) -> dict:
     num_samples = len(samples)
     duration = num_samples / SAMPLE_RATE
     # Resampling keeps times in seconds; only the end is re-pinned to the new length.
-    phones[-1] = AlignmentItem(phones[-1].symbol, phones[-1].start,
-                               round(duration - phones[-1].start, 6))  # fmt: skip
+    phones[-1] = AlignmentItem(phones[-1].symbol, phones[-1].start, round(duration - phones[-1].start, 6))
     words = utt.sentence.text.split()
     lexicon = _lexicon()
     word_spans = align_words(words, [lexicon.pronounce(w) for w in words], phones)
 
-    flac = out / "audio" / utt.split / f"{utt.id}.flac"
+    flac = CorpusDir(out).audio(utt.split, utt.id)
     pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
     atomic_write_bytes(flac, _flac_bytes(pcm))
     record = {
-        "id": utt.id, "split": utt.split, "voice": v.id, "accent": v.accent, "engine": v.engine,
-        "text": utt.sentence.text, "spoken": utt.sentence.spoken,
-        "num_samples": num_samples, "audio": f"audio/{utt.split}/{utt.id}.flac",
-        "phones": [list(a) for a in phones], "words": [list(a) for a in word_spans],
-    }  # fmt: skip
-    atomic_write_text(out / "align" / utt.split / f"{utt.id}.json", json.dumps(record))
+        "id": utt.id,
+        "split": utt.split,
+        "voice": v.id,
+        "accent": v.accent,
+        "engine": v.engine,
+        "text": utt.sentence.text,
+        "spoken": utt.sentence.spoken,
+        "num_samples": num_samples,
+        "audio": f"audio/{utt.split}/{utt.id}.flac",
+        "phones": [list(a) for a in phones],
+        "words": [list(a) for a in word_spans],
+    }
+    atomic_write_text(CorpusDir(out).synth_record(utt.split, utt.id), json.dumps(record))
     return record
 
 
 def _flac_bytes(pcm: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     sf.write(buf, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
@@ -159,8 +164,6 @@ _LEXICON = None
 def _lexicon():
     global _LEXICON
     if _LEXICON is None:
-        from speechdistill.units.lexicon import Lexicon
-
         _LEXICON = Lexicon()
     return _LEXICON
 
@@ -191,7 +194,7 @@ def _in_fresh_process(utt: Utterance, out: Path) -> dict:
     _, status = os.waitpid(pid, 0)
     if status != 0:
         raise RuntimeError(message or f"synthesis process exited with status {status}")
-    return json.loads((out / "align" / utt.split / f"{utt.id}.json").read_text())
+    return json.loads(CorpusDir(out).synth_record(utt.split, utt.id).read_text())
 
 
 def _worker_init() -> None:
@@ -210,8 +213,8 @@ def _worker(args: tuple[Utterance, Path]) -> tuple[str, dict | None, str | None]
 
 
 def _done_record(out: Path, utt: Utterance) -> dict | None:
-    path = out / "align" / utt.split / f"{utt.id}.json"
-    if not path.exists() or not (out / "audio" / utt.split / f"{utt.id}.flac").exists():
+    path = CorpusDir(out).synth_record(utt.split, utt.id)
+    if not path.exists() or not CorpusDir(out).audio(utt.split, utt.id).exists():
         return None
     try:
         return json.loads(path.read_text())
@@ -220,20 +223,23 @@ def _done_record(out: Path, utt: Utterance) -> dict | None:
 
 
 def build_corpus(
-    preset: str | CorpusPreset, out: str | Path, text: str | Path = "kjv", seed: int = 0,
-    jobs: int = 2, show_progress: bool = True,
-) -> dict:  # fmt: skip
+    preset: str | CorpusPreset,
+    out: str | Path,
+    text: str | Path = "kjv",
+    seed: int = 0,
+    jobs: int = 2,
+    show_progress: bool = True,
+) -> dict:
     """Build (or finish building) a corpus in ``out``; returns the summary dict."""
     cfg = PRESETS[preset] if isinstance(preset, str) else preset
     out = Path(out)
     sentences = load_sentences(text, cfg.min_words, cfg.max_words)
     utterances, voices, lm_sentences = plan_corpus(cfg, sentences, seed)
     if any(v.engine == "flite" for vs in voices.values() for v in vs):
-        from speechdistill.synth.flite import MissingPackageError, flite_binary
-
         if flite_binary() is None:
-            raise MissingPackageError("this preset uses Flite voices: run `apt-get install "
-                                      "flite` (or `make demo`, which installs it)")  # fmt: skip
+            raise MissingPackageError(
+                "this preset uses Flite voices: run `apt-get install flite` (or `make demo`, which installs it)"
+            )
 
     for stale in list(out.glob("*/*/.*.tmp")) + list(out.glob(".*.tmp")):
         stale.unlink()  # a temporary file of an interrupted build: never a finished one
@@ -251,24 +257,24 @@ def build_corpus(
     # "spawn": workers must not inherit an eSpeak engine the caller may have used.
     with get_context("spawn").Pool(max(1, jobs), initializer=_worker_init) as pool:
         results = pool.imap_unordered(_worker, todo, chunksize=4)
-        for utt_id, rec, err in progress(results, total=len(todo), desc="synthesising",
-                                         enable=show_progress):  # fmt: skip
+        for utt_id, rec, err in progress(results, total=len(todo), desc="synthesising", enable=show_progress):
             if err is None:
                 records[utt_id] = rec
             else:
                 skipped[utt_id] = err
                 log.warning("skipped utterance %s: %s", utt_id, err)
 
-    lm_text = "".join(s.text + "\n" for s in lm_sentences)
-    atomic_write_text(out / "lm_text.txt", lm_text)
+    corpus = CorpusDir(out)
+    atomic_write_text(corpus.lm_text, "".join(s.text + "\n" for s in lm_sentences))
     for split in SPLITS:
         recs = [records[u.id] for u in utterances if u.split == split and u.id in records]
         _write_manifests(out, split, recs)
-    atomic_write_text(out / "voices.json", json.dumps(
-        {s: [v.to_dict() for v in vs] for s, vs in voices.items()}, indent=1) + "\n")  # fmt: skip
+    atomic_write_text(
+        corpus.voices, json.dumps({s: [v.to_dict() for v in vs] for s, vs in voices.items()}, indent=1) + "\n"
+    )
     summary = summarize(out, records, voices, lm_sentences, skipped, cfg, seed, str(text))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    atomic_write_text(out / "DATASHEET.md", datasheet(summary))
+    atomic_write_text(corpus.summary, json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(corpus.datasheet, datasheet(summary))
     return summary
 
 
@@ -276,50 +282,77 @@ def _write_manifests(out: Path, split: str, recs: list[dict]) -> None:
     recordings, supervisions = [], []
     for r in recs:
         duration = round(r["num_samples"] / SAMPLE_RATE, 6)
-        recordings.append(Recording(
-            id=r["id"], sources=[AudioSource(type="file", channels=[0], source=r["audio"])],
-            sampling_rate=SAMPLE_RATE, num_samples=r["num_samples"], duration=duration))  # fmt: skip
-        supervisions.append(SupervisionSegment(
-            id=r["id"], recording_id=r["id"], start=0.0, duration=duration, channel=0,
-            text=r["text"], speaker=r["voice"], language="English",
-            alignment={"phone": [AlignmentItem(*a) for a in r["phones"]],
-                       "word": [AlignmentItem(*a) for a in r["words"]]},
-            custom={"accent": r["accent"], "engine": r["engine"]}))  # fmt: skip
-    for name, manifest in (("recordings", RecordingSet.from_recordings(recordings)),
-                           ("supervisions", SupervisionSet.from_segments(supervisions))):  # fmt: skip
-        lines = "".join(json.dumps(item.to_dict(), sort_keys=True) + "\n" for item in manifest)
-        atomic_write_text(out / f"{split}_{name}.jsonl", lines)
+        recordings.append(
+            Recording(
+                id=r["id"],
+                sources=[AudioSource(type="file", channels=[0], source=r["audio"])],
+                sampling_rate=SAMPLE_RATE,
+                num_samples=r["num_samples"],
+                duration=duration,
+            )
+        )
+        supervisions.append(
+            SupervisionSegment(
+                id=r["id"],
+                recording_id=r["id"],
+                start=0.0,
+                duration=duration,
+                channel=0,
+                text=r["text"],
+                speaker=r["voice"],
+                language="English",
+                alignment={
+                    "phone": [AlignmentItem(*a) for a in r["phones"]],
+                    "word": [AlignmentItem(*a) for a in r["words"]],
+                },
+                custom={"accent": r["accent"], "engine": r["engine"]},
+            )
+        )
+    write_manifests(CorpusDir(out), split, recordings, supervisions)
 
 
-def check_count(corpus: Path, split: str, path: Path, found: int) -> None:
+def write_manifests(corpus: CorpusDir, split: str, recordings, supervisions) -> None:
+    """A split's recording and supervision manifests, one sorted-key JSON object per line."""
+    for path, manifest in (
+        (corpus.recordings(split), RecordingSet.from_recordings(recordings)),
+        (corpus.supervisions(split), SupervisionSet.from_segments(supervisions)),
+    ):
+        atomic_write_text(path, "".join(json.dumps(item.to_dict(), sort_keys=True) + "\n" for item in manifest))
+
+
+def check_count(corpus: CorpusDir, split: str, path: Path, found: int) -> None:
     """A manifest cut at a line boundary parses fine: compare with the count recorded
     when the corpus was built (summary.json) or imported (import_{split}.json)."""
     want = None
-    if (corpus / "summary.json").exists():
-        want = json.loads((corpus / "summary.json").read_text())["splits"].get(split, {}).get("utterances")
-    elif (corpus / f"import_{split}.json").exists():
-        want = json.loads((corpus / f"import_{split}.json").read_text()).get("kept")
+    if corpus.summary.exists():
+        want = json.loads(corpus.summary.read_text())["splits"].get(split, {}).get("utterances")
+    elif corpus.import_report(split).exists():
+        want = json.loads(corpus.import_report(split).read_text()).get("kept")
     if want is not None and found != want:
-        raise ManifestError(f"{path} holds {found} utterances but the corpus recorded {want}: the manifest "
-                            "is truncated or was edited; rebuild or re-import the corpus")  # fmt: skip
+        raise ManifestError(
+            f"{path} holds {found} utterances but the corpus recorded {want}: the manifest "
+            "is truncated or was edited; rebuild or re-import the corpus"
+        )
 
 
-def load_split(corpus: str | Path, split: str) -> CutSet:
+def load_split(corpus: str | Path | CorpusDir, split: str) -> CutSet:
     """The CutSet of one split of a corpus directory, with absolute audio paths."""
-    corpus = Path(corpus)
-    paths = [corpus / f"{split}_{n}.jsonl" for n in ("recordings", "supervisions")]
+    corpus = CorpusDir(corpus)
+    paths = [corpus.recordings(split), corpus.supervisions(split)]
     for p in paths:
         if not p.exists():
-            raise FileNotFoundError(f"{p} is missing: build the corpus first "
-                                    f"(`speechdistill corpus build --out {corpus}`)")  # fmt: skip
-    root = corpus.resolve()
+            raise FileNotFoundError(
+                f"{p} is missing: build the corpus first (`speechdistill corpus build --out {corpus}`)"
+            )
+    root = corpus.root.resolve()
     recordings = []
     rec_rows, sup_rows = read_jsonl(paths[0]), read_jsonl(paths[1])
     check_count(corpus, split, paths[1], len(sup_rows))
     for rec in RecordingSet.from_dicts(rec_rows):  # built-in corpora store relative paths
-        sources = [fastcopy(s, source=str(root / s.source))
-                   if s.type == "file" and not Path(s.source).is_absolute() else s
-                   for s in rec.sources]  # fmt: skip
+        sources = [
+            fastcopy(s, source=str(root / s.source)) if s.type == "file" and not Path(s.source).is_absolute() else s
+            for s in rec.sources
+        ]
         recordings.append(fastcopy(rec, sources=sources))
     recordings = RecordingSet.from_recordings(recordings)
     # One cut per utterance (cut id = utterance id), also for recordings cut by `segments`.
@@ -339,11 +372,17 @@ def summarize(out, records, voices, lm_sentences, skipped, cfg, seed, text) -> d
         }
     lm_words = sum(s.num_words for s in lm_sentences)
     return {
-        "preset": asdict(cfg), "seed": seed, "text_source": text, "splits": splits,
-        "lm_text": {"sentences": len(lm_sentences), "words": lm_words,
-                    "ratio_to_train_words": round(lm_words / max(1, splits["train"]["words"]), 1)},
+        "preset": asdict(cfg),
+        "seed": seed,
+        "text_source": text,
+        "splits": splits,
+        "lm_text": {
+            "sentences": len(lm_sentences),
+            "words": lm_words,
+            "ratio_to_train_words": round(lm_words / max(1, splits["train"]["words"]), 1),
+        },
         "skipped": skipped,
-    }  # fmt: skip
+    }
 
 
 def datasheet(summary: dict) -> str:
@@ -354,7 +393,7 @@ def datasheet(summary: dict) -> str:
     lm = summary["lm_text"]
     return f"""# Datasheet: speechdistill built-in corpus
 
-**What it is.** English sentences from a public-domain text ({summary['text_source']}),
+**What it is.** English sentences from a public-domain text ({summary["text_source"]}),
 spoken by synthetic voices (eSpeak NG accents and variants; Flite voices built from
 recordings where installed), 16 kHz mono FLAC, with exact phone alignments taken
 from the synthesiser's own timing and word spans derived from them.
@@ -367,8 +406,8 @@ rule-based, there is no noise or reverberation.
 |---|---|---|---|---|
 {rows}
 
-Text-only corpus (`lm_text.txt`): {lm['sentences']} sentences, {lm['words']} words,
-{lm['ratio_to_train_words']}x the training transcripts' words.
+Text-only corpus (`lm_text.txt`): {lm["sentences"]} sentences, {lm["words"]} words,
+{lm["ratio_to_train_words"]}x the training transcripts' words.
 
 **Splits.** Voices are disjoint across train/dev/test; sentences are disjoint across
 all splits and the text-only corpus (duplicate sentences are removed before splitting).
@@ -379,7 +418,7 @@ by the tables in `speechdistill/units/phones.py`. `alignment.word`: word spans f
 a minimum-edit-distance alignment of the lexicon pronunciation (CMUdict, eSpeak
 G2P for unknown words) to the spoken phones.
 
-**Reproducibility.** Preset `{json.dumps(summary['preset'])}`, seed {summary['seed']}:
+**Reproducibility.** Preset `{json.dumps(summary["preset"])}`, seed {summary["seed"]}:
 the same preset and seed give byte-identical manifests.
-Utterances skipped: {len(summary['skipped'])}.
+Utterances skipped: {len(summary["skipped"])}.
 """

@@ -17,11 +17,14 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import kaldi_native_fbank as knf
 import numpy as np
-from lhotse import CutSet, Features
+from lhotse import CutSet, Fbank, FbankConfig, Features
 from lhotse.features.io import LilcomChunkyWriter
 
 from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
+from speechdistill.data.corpus import check_count, load_split
+from speechdistill.data.layout import SPLITS, CorpusDir
 from speechdistill.progress import progress
 from speechdistill.utils import atomic_write_text, read_jsonl
 
@@ -45,13 +48,7 @@ class FbankExtractor:
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """(S,) float32 in [-1, 1] at 16 kHz -> (T, C) log-mel, T = num_frames(S)."""
         if self.kind == "lhotse":
-            from lhotse import Fbank, FbankConfig
-
-            return Fbank(FbankConfig(num_mel_bins=self.num_mel_bins, dither=0.0)).extract(
-                samples, SAMPLE_RATE
-            )
-        import kaldi_native_fbank as knf
-
+            return Fbank(FbankConfig(num_mel_bins=self.num_mel_bins, dither=0.0)).extract(samples, SAMPLE_RATE)
         opts = knf.FbankOptions()
         opts.frame_opts.dither = 0.0
         opts.frame_opts.snip_edges = False  # matches lhotse's frame count
@@ -66,26 +63,23 @@ class FbankExtractor:
 
 
 def compute_features(
-    corpus: str | Path, splits=("train", "dev", "test"), extractor: FbankExtractor | None = None,
-    show_progress: bool = True,
-) -> dict[str, Path]:  # fmt: skip
+    corpus: str | Path | CorpusDir, splits=SPLITS, extractor: FbankExtractor | None = None, show_progress: bool = True
+) -> dict[str, Path]:
     """Store features for each split as ``feats/{split}.lca`` plus a cut manifest
     ``{split}_cuts.jsonl`` that points at them. Splits already done with the same
     extractor are kept; the archive is written under a temporary name first."""
-    from speechdistill.data.corpus import load_split
-
-    corpus = Path(corpus)
+    corpus = CorpusDir(corpus)
     extractor = extractor or FbankExtractor()
-    meta_path = corpus / "features.json"
+    meta_path = corpus.features_info
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     out = {}
     for split in splits:
-        cuts_path = corpus / f"{split}_cuts.jsonl"
+        cuts_path = corpus.cuts(split)
         if meta.get(split) == asdict(extractor) and cuts_path.exists():
             out[split] = cuts_path
             continue
         cuts = load_split(corpus, split)
-        archive = corpus / "feats" / f"{split}.lca"
+        archive = corpus.features_archive(split)
         archive.parent.mkdir(parents=True, exist_ok=True)
         tmp = archive.with_name(f".{split}.tmp.lca")  # the writer insists on ".lca"
         with LilcomChunkyWriter(str(tmp)) as writer:
@@ -94,17 +88,23 @@ def compute_features(
                 feats = extractor(load_cut_audio(cut))
                 key = writer.write(cut.id, feats)
                 cut.features = Features(
-                    type=f"fbank-{extractor.kind}", num_frames=feats.shape[0],
-                    num_features=feats.shape[1], frame_shift=FRAME_SHIFT,
-                    sampling_rate=SAMPLE_RATE, start=0.0, duration=cut.duration,
-                    storage_type=writer.name, storage_path=str(tmp), storage_key=key,
-                )  # fmt: skip
+                    type=f"fbank-{extractor.kind}",
+                    num_frames=feats.shape[0],
+                    num_features=feats.shape[1],
+                    frame_shift=FRAME_SHIFT,
+                    sampling_rate=SAMPLE_RATE,
+                    start=0.0,
+                    duration=cut.duration,
+                    storage_type=writer.name,
+                    storage_path=str(tmp),
+                    storage_key=key,
+                )
                 with_feats.append(cut)
         tmp.replace(archive)
         lines = []
         for cut in with_feats:
             d = cut.to_dict()
-            d["features"]["storage_path"] = f"feats/{split}.lca"  # relative: portable corpus
+            d["features"]["storage_path"] = str(archive.relative_to(corpus.root))  # relative: portable corpus
             lines.append(json.dumps(d, sort_keys=True) + "\n")
         atomic_write_text(cuts_path, "".join(lines))
         meta[split] = asdict(extractor)
@@ -113,19 +113,17 @@ def compute_features(
     return out
 
 
-def load_cuts_with_features(corpus: str | Path, split: str) -> CutSet:
-    corpus = Path(corpus).resolve()
-    path = corpus / f"{split}_cuts.jsonl"
+def load_cuts_with_features(corpus: str | Path | CorpusDir, split: str) -> CutSet:
+    corpus = CorpusDir(CorpusDir(corpus).root.resolve())
+    path = corpus.cuts(split)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `speechdistill features compute {corpus}`")
-    from speechdistill.data.corpus import check_count
-
     rows = read_jsonl(path)
     check_count(corpus, split, path, len(rows))
     cuts = []
     for d in rows:
-        d["features"]["storage_path"] = str(corpus / d["features"]["storage_path"])
-        d["recording"]["sources"][0]["source"] = str(corpus / d["recording"]["sources"][0]["source"])
+        d["features"]["storage_path"] = str(corpus.root / d["features"]["storage_path"])
+        d["recording"]["sources"][0]["source"] = str(corpus.root / d["recording"]["sources"][0]["source"])
         cuts.append(d)
     return CutSet.from_dicts(cuts)
 
@@ -135,16 +133,15 @@ def deltas(x: np.ndarray, window: int = 2) -> np.ndarray:
     Written here because neither kaldi-native-fbank nor lhotse exposes it."""
     T = x.shape[0]
     padded = np.concatenate([np.repeat(x[:1], window, 0), x, np.repeat(x[-1:], window, 0)])
-    num = sum(n * (padded[window + n : window + n + T] - padded[window - n : window - n + T])
-              for n in range(1, window + 1))  # fmt: skip
+    num = sum(
+        n * (padded[window + n : window + n + T] - padded[window - n : window - n + T]) for n in range(1, window + 1)
+    )
     return num / (2 * sum(n * n for n in range(1, window + 1)))
 
 
 def mfcc_with_deltas(samples: np.ndarray) -> np.ndarray:
     """(S,) at 16 kHz -> (T, 39): 13 MFCCs (kaldi-native-fbank) + deltas + delta-deltas,
     10 ms frames, the features of HuBERT's first clustering iteration."""
-    import kaldi_native_fbank as knf
-
     opts = knf.MfccOptions()
     opts.frame_opts.dither = 0.0
     opts.frame_opts.snip_edges = False

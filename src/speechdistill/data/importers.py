@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse.recipes import prepare_librispeech
 from lhotse.utils import fastcopy
 
 from speechdistill.data.audio import SAMPLE_RATE, BadAudioError, inspect_audio
 from speechdistill.data.text import normalize
-from speechdistill.utils import atomic_write_text
+from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,12 @@ class ImportReport:
         log.warning("skipped %s: %s", utt, why)
 
     def to_dict(self) -> dict:
-        return {"kept": self.kept, "converted": dict(self.notes), "skipped": len(self.skipped),
-                "skipped_utterances": self.skipped}  # fmt: skip
+        return {
+            "kept": self.kept,
+            "converted": dict(self.notes),
+            "skipped": len(self.skipped),
+            "skipped_utterances": self.skipped,
+        }
 
 
 def _read_table(path: Path, required: bool = True) -> dict[str, str]:
@@ -58,24 +64,29 @@ def _read_table(path: Path, required: bool = True) -> dict[str, str]:
         content = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         n = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{n}: not UTF-8 (byte 0x{e.object[e.start]:02x}); convert the file, "
-                         f"e.g. `iconv -f latin1 -t utf-8 {path.name}`") from None  # fmt: skip
+        raise DataError(
+            f"{path}:{n}: not UTF-8 (byte 0x{e.object[e.start]:02x}); convert the file, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name}`"
+        ) from None
     for n, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         key, _, value = line.strip().partition(" ")
         if key in table:
-            raise ValueError(f"{path}:{n}: duplicate id {key!r}; ids must be unique")
+            raise DataError(f"{path}:{n}: duplicate id {key!r}; ids must be unique")
         table[key] = value.strip()
     return table
 
 
 def _write(out: Path, split: str, recordings, supervisions, report: ImportReport) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    for name, items in (("recordings", RecordingSet.from_recordings(recordings)),
-                        ("supervisions", SupervisionSet.from_segments(supervisions))):  # fmt: skip
-        atomic_write_text(out / f"{split}_{name}.jsonl",
-                          "".join(json.dumps(i.to_dict(), sort_keys=True) + "\n" for i in items))  # fmt: skip
+    for name, items in (
+        ("recordings", RecordingSet.from_recordings(recordings)),
+        ("supervisions", SupervisionSet.from_segments(supervisions)),
+    ):
+        atomic_write_text(
+            out / f"{split}_{name}.jsonl", "".join(json.dumps(i.to_dict(), sort_keys=True) + "\n" for i in items)
+        )
     summary = report.to_dict()
     atomic_write_text(out / f"import_{split}.json", json.dumps(summary, indent=1) + "\n")
     return summary
@@ -90,8 +101,10 @@ def _transcript_fault(utt: str, transcript: str, seconds: float) -> str | None:
         return f"utterance {utt} has an empty transcript (nothing left after normalisation)"
     words = len(transcript.split())
     if words / seconds > MAX_WORDS_PER_SECOND:
-        return (f"utterance {utt}: {words} words for {seconds:.2f} s of audio (more than "
-                f"{MAX_WORDS_PER_SECOND:g} words/s); the transcript does not match the audio")  # fmt: skip
+        return (
+            f"utterance {utt}: {words} words for {seconds:.2f} s of audio (more than "
+            f"{MAX_WORDS_PER_SECOND:g} words/s); the transcript does not match the audio"
+        )
     return None
 
 
@@ -109,14 +122,16 @@ def _recording(rec_id: str, path: str, report: ImportReport, check_samples: bool
         log.warning("recording %s: %s", rec_id, note)
         if note.startswith("clipped"):
             report.notes["clipped (kept)"] += 1
-    return Recording(id=rec_id, sampling_rate=info.sampling_rate, num_samples=info.num_samples,
-                     duration=info.num_samples / info.sampling_rate,
-                     sources=[AudioSource(type="file", channels=list(range(info.num_channels)),
-                                          source=str(Path(path).resolve()))])  # fmt: skip
+    return Recording(
+        id=rec_id,
+        sampling_rate=info.sampling_rate,
+        num_samples=info.num_samples,
+        duration=info.num_samples / info.sampling_rate,
+        sources=[AudioSource(type="file", channels=list(range(info.num_channels)), source=str(Path(path).resolve()))],
+    )
 
 
-def import_kaldi_dir(data_dir: str | Path, out: str | Path, split: str = "train",
-                     check_samples: bool = True) -> dict:  # fmt: skip
+def import_kaldi_dir(data_dir: str | Path, out: str | Path, split: str = "train", check_samples: bool = True) -> dict:
     """Import ``wav.scp``, ``text`` and optional ``utt2spk`` and ``segments``."""
     data_dir, out = Path(data_dir), Path(out)
     wav = _read_table(data_dir / "wav.scp")
@@ -127,8 +142,11 @@ def import_kaldi_dir(data_dir: str | Path, out: str | Path, split: str = "train"
     recordings: dict[str, Recording] = {}
     for rec_id, path in sorted(wav.items()):
         if path.endswith("|"):
-            report.skip(rec_id, f"wav.scp entry is a pipe command ({path!r}); write the audio "
-                                "to files first (e.g. `wav-copy scp:wav.scp ark,scp:...`)")  # fmt: skip
+            report.skip(
+                rec_id,
+                f"wav.scp entry is a pipe command ({path!r}); write the audio "
+                "to files first (e.g. `wav-copy scp:wav.scp ark,scp:...`)",
+            )
             continue
         rec = _recording(rec_id, path, report, check_samples)
         if rec is not None:
@@ -157,16 +175,30 @@ def import_kaldi_dir(data_dir: str | Path, out: str | Path, split: str = "train"
         if fault:
             report.skip(utt, f"{fault} ({data_dir / 'text'})")
             continue
-        supervisions.append(SupervisionSegment(
-            id=utt, recording_id=rec_id, start=start, duration=round(end - start, 6), channel=0,
-            text=transcript, speaker=utt2spk.get(utt, utt), language="English"))  # fmt: skip
+        supervisions.append(
+            SupervisionSegment(
+                id=utt,
+                recording_id=rec_id,
+                start=start,
+                duration=round(end - start, 6),
+                channel=0,
+                text=transcript,
+                speaker=utt2spk.get(utt, utt),
+                language="English",
+            )
+        )
         report.kept += 1
     used = {s.recording_id for s in supervisions}
     return _write(out, split, [r for r in recordings.values() if r.id in used], supervisions, report)
 
 
-def import_lhotse(recordings_path: str | Path, supervisions_path: str | Path, out: str | Path,
-                  split: str = "train", check_samples: bool = True) -> dict:  # fmt: skip
+def import_lhotse(
+    recordings_path: str | Path,
+    supervisions_path: str | Path,
+    out: str | Path,
+    split: str = "train",
+    check_samples: bool = True,
+) -> dict:
     """Import lhotse manifests (any format lhotse reads). Audio is checked the same way."""
     report = ImportReport()
     kept_recs: dict[str, Recording] = {}
@@ -201,13 +233,13 @@ def import_lhotse(recordings_path: str | Path, supervisions_path: str | Path, ou
     return _write(Path(out), split, [r for r in kept_recs.values() if r.id in used], supervisions, report)
 
 
-def import_librispeech(corpus_dir: str | Path, out: str | Path, lm_text: str | Path | None = None,
-                       parts=("train-clean-100", "dev-clean", "test-clean")) -> dict:  # fmt: skip
+def import_librispeech(
+    corpus_dir: str | Path,
+    out: str | Path,
+    lm_text: str | Path | None = None,
+    parts=("train-clean-100", "dev-clean", "test-clean"),
+) -> dict:
     """LibriSpeech from local files via lhotse's recipe; parts map to train/dev/test."""
-    import tempfile
-
-    from lhotse.recipes import prepare_librispeech
-
     out = Path(out)
     names = dict(zip(("train", "dev", "test"), parts, strict=True))
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speechdistill.synth.flite import MissingPackageError
+from speechdistill.utils import DataError
 
 SOURCES = {
     "kjv": ("bible-kjv", "King James Version (1611/1769), via the `bible` command"),
@@ -62,12 +63,8 @@ def _kjv_lines() -> list[str]:
 
 def _web_lines() -> list[str]:
     if shutil.which("mod2imp") is None:
-        raise MissingPackageError(
-            "the WEB text needs SWORD: run `apt-get install sword-text-web libsword-utils`"
-        )
-    out = subprocess.run(
-        ["mod2imp", "engWEB2015eb", "-s"], capture_output=True, text=True, check=True
-    ).stdout
+        raise MissingPackageError("the WEB text needs SWORD: run `apt-get install sword-text-web libsword-utils`")
+    out = subprocess.run(["mod2imp", "engWEB2015eb", "-s"], capture_output=True, text=True, check=True).stdout
     lines, verse = [], []
     for line in out.splitlines():
         if line.startswith("$$$"):
@@ -92,9 +89,7 @@ def _file_lines(path: Path) -> list[str]:
     try:
         return raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path} is not UTF-8 (byte {e.start}); convert it with `iconv -t UTF-8`"
-        ) from None
+        raise DataError(f"{path} is not UTF-8 (byte {e.start}); convert it with `iconv -t UTF-8`") from None
 
 
 def _pieces(line: str, max_words: int):
@@ -141,7 +136,7 @@ def load_sentences(source: str | Path, min_words: int = 4, max_words: int = 20) 
         lines = _file_lines(Path(source))
     sentences = split_sentences(lines, min_words, max_words)
     if not sentences:
-        raise ValueError(
+        raise DataError(
             f"text source {source} gave no sentence of {min_words}-{max_words} words; "
             "give a file with one or more sentences of running English text"
         )

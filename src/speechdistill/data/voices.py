@@ -10,15 +10,15 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-ESPEAK_ACCENTS = (
-    "en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
-)  # fmt: skip
-ESPEAK_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
-    "adam", "benjamin", "david", "edward", "ian", "john", "paul", "robert", "steph",
-    "linda", "belinda", "aunty", "grandma", "grandpa", "quincy", "shelby", "zac",
-)  # fmt: skip
+from speechdistill.utils import DataError
+
+ESPEAK_ACCENTS = tuple("en-us en en-gb-scotland en-gb-x-rp en-gb-x-gbclan en-gb-x-gbcwmd en-029 en-us-nyc".split())
+ESPEAK_VARIANTS = tuple(
+    """
+    m1 m2 m3 m4 m5 m6 m7 f1 f2 f3 f4 f5 adam benjamin david edward ian john paul robert steph
+    linda belinda aunty grandma grandpa quincy shelby zac
+""".split()
+)
 FLITE_F0 = {"slt": 170.0, "rms": 100.0, "awb": 110.0, "kal16": 105.0}
 
 
@@ -56,8 +56,12 @@ def make_voices(num_espeak: int, num_flite: int, seed: int) -> list[Voice]:
         accent = ESPEAK_ACCENTS[i % len(ESPEAK_ACCENTS)]
         variant = variants[i % len(variants)]
         voices.append(
-            Voice("espeak", f"{accent}+{variant}", rate=rng.choice((140, 155, 170, 185)),
-                  pitch=rng.choice((30, 40, 50, 60, 70)))  # fmt: skip
+            Voice(
+                "espeak",
+                f"{accent}+{variant}",
+                rate=rng.choice((140, 155, 170, 185)),
+                pitch=rng.choice((30, 40, 50, 60, 70)),
+            )
         )
     for name in list(FLITE_F0)[:num_flite]:
         stretch = rng.choice((0.9, 1.0, 1.1))
@@ -87,5 +91,5 @@ def split_voices(voices: list[Voice], num_dev: int, num_test: int, seed: int):
         test.append(espeak.pop())
     train = sorted(espeak + flite, key=lambda v: v.id)
     if not train or len(dev) < num_dev or len(test) < num_test:
-        raise ValueError(f"{len(voices)} voices are too few for {num_dev} dev + {num_test} test")
+        raise DataError(f"{len(voices)} voices are too few for {num_dev} dev + {num_test} test")
     return train, sorted(dev, key=lambda v: v.id), sorted(test, key=lambda v: v.id)

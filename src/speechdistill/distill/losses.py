@@ -31,16 +31,24 @@ def ctc_feasible(input_lens: torch.Tensor, targets: torch.Tensor, target_lens: t
     return input_lens >= target_lens + repeats
 
 
-def ctc_loss(log_probs: torch.Tensor, input_lens: torch.Tensor, targets: torch.Tensor,
-             target_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def ctc_loss(
+    log_probs: torch.Tensor, input_lens: torch.Tensor, targets: torch.Tensor, target_lens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T, V) log-probs (blank = 0), (N,), (N, U), (N,) -> (mean over feasible
     utterances of the CTC loss divided by target length, (N,) feasible mask).
     Infeasible utterances are excluded, not turned into NaN."""
     ok = ctc_feasible(input_lens, targets, target_lens) & (target_lens > 0)
     if not ok.any():
         return log_probs.sum() * 0.0, ok
-    losses = F.ctc_loss(log_probs[ok].transpose(0, 1).float(), targets[ok], input_lens[ok],
-                        target_lens[ok], blank=0, reduction="none", zero_infinity=False)  # fmt: skip
+    losses = F.ctc_loss(
+        log_probs[ok].transpose(0, 1).float(),
+        targets[ok],
+        input_lens[ok],
+        target_lens[ok],
+        blank=0,
+        reduction="none",
+        zero_infinity=False,
+    )
     return (losses / target_lens[ok]).mean(), ok
 
 
@@ -50,12 +58,12 @@ def frame_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits, labels = logits[:, :T], labels[:, :T]
     if (labels != IGNORE).sum() == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=IGNORE)  # fmt: skip
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE)
 
 
-def kd_kl(logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor,
-          temperature: float) -> torch.Tensor:  # fmt: skip
+def kd_kl(
+    logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Distillation from top-k soft labels (Hinton et al. 2015):
 
         T^2 * KL(p || softmax(z / T)) = T^2 * sum_k p_k (log p_k - log softmax(z / T)[i_k])
@@ -75,8 +83,9 @@ def kd_kl(logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, mas
     return temperature**2 * kl[mask].mean()
 
 
-def interpolated_target(hard: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
-                        num_classes: int, weight: float) -> torch.Tensor:  # fmt: skip
+def interpolated_target(
+    hard: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, num_classes: int, weight: float
+) -> torch.Tensor:
     """Label interpolation (Bai et al. 2019; Futami et al. 2020):
     (1 - w) * one_hot(hard) + w * p_LM, with p_LM given sparsely (top-k).
     ``hard`` (...,), ``values``/``indices`` (..., k) -> (..., num_classes), rows sum to one."""

@@ -1,13 +1,15 @@
 """Soft labels from the unit LMs, computed once and cached on disk.
 
     speechdistill teach data/small --unit phone --top-k 8 --temperature 3
-    >>> cache = SoftLabelCache.open("data/small/soft_labels/phone-k8-T3", lm="data/small/lm/phone")
+    >>> spec = SoftLabelSpec("phone", top_k=8, temperature=3.0)
+    >>> build_cache("data/small", spec)
+    >>> cache = SoftLabelCache.open_for("data/small", spec)
     >>> values, indices, mask = cache.frames(utt_id, frame_shift=0.04, num_frames=T)
 
 For each training utterance the *reference* unit sequence is read off its
-alignment (subword pieces from the word spans, shared by letters; phones
-without SIL; senones: each phone's tied states, the phone's span cut into
-equal parts), the LM gives its distribution at every position
+alignment (``UnitType.positions``: subword pieces from the word spans, shared by
+letters; phones without SIL; senones: each phone's tied states, the phone's span cut
+into equal parts), the LM gives its distribution at every position
 (``UnitLM.position_logits``), softened with temperature T, truncated to the
 top k and renormalised. Stored per position: fp16 values (P, k), int32 unit
 ids (P, k) and the position's time span (P, 2) in seconds, so the labels
@@ -29,15 +31,16 @@ import numpy as np
 import torch
 
 from speechdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from speechdistill.data.corpus import load_split
+from speechdistill.data.layout import CorpusDir, SoftLabelSpec
 from speechdistill.progress import progress
 from speechdistill.teachers.lm import top_k_soft_labels
-from speechdistill.units.phones import SIL
-from speechdistill.units.subword import split_span, subword_alignment
+from speechdistill.teachers.lm_train import load_lm_teacher
+from speechdistill.units.inventory import Units
+from speechdistill.utils import DataError
 
-UNIT_FILES = ("subword.model", "phones.txt", "senones.json", "lexicon.txt")
 
-
-class StaleCacheError(ValueError):
+class StaleCacheError(DataError):
     """A soft-label cache that does not match the LM or unit inventory in use."""
 
 
@@ -50,27 +53,18 @@ def fingerprint(lm_prefix: str | Path, units_dir: str | Path, unit: str, k: int,
             h.update(f.read_bytes())
     else:
         h.update(Path(f"{lm_prefix}.safetensors").read_bytes())
-    for name in UNIT_FILES:
-        h.update((Path(units_dir) / name).read_bytes())
+    for path in Units(units_dir).files():
+        h.update(path.read_bytes())
     h.update(f"{unit}|{k}|{temperature:g}".encode())
     return h.hexdigest()
 
 
-def reference_positions(cut, unit: str, units) -> tuple[list[int], list[tuple[float, float]]]:
+def reference_positions(cut, unit: str, units: Units) -> tuple[list[int], list[tuple[float, float]]]:
     """Unit ids of an utterance's reference sequence and each position's (start, duration)."""
     ali = cut.supervisions[0].alignment or {}
     if "phone" not in ali:
-        raise ValueError(f"utterance {cut.id} has no phone alignment; soft labels need one")
-    if unit == "subword":
-        pieces = subword_alignment(ali["word"], units.sp)
-        return [units.sp.piece_to_id(a.symbol) for a in pieces], [(a.start, a.duration) for a in pieces]
-    phones = [a for a in ali["phone"] if a.symbol != SIL]
-    if unit == "phone":
-        return [units.phone_index[a.symbol] for a in phones], [(a.start, a.duration) for a in phones]
-    S = units.tree.states_per_phone
-    ids = units.tree.sequence([a.symbol for a in phones])  # same convention as the LM text
-    spans = [s for a in phones for s in split_span(a.start, a.duration, [1] * S)]
-    return ids, spans
+        raise DataError(f"utterance {cut.id} has no phone alignment; soft labels need one")
+    return units[unit].positions(ali)
 
 
 def spread_to_frames(spans: np.ndarray, frame_shift: float, num_frames: int) -> np.ndarray:
@@ -83,21 +77,24 @@ def spread_to_frames(spans: np.ndarray, frame_shift: float, num_frames: int) -> 
 
 
 @torch.no_grad()
-def build_cache(corpus: str | Path, unit: str, k: int = 8, temperature: float = 3.0,
-                lm_prefix: str | Path | None = None, split: str = "train", show_progress: bool = True,
-                values_dtype: torch.dtype = torch.float16, prefix: str | Path | None = None) -> dict:  # fmt: skip
-    """Compute and write ``{corpus}/soft_labels/{unit}-k{k}-T{T}`` (or ``prefix``); returns
-    its metadata, with its size and the seconds spent writing it."""
-    from speechdistill.data.corpus import load_split
-    from speechdistill.teachers.lm_train import load_teacher
-    from speechdistill.units.inventory import Units
-
-    corpus = Path(corpus)
-    lm_prefix = Path(lm_prefix or corpus / "lm" / unit)
-    units = Units(corpus / "units")
-    lm, lm_meta = load_teacher(lm_prefix, unit, units)
+def build_cache(
+    corpus: str | Path | CorpusDir,
+    spec: SoftLabelSpec,
+    lm_prefix: str | Path | None = None,
+    split: str = "train",
+    show_progress: bool = True,
+    values_dtype: torch.dtype = torch.float16,
+    prefix: str | Path | None = None,
+) -> dict:
+    """Compute and write the cache of ``spec`` (``CorpusDir.soft_labels``, or ``prefix``);
+    returns its metadata, with its size and the seconds spent writing it."""
+    corpus = CorpusDir(corpus)
+    unit, k, temperature = spec.unit, spec.top_k, spec.temperature
+    lm_prefix = Path(lm_prefix or corpus.lm(unit))
+    units = Units(corpus.units)
+    lm, lm_meta = load_lm_teacher(lm_prefix, unit, units)
     if lm_meta["unit"] != unit:
-        raise ValueError(f"{lm_prefix} is a {lm_meta['unit']} LM, not a {unit} LM")
+        raise DataError(f"{lm_prefix} is a {lm_meta['unit']} LM, not a {unit} LM")
     tensors: dict[str, torch.Tensor] = {}
     cuts = load_split(corpus, split)
     positions = 0
@@ -112,17 +109,29 @@ def build_cache(corpus: str | Path, unit: str, k: int = 8, temperature: float = 
         tensors[f"{cut.id}/spans"] = torch.tensor(spans, dtype=torch.float32)
         positions += len(ids)
     hours = sum(c.duration for c in cuts) / 3600
-    prefix = Path(prefix or corpus / "soft_labels" / f"{unit}-k{k}-T{temperature:g}")
-    meta = {"kind": "soft-labels", "unit": unit, "top_k": k, "temperature": temperature,
-            "lm": str(lm_prefix), "lm_dev_perplexity": lm_meta.get("dev_perplexity"), "split": split,
-            "utterances": len(tensors) // 3, "positions": positions,
-            "fingerprint": fingerprint(lm_prefix, corpus / "units", unit, k, temperature)}  # fmt: skip
+    prefix = Path(prefix or corpus.soft_labels(spec))
+    meta = {
+        "kind": "soft-labels",
+        "unit": unit,
+        "top_k": k,
+        "temperature": temperature,
+        "lm": str(lm_prefix),
+        "lm_dev_perplexity": lm_meta.get("dev_perplexity"),
+        "split": split,
+        "utterances": len(tensors) // 3,
+        "positions": positions,
+        "fingerprint": fingerprint(lm_prefix, corpus.units, unit, k, temperature),
+    }
     start = time.perf_counter()
     path = save_checkpoint(prefix, tensors, meta)
     write_seconds = time.perf_counter() - start
     size = path.stat().st_size
-    return meta | {"bytes": size, "bytes_per_hour_of_audio": round(size / hours) if hours else None,
-                   "write_seconds": write_seconds, "hours": hours}  # fmt: skip
+    return meta | {
+        "bytes": size,
+        "bytes_per_hour_of_audio": round(size / hours) if hours else None,
+        "write_seconds": write_seconds,
+        "hours": hours,
+    }
 
 
 class SoftLabelCache:
@@ -142,8 +151,21 @@ class SoftLabelCache:
         if meta.get("fingerprint") != want:
             raise StaleCacheError(
                 f"soft-label cache {prefix} is stale: it was built from another LM or unit "
-                f"inventory than {lm} and {units_dir}; rebuild it with `speechdistill teach`")  # fmt: skip
+                f"inventory than {lm} and {units_dir}; rebuild it with `speechdistill teach`"
+            )
         return cls(tensors, meta)
+
+    @classmethod
+    def open_for(cls, corpus: str | Path | CorpusDir, spec: SoftLabelSpec) -> SoftLabelCache:
+        """The cache of ``spec`` in ``corpus``, checked against the corpus's LM and units."""
+        corpus = CorpusDir(corpus)
+        prefix = corpus.soft_labels(spec)
+        if not prefix.with_suffix(".json").exists():
+            raise FileNotFoundError(
+                f"soft-label cache {prefix} is missing: run `speechdistill teach {corpus} "
+                f"--unit {spec.unit} --top-k {spec.top_k} --temperature {spec.temperature:g}`"
+            )
+        return cls.open(prefix, corpus.lm(spec.unit), corpus.units)
 
     def __contains__(self, utt: str) -> bool:
         return f"{utt}/values" in self.tensors
@@ -151,8 +173,9 @@ class SoftLabelCache:
     def positions(self, utt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (P, k) float32 probabilities, (P, k) int64 unit ids, one row per position."""
         if utt not in self:
-            raise KeyError(f"utterance {utt} is not in soft-label cache {self.meta['unit']}; "
-                           "rebuild it with `speechdistill teach`")  # fmt: skip
+            raise StaleCacheError(
+                f"utterance {utt} is not in soft-label cache {self.meta['unit']}; rebuild it with `speechdistill teach`"
+            )
         return self.tensors[f"{utt}/values"].float(), self.tensors[f"{utt}/indices"].long()
 
     def frames(self, utt: str, frame_shift: float, num_frames: int):

@@ -45,8 +45,9 @@ def _masked_mean(per_frame: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (per_frame * m).sum() / m.sum().clamp(min=1.0)
 
 
-def distilhubert_loss(preds: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor,
-                      cos_weight: float = 1.0) -> tuple[torch.Tensor, dict]:  # fmt: skip
+def distilhubert_loss(
+    preds: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor, cos_weight: float = 1.0
+) -> tuple[torch.Tensor, dict]:
     """DistilHuBERT (Chang et al. 2022): for each predicted layer,
     mean over frames of [ (1/C) |h - t|_1  -  lambda * log sigmoid(cos(h, t)) ], summed over layers."""
     total = preds[0].new_zeros(())
@@ -59,8 +60,9 @@ def distilhubert_loss(preds: list[torch.Tensor], targets: list[torch.Tensor], ma
     return total, terms
 
 
-def hint_loss(preds: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor,
-              weights: list[float]) -> tuple[torch.Tensor, dict]:  # fmt: skip
+def hint_loss(
+    preds: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor, weights: list[float]
+) -> tuple[torch.Tensor, dict]:
     """FitHuBERT's layer-to-layer hints (Lee et al. 2022): sum_l w_l * mean over frames of the
     squared error (1/C) |h_l - t_l|^2 (w = 0.1 on intermediate layers, 1.0 on the last)."""
     total = preds[0].new_zeros(())
@@ -72,8 +74,9 @@ def hint_loss(preds: list[torch.Tensor], targets: list[torch.Tensor], mask: torc
     return total, terms
 
 
-def attention_map_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
-                       eps: float = 1e-8) -> torch.Tensor:  # fmt: skip
+def attention_map_loss(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
     """Attention transfer (TinyBERT, Jiao et al. 2020; in MiniLM's KL form, Wang et al. 2020)
     for maps of equal frame rate: (N, H, T, T) attention probabilities, averaged over heads
     (the counts may differ); KL(teacher row || student row) averaged over real query frames.

@@ -53,8 +53,10 @@ class EncoderConfig:
             for name, value in sizes.items():
                 own = getattr(self, name)
                 if own != defaults[name] and own != value:  # set by the user, and not to the preset's value
-                    raise ValueError(f"{name}={own} conflicts with preset {self.preset!r} ({name}={value}); "
-                                     "set preset: null to choose the sizes yourself")  # fmt: skip
+                    raise ValueError(
+                        f"{name}={own} conflicts with preset {self.preset!r} ({name}={value}); "
+                        "set preset: null to choose the sizes yourself"
+                    )
                 setattr(self, name, value)
         for name in ("num_blocks", "d_model", "num_heads", "ff_dim", "conv_kernel"):
             if getattr(self, name) <= 0:
@@ -134,15 +136,17 @@ class SelfAttention(nn.Module):
         """(N, T, C), pad (N, T) -> (N, T, C)"""
         N, _, C = x.shape
         q, k, v = self.qkv(x).view(N, -1, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, h, T, C/h)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :],
-                                           dropout_p=self.dropout if self.training else 0.0)  # fmt: skip
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=~pad[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(y.transpose(1, 2).reshape(N, -1, C))  # (N, T, C)
 
 
 class FeedForward(nn.Sequential):
     def __init__(self, d: int, ff: int, dropout: float):
-        super().__init__(nn.LayerNorm(d), nn.Linear(d, ff), nn.SiLU(), nn.Dropout(dropout),
-                         nn.Linear(ff, d), nn.Dropout(dropout))  # fmt: skip
+        super().__init__(
+            nn.LayerNorm(d), nn.Linear(d, ff), nn.SiLU(), nn.Dropout(dropout), nn.Linear(ff, d), nn.Dropout(dropout)
+        )
 
 
 class ConvModule(nn.Module):
@@ -231,8 +235,9 @@ class Encoder(nn.Module):
     def num_blocks(self) -> int:
         return len(self.blocks)
 
-    def extract_features(self, x: torch.Tensor, lens: torch.Tensor, num_blocks: int | None = None,
-                         with_input: bool = False):  # fmt: skip
+    def extract_features(
+        self, x: torch.Tensor, lens: torch.Tensor, num_blocks: int | None = None, with_input: bool = False
+    ):
         """(N, T, F), (N,) -> [(N, T', C)] * num_blocks, (N,): the first ``num_blocks``
         block outputs (all by default); ``with_input`` puts the first block's input
         (subsampled features + positions) in front, as index 0."""

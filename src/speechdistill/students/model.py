@@ -1,58 +1,57 @@
 """The student acoustic model: an encoder, a main CTC output layer, and
 auxiliary output layers ("taps") on chosen blocks.
 
-    >>> model = AcousticModel(ModelConfig(taps=[TapConfig(layer=2, unit="senone")]), vocab)
+    >>> model = AcousticModel(ModelConfig(taps=[TapConfig(layer=2, unit="senone")]), units.vocab())
     >>> out = model(feats, feat_lens)
     >>> out.main        # (N, T', V+1) CTC log-probs, blank = 0
     >>> out.taps["senone@2"]   # (N, T', K) frame logits (or CTC log-probs for kind="ctc")
     >>> model.without_taps()   # what is decoded and exported: taps cost nothing there
 
-A tap is a LayerNorm + Linear head on the output of block ``layer`` (1-based).
-``kind="frame"`` predicts one unit per frame (senones, phones with SIL, or
-subword pieces with a blank-like "outside any word" class 0); ``kind="ctc"``
-predicts a CTC distribution over the unit (intermediate CTC).
+A tap is a LayerNorm + Linear head on the output of block ``layer`` (1-based) over
+the unit's classes (``UnitType.num_classes``); its ``kind`` names the tap loss that
+trains it (distill/taps.py: ``frame`` per-frame classification and distillation,
+``ctc`` intermediate CTC). ``load_inference_model`` rebuilds the decodable model from
+a checkpoint's own config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from speechdistill.config import from_dict
+from speechdistill.data.layout import SoftLabelSpec
+from speechdistill.distill.taps import TAP_LOSSES
 from speechdistill.students.encoders import Encoder, EncoderConfig
-
-UNITS = ("subword", "phone", "senone")
+from speechdistill.units.types import UNIT_TYPES
 
 
 @dataclass
 class TapConfig:
     layer: int  # 1-based block index
     unit: str = "senone"
-    kind: str = "frame"  # "frame" (per-frame classifier) or "ctc"
+    kind: str = "frame"  # a tap loss (distill/taps.py): "frame" or "ctc"
     weight: float = 0.3
-    kd: bool = False  # frame taps: distil the unit LM's soft labels (T^2-scaled KL)
+    kd: SoftLabelSpec | None = None  # distil these soft labels (frame taps); the unit is the tap's
     ce_weight: float = 1.0  # frame taps: weight of CE to the aligned truth, beside KD
-    top_k: int = 8  # which soft-label cache: {unit}-k{top_k}-T{temperature}
-    temperature: float = 3.0
 
     def __post_init__(self):
-        if self.unit not in UNITS:
-            raise ValueError(f"tap unit={self.unit!r}; valid: {', '.join(UNITS)}")
-        if self.kind not in ("frame", "ctc"):
-            raise ValueError(f"tap kind={self.kind!r}; valid: frame, ctc")
-        if self.kind == "ctc" and self.unit == "senone":
-            raise ValueError("a CTC tap over senones makes no sense (senones are frame units)")
+        UNIT_TYPES.check(self.unit)
         if self.weight < 0 or self.ce_weight < 0:
             raise ValueError(f"tap weights must be >= 0, got {self.weight}, {self.ce_weight}")
-        if self.kd and self.kind != "frame":
-            raise ValueError("kd applies to frame taps (a CTC tap has no per-frame target)")
-        if self.top_k < 1 or self.temperature <= 0:
-            raise ValueError(f"top_k must be >= 1 and temperature > 0, got {self.top_k}, {self.temperature}")
+        if self.kd is not None:
+            if self.kd.unit not in ("", self.unit):
+                raise ValueError(f"tap {self.name}: kd.unit={self.kd.unit!r} differs from the tap's unit")
+            self.kd = replace(self.kd, unit=self.unit)
+        TAP_LOSSES[self.kind].check(self)
 
     @property
     def name(self) -> str:
-        return f"{self.unit}{'-ctc' if self.kind == 'ctc' else ''}@{self.layer}"
+        return f"{self.unit}{'' if self.kind == 'frame' else '-' + self.kind}@{self.layer}"
 
 
 @dataclass
@@ -63,28 +62,31 @@ class ModelConfig:
     input_dim: int = 80
 
     def __post_init__(self):
-        if self.main_unit not in ("subword", "phone"):
-            raise ValueError(f"main_unit={self.main_unit!r}; valid: subword, phone")
+        if not UNIT_TYPES[self.main_unit].ctc:
+            raise ValueError(
+                f"main_unit={self.main_unit!r} is a frame unit; valid: "
+                f"{', '.join(u for u in UNIT_TYPES if UNIT_TYPES[u].ctc)}"
+            )
         names = [t.name for t in self.taps]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate taps: {names}")
         for t in self.taps:
             if not 1 <= t.layer <= self.encoder.num_blocks:
-                raise ValueError(f"tap {t.name}: layer {t.layer} is outside the encoder's blocks "
-                                 f"1..{self.encoder.num_blocks}")  # fmt: skip
+                raise ValueError(
+                    f"tap {t.name}: layer {t.layer} is outside the encoder's blocks 1..{self.encoder.num_blocks}"
+                )
 
 
-def num_classes(unit: str, kind: str, vocab: dict[str, int]) -> int:
-    """Output size: CTC adds a blank (0); a frame subword tap adds "outside a word" (0);
-    frame phones already include SIL; senones are used as they are."""
-    return vocab[unit] + (1 if unit == "subword" else 0)  # phones: the SIL slot is the blank
+def num_classes(unit: str, vocab: dict[str, int]) -> int:
+    """Output size over ``unit``: its vocabulary plus the blank/"in no unit" class where it has none."""
+    return vocab[unit] + UNIT_TYPES[unit].offset
 
 
 @dataclass
 class ModelOutput:
     main: torch.Tensor  # (N, T', V) log-probs
     lens: torch.Tensor  # (N,)
-    taps: dict[str, torch.Tensor]  # name -> (N, T', K): logits (frame) or log-probs (ctc)
+    taps: dict[str, torch.Tensor]  # name -> (N, T', K): logits, or log-probs for taps whose loss wants them
 
 
 class AcousticModel(nn.Module):
@@ -98,11 +100,10 @@ class AcousticModel(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(cfg.input_dim))
         self.register_buffer("feat_std", torch.ones(cfg.input_dim))
         d = cfg.encoder.d_model
-        self.main = nn.Linear(d, num_classes(cfg.main_unit, "ctc", vocab))
-        self.taps = nn.ModuleDict({
-            t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, t.kind, vocab)))
-            for t in cfg.taps
-        })  # fmt: skip
+        self.main = nn.Linear(d, num_classes(cfg.main_unit, vocab))
+        self.taps = nn.ModuleDict(
+            {t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, vocab))) for t in cfg.taps}
+        )
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> ModelOutput:
         """(N, T, F), (N,) -> ModelOutput with T' = subsampled frames."""
@@ -112,7 +113,7 @@ class AcousticModel(nn.Module):
         taps = {}
         for t in self.cfg.taps:
             y = self.taps[t.name](layers[t.layer - 1])
-            taps[t.name] = y.log_softmax(-1) if t.kind == "ctc" else y
+            taps[t.name] = y.log_softmax(-1) if TAP_LOSSES[t.kind].log_probs else y
         return ModelOutput(main, lens, taps)
 
     def without_taps(self) -> InferenceModel:
@@ -137,3 +138,14 @@ class InferenceModel(nn.Module):
         """(N, T, F), (N,) -> (N, T', V) CTC log-probs, (N,)"""
         x, lens = self.encoder((feats - self.feat_mean) / self.feat_std, feat_lens)
         return self.main(x).log_softmax(-1), lens
+
+
+def load_inference_model(ckpt: str | Path) -> tuple[InferenceModel, dict]:
+    """The decodable model of an acoustic-model checkpoint, and the checkpoint's metadata
+    (``meta["config"]`` is the training config, ``meta["vocab"]`` the vocabulary sizes)."""
+    tensors, meta = load_checkpoint(ckpt)
+    if meta.get("kind") != "acoustic-model":
+        raise CheckpointError(f"{ckpt} is not an acoustic-model checkpoint (kind={meta.get('kind')!r})")
+    model = AcousticModel(from_dict(ModelConfig, meta["config"]["model"], prefix="model."), meta["vocab"])
+    load_model_state(model, tensors, "model.", ckpt)
+    return model.without_taps().eval(), meta

@@ -12,21 +12,30 @@
   unfolded into 2 frames) back to the teacher's frame rate.
 
 Both are upstreams (``student(wavs, lens) -> (hidden_states, lengths)``) and always
-saved as safetensors + JSON (``kind: ssl-student``).
+saved as safetensors + JSON (``kind: ssl-student``). Kinds are registered
+(``@STUDENTS.register("name")``): a new student is one class with ``build``,
+``from_meta``, ``predict`` and its ``criterion`` (a loss of distill/ssl_losses.py).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, HubertConfig
+from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
 
-from speechdistill.teachers.ssl import wave_mask
+from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from speechdistill.registry import Registry
+from speechdistill.students.encoders import Encoder, EncoderConfig
+from speechdistill.teachers.ssl import HFUpstream, wave_mask
+from speechdistill.utils import DataError
 
-KINDS = ("distilhubert", "fithubert")
+STUDENTS: Registry[type[nn.Module]] = Registry("SSL student kind")
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -47,8 +56,7 @@ class StudentConfig:
     time_reduction: int = 2
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"student.kind={self.kind!r}; valid: {', '.join(KINDS)}")
+        STUDENTS.check(self.kind)
         if self.num_layers < 1:
             raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
         if self.time_reduction not in (1, 2):
@@ -61,23 +69,43 @@ class StudentConfig:
             if bad:
                 raise ValueError(f"student.teacher_layers {bad} are outside the teacher's 1..{teacher_layers}")
             return list(self.teacher_layers)
-        if self.kind == "distilhubert":  # 4/8/12 of 12, scaled
-            return sorted({max(1, round(teacher_layers * f / 3)) for f in (1, 2, 3)})
-        return layer_map(self.num_layers, teacher_layers)  # fithubert: one hint per student block
+        return STUDENTS[self.kind].default_targets(self, teacher_layers)
 
 
+@STUDENTS.register("distilhubert")
 class DistilHuBERTStudent(nn.Module):
+    criterion: ClassVar[str] = "distilhubert"  # L1 - lambda log sigmoid(cos) per predicted layer
+
     def __init__(self, hf_config, cfg: StudentConfig, teacher_dim: int, targets: list[int]):
         super().__init__()
-        from transformers import AutoModel
-
         hf_config = copy.deepcopy(hf_config)
         hf_config.num_hidden_layers = cfg.num_layers
-        self.cfg, self.targets = cfg, targets
+        self.cfg, self.targets, self.teacher_dim = cfg, targets, teacher_dim
         self.model = AutoModel.from_config(hf_config)
         self.heads = nn.ModuleList(nn.Linear(hf_config.hidden_size, teacher_dim) for _ in targets)
         self.num_layers, self.dim = cfg.num_layers, hf_config.hidden_size
         self.frame_shift = float(torch.tensor(hf_config.conv_stride).prod()) / 16000
+
+    @staticmethod
+    def default_targets(cfg: StudentConfig, teacher_layers: int) -> list[int]:
+        return sorted({max(1, round(teacher_layers * f / 3)) for f in (1, 2, 3)})  # 4/8/12 of 12, scaled
+
+    @classmethod
+    def build(cls, cfg: StudentConfig, teacher) -> DistilHuBERTStudent:
+        up = teacher.upstream
+        if not isinstance(up, HFUpstream):
+            raise DataError(
+                "a distilhubert student copies its teacher's architecture, so the teacher must be "
+                "a Hugging Face HuBERT / wav2vec 2.0 / WavLM directory; use student.kind=fithubert"
+            )
+        student = cls(up.model.config, cfg, teacher.dim, cfg.targets(teacher.num_layers))
+        student.init_from(up.model)
+        return student
+
+    @classmethod
+    def from_meta(cls, cfg: StudentConfig, meta: dict) -> DistilHuBERTStudent:
+        hf = dict(meta["hf_config"])
+        return cls(AutoConfig.for_model(hf.pop("model_type"), **hf), cfg, meta["teacher_dim"], meta["targets"])
 
     def init_from(self, teacher_model: nn.Module) -> list[str]:
         """Copy every teacher tensor the student has (CNN, projection, positions, first
@@ -88,8 +116,12 @@ class DistilHuBERTStudent(nn.Module):
         return sorted(copied)
 
     def forward(self, wavs, lens, output_attentions: bool = False):
-        out = self.model(wavs, attention_mask=wave_mask(lens, wavs.shape[1]), output_hidden_states=True,
-                         output_attentions=output_attentions)  # fmt: skip
+        out = self.model(
+            wavs,
+            attention_mask=wave_mask(lens, wavs.shape[1]),
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+        )
         flens = self.model._get_feat_extract_output_lengths(lens).long()
         if output_attentions:
             return list(out.hidden_states), flens, list(out.attentions)
@@ -102,27 +134,62 @@ class DistilHuBERTStudent(nn.Module):
         states, flens = out[0], out[1]
         return [h(states[-1]) for h in self.heads], flens, states, (out[2] if output_attentions else None)
 
+    def own_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        """Frame lengths at the student's own rate, from ``predict``'s (the teacher's)."""
+        return lens
 
+    def save_extra(self, prefix: Path, meta: dict) -> None:
+        """Also a Hugging Face directory ``{prefix}.hf`` that AutoModel loads."""
+        meta["hf_config"] = self.model.config.to_dict()
+        self.model.save_pretrained(prefix.with_suffix(".hf"))
+
+
+@STUDENTS.register("fithubert")
 class FitHuBERTStudent(nn.Module):
+    criterion: ClassVar[str] = "hints"  # layer-to-layer MSE, 0.1 on intermediate blocks, 1.0 on the last
+
     def __init__(self, cfg: StudentConfig, teacher_dim: int, targets: list[int]):
         super().__init__()
-        from transformers import HubertConfig
-        from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
-
-        from speechdistill.students.encoders import Encoder, EncoderConfig
-
         self.cfg, self.targets = cfg, targets
         # HuBERT's CNN (7 layers, 20 ms stride) at cfg.conv_dim channels, from transformers
         self.cnn_config = HubertConfig(conv_dim=(cfg.conv_dim,) * 7)
         self.cnn = HubertFeatureEncoder(self.cnn_config)
         self.reduce = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.time_reduction, stride=cfg.time_reduction)
-        self.encoder = Encoder(EncoderConfig(kind="transformer", preset=None, num_blocks=cfg.num_layers,
-                                             d_model=cfg.d_model, num_heads=cfg.num_heads, ff_dim=cfg.ff_dim,
-                                             dropout=0.0, subsampling=1), input_dim=cfg.conv_dim)  # fmt: skip
+        self.encoder = Encoder(
+            EncoderConfig(
+                kind="transformer",
+                preset=None,
+                num_blocks=cfg.num_layers,
+                d_model=cfg.d_model,
+                num_heads=cfg.num_heads,
+                ff_dim=cfg.ff_dim,
+                dropout=0.0,
+                subsampling=1,
+            ),
+            input_dim=cfg.conv_dim,
+        )
         self.heads = nn.ModuleList(nn.Linear(cfg.d_model, cfg.time_reduction * teacher_dim) for _ in targets)
         self.teacher_dim = teacher_dim
         self.num_layers, self.dim = cfg.num_layers, cfg.d_model
         self.frame_shift = 0.02 * cfg.time_reduction
+
+    @staticmethod
+    def default_targets(cfg: StudentConfig, teacher_layers: int) -> list[int]:
+        return layer_map(cfg.num_layers, teacher_layers)  # one hint per student block
+
+    @classmethod
+    def build(cls, cfg: StudentConfig, teacher) -> FitHuBERTStudent:
+        targets = cfg.targets(teacher.num_layers)
+        if len(targets) != cfg.num_layers:
+            raise DataError(
+                f"fithubert hints one teacher layer per student block: got {len(targets)} "
+                f"student.teacher_layers for {cfg.num_layers} blocks"
+            )
+        return cls(cfg, teacher.dim, targets)
+
+    @classmethod
+    def from_meta(cls, cfg: StudentConfig, meta: dict) -> FitHuBERTStudent:
+        return cls(cfg, meta["teacher_dim"], meta["targets"])
 
     def cnn_lengths(self, lens: torch.Tensor) -> torch.Tensor:
         for k, s in zip(self.cnn_config.conv_kernel, self.cnn_config.conv_stride, strict=True):
@@ -147,58 +214,38 @@ class FitHuBERTStudent(nn.Module):
             preds.append(y.reshape(y.shape[0], -1, self.teacher_dim))
         return preds, slens * self.cfg.time_reduction, states, None
 
+    def own_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        return lens // self.cfg.time_reduction
+
+    def save_extra(self, prefix: Path, meta: dict) -> None:
+        pass
+
 
 def build_student(cfg: StudentConfig, teacher) -> nn.Module:
-    """A student for ``teacher`` (a FrozenTeacher); distilhubert needs a HF teacher."""
-    from speechdistill.teachers.ssl import HFUpstream
-
-    targets = cfg.targets(teacher.num_layers)
-    if cfg.kind == "fithubert":
-        if len(targets) != cfg.num_layers:
-            raise ValueError(f"fithubert hints one teacher layer per student block: got {len(targets)} "
-                             f"student.teacher_layers for {cfg.num_layers} blocks")  # fmt: skip
-        return FitHuBERTStudent(cfg, teacher.dim, targets)
-    up = teacher.upstream
-    if not isinstance(up, HFUpstream):
-        raise ValueError("a distilhubert student copies its teacher's architecture, so the teacher must be "
-                         "a Hugging Face HuBERT / wav2vec 2.0 / WavLM directory; use student.kind=fithubert")  # fmt: skip
-    student = DistilHuBERTStudent(up.model.config, cfg, teacher.dim, targets)
-    student.init_from(up.model)
-    return student
+    """A student of kind ``cfg.kind`` for ``teacher`` (a FrozenTeacher)."""
+    return STUDENTS[cfg.kind].build(cfg, teacher)
 
 
 def save_student(student: nn.Module, prefix: str | Path, extra: dict | None = None) -> None:
-    """safetensors + JSON always; a distilhubert student also as a HF directory ``{prefix}.hf``."""
-    from dataclasses import asdict
-
-    from speechdistill.checkpoint import save_checkpoint
-
+    """safetensors + JSON always, and what the kind adds (distilhubert: a HF directory ``{prefix}.hf``)."""
     prefix = Path(prefix)
-    meta = {"kind": "ssl-student", "student": asdict(student.cfg), "targets": student.targets,
-            "teacher_dim": student.heads[0].out_features // (
-                student.cfg.time_reduction if student.cfg.kind == "fithubert" else 1)} | (extra or {})  # fmt: skip
-    if isinstance(student, DistilHuBERTStudent):
-        meta["hf_config"] = student.model.config.to_dict()
-        student.model.save_pretrained(prefix.with_suffix(".hf"))
+    meta = {
+        "kind": "ssl-student",
+        "student": asdict(student.cfg),
+        "targets": student.targets,
+        "teacher_dim": student.teacher_dim,
+    } | (extra or {})
+    student.save_extra(prefix, meta)
     # training-only projections (TinyBERT hidden-state term) are not part of the student
     state = {f"student.{k}": v for k, v in student.state_dict().items() if not k.startswith("hidden_proj.")}
     save_checkpoint(prefix, state, meta)
 
 
 def load_student(prefix: str | Path) -> nn.Module:
-    from transformers import AutoConfig
-
-    from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state
-
     tensors, meta = load_checkpoint(prefix)
     if meta.get("kind") != "ssl-student":
         raise CheckpointError(f"{prefix} is not an SSL student checkpoint (kind={meta.get('kind')!r})")
     cfg = StudentConfig(**meta["student"])
-    if cfg.kind == "distilhubert":
-        hf = meta["hf_config"]
-        hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-        student = DistilHuBERTStudent(hf_config, cfg, meta["teacher_dim"], meta["targets"])
-    else:
-        student = FitHuBERTStudent(cfg, meta["teacher_dim"], meta["targets"])
+    student = STUDENTS[cfg.kind].from_meta(cfg, meta)
     load_model_state(student, tensors, "student.", prefix)
     return student.eval()

@@ -17,7 +17,10 @@ from __future__ import annotations
 import ctypes
 from functools import cache
 
+import espeakng_loader
 import numpy as np
+
+from speechdistill.utils import DataError
 
 _AUDIO_OUTPUT_RETRIEVAL = 1
 _INITIALIZE_PHONEME_EVENTS = 0x0001
@@ -44,21 +47,16 @@ class _Event(ctypes.Structure):
     ]
 
 
-_Callback = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
-)
+_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 @cache
 def _library() -> tuple[ctypes.CDLL, int]:
-    import espeakng_loader
-
     lib = ctypes.CDLL(espeakng_loader.get_library_path())
     lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     rate = lib.espeak_Initialize(
-        _AUDIO_OUTPUT_RETRIEVAL, 0, espeakng_loader.get_data_path().encode(),
-        _INITIALIZE_PHONEME_EVENTS,
-    )  # fmt: skip
+        _AUDIO_OUTPUT_RETRIEVAL, 0, espeakng_loader.get_data_path().encode(), _INITIALIZE_PHONEME_EVENTS
+    )
     if rate <= 0:
         raise RuntimeError("libespeak-ng failed to initialise; reinstall espeakng-loader")
     return lib, rate
@@ -91,7 +89,7 @@ class Espeak:
 
     def _set_voice(self, name: str, rate: int = 175, pitch: int = 50) -> None:
         if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise ValueError(f"eSpeak NG has no voice {name!r}")
+            raise DataError(f"eSpeak NG has no voice {name!r}")
         self._lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
         self._lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
 

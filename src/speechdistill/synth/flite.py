@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechdistill.utils import UsageError
+
 FLITE_VOICES = ("slt", "rms", "awb", "kal16")
 
 
-class MissingPackageError(RuntimeError):
+class MissingPackageError(UsageError, RuntimeError):
     """A Debian package the corpus builder needs is not installed."""
 
 
@@ -42,9 +44,7 @@ def flite_synthesize(
         # "-t" would let flite read a leading "-" of the text as an option; a file cannot.
         txt = Path(tmp) / "in.txt"
         txt.write_text(text)
-        proc = subprocess.run(
-            cmd + ["-f", str(txt), "-o", str(wav)], capture_output=True, text=True
-        )
+        proc = subprocess.run(cmd + ["-f", str(txt), "-o", str(wav)], capture_output=True, text=True)
         if proc.returncode != 0 or not wav.exists():
             raise RuntimeError(f"flite failed for voice {voice!r}: {proc.stderr.strip()}")
         audio, sr = sf.read(wav, dtype="int16")

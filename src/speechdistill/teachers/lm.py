@@ -49,12 +49,18 @@ class UnitLM(nn.Module):
         self.bos, self.mask = vocab_size, vocab_size + 1
         self.embed = nn.Embedding(vocab_size + 2, cfg.d_model)
         if cfg.arch == "lstm":
-            self.body = nn.LSTM(cfg.d_model, cfg.d_model, cfg.num_layers, batch_first=True,
-                                dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)  # fmt: skip
+            self.body = nn.LSTM(
+                cfg.d_model,
+                cfg.d_model,
+                cfg.num_layers,
+                batch_first=True,
+                dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+            )
         else:
             self.pos = nn.Embedding(cfg.max_len + 1, cfg.d_model)
-            layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, 4 * cfg.d_model, cfg.dropout,
-                                               batch_first=True, norm_first=True)  # fmt: skip
+            layer = nn.TransformerEncoderLayer(
+                cfg.d_model, cfg.num_heads, 4 * cfg.d_model, cfg.dropout, batch_first=True, norm_first=True
+            )
             self.body = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.d_model, vocab_size)
@@ -108,8 +114,7 @@ class UnitLM(nn.Module):
         else:
             logits = self.position_logits(ids, lens)
             target = ids.masked_fill(~valid, -100)
-        return nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), target.reshape(-1),
-                                           ignore_index=-100)  # fmt: skip
+        return nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), target.reshape(-1), ignore_index=-100)
 
 
 def top_k_soft_labels(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

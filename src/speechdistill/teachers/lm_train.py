@@ -5,37 +5,33 @@
 
 The training text is ``{corpus}/units/lm_text.{unit}.txt``; dev perplexity is
 measured on the dev split's transcripts in the same unit (never in the LM
-text). Saved as ``{corpus}/lm/{unit}.safetensors`` + ``.json``.
+text). Saved as ``{corpus}/lm/{unit}.safetensors`` + ``.json``. The loop is the
+engine's (``LMTask``): AdamW, gradient clipping at 1, a constant learning rate.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
-from speechdistill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from speechdistill.progress import progress
+from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from speechdistill.data.corpus import load_split
+from speechdistill.data.layout import CorpusDir
+from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.teachers.lm import LMConfig, UnitLM, perplexity
+from speechdistill.units.inventory import Units
+from speechdistill.utils import DataError
 
 log = logging.getLogger(__name__)
 
 
-def unit_ids(units, unit: str, line: str) -> list[int]:
-    """One line of ``lm_text.{unit}.txt`` -> ids."""
-    toks = line.split()
-    if unit == "subword":
-        return [units.sp.piece_to_id(t) for t in toks]
-    if unit == "phone":
-        return [units.phone_index[t] for t in toks]
-    return [int(t) for t in toks]
-
-
-def _batches(seqs: list[list[int]], max_tokens: int, shuffle: bool, rng: random.Random):
+def _buckets(seqs: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Sentence indices in batches of at most ``max_tokens`` padded tokens, by length."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     batches, cur, longest = [], [], 0
     for i in order:
@@ -46,6 +42,11 @@ def _batches(seqs: list[list[int]], max_tokens: int, shuffle: bool, rng: random.
         cur.append(i)
     if cur:
         batches.append(cur)
+    return batches
+
+
+def _batches(seqs: list[list[int]], max_tokens: int, shuffle: bool, rng: random.Random):
+    batches = _buckets(seqs, max_tokens)
     if shuffle:
         rng.shuffle(batches)
     for b in batches:
@@ -68,55 +69,92 @@ def dev_perplexity(lm: UnitLM, seqs: list[list[int]], max_tokens: int = 8000) ->
     return perplexity(total / max(1, count))
 
 
-def train_lm(corpus: str | Path, unit: str, cfg: LMConfig | None = None, epochs: int = 1,
-             max_tokens: int = 6000, lr: float = 2e-3, max_sentences: int = 0, seed: int = 0,
-             show_progress: bool = True) -> dict:  # fmt: skip
-    """Train the ``unit`` LM of ``corpus``; returns its JSON metadata (with dev perplexity)."""
-    from speechdistill.data.corpus import load_split
-    from speechdistill.units.inventory import Units
+class LMTask(Task):
+    """Next-unit (or masked-unit) prediction on the LM text in one unit, dev perplexity per epoch."""
 
+    kind = "unit-lm"
+    forward_methods = ("loss",)
+
+    def __init__(
+        self, seqs: list[list[int]], dev: list[list[int]], model: UnitLM, max_tokens: int, seed: int, engine: Engine
+    ):
+        self.seqs, self.dev, self.model, self.max_tokens, self.engine = seqs, dev, model, max_tokens, engine
+        self.rng = random.Random(seed)
+
+    def batches(self, epoch: int, skip: int):
+        return _batches(self.seqs, self.max_tokens, True, self.rng)
+
+    def num_batches(self) -> int:
+        return len(_buckets(self.seqs, self.max_tokens))
+
+    def step(self, model, batch):
+        loss = model.loss(*batch)
+        return loss, {"loss": float(loss.detach())}
+
+    def validate(self, model) -> dict[str, float]:
+        return {"dev_perplexity": round(dev_perplexity(self.model, self.dev), 3)}
+
+
+def train_lm(
+    corpus: str | Path | CorpusDir,
+    unit: str,
+    cfg: LMConfig | None = None,
+    epochs: int = 1,
+    max_tokens: int = 6000,
+    lr: float = 2e-3,
+    max_sentences: int = 0,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Train the ``unit`` LM of ``corpus``; returns its JSON metadata (with dev perplexity)."""
     cfg = cfg or LMConfig()
-    corpus = Path(corpus)
-    units = Units(corpus / "units")
-    text = corpus / "units" / f"lm_text.{unit}.txt"
+    corpus = CorpusDir(corpus)
+    units = Units(corpus.units)
+    text = corpus.lm_text_in(unit)
     if not text.exists():
         raise FileNotFoundError(f"{text} is missing: run `speechdistill units build {corpus}`")
     lines = text.read_text().splitlines()
     if max_sentences:
         lines = lines[:max_sentences]
-    seqs = [s for s in (unit_ids(units, unit, line)[: cfg.max_len] for line in lines) if s]
+    ut = units[unit]
+    seqs = [s for s in ([ut.token_id(t) for t in line.split()][: cfg.max_len] for line in lines) if s]
     # dev transcripts, converted the way the LM text was
-    dev = [units.encode(c.supervisions[0].text, unit)[: cfg.max_len] for c in load_split(corpus, "dev")]
+    dev = [ut.encode(c.supervisions[0].text)[: cfg.max_len] for c in load_split(corpus, "dev")]
+    engine = Engine(
+        EngineConfig(
+            out_dir="",
+            seed=seed,
+            progress=show_progress,
+            optim=OptimConfig(
+                lr=lr, weight_decay=0.01, warmup_steps=0, grad_clip=1.0, max_epochs=epochs, schedule="constant"
+            ),
+        )
+    )
     torch.manual_seed(seed)
-    lm = UnitLM(cfg, units.vocab_size(unit))
-    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
-    rng = random.Random(seed)
-    start = time.time()
-    history = []
-    for epoch in range(epochs):
-        lm.train()
-        n_batches = sum(1 for _ in _batches(seqs, max_tokens, False, rng))
-        for ids, lens in progress(_batches(seqs, max_tokens, True, rng), total=n_batches,
-                                  desc=f"{unit} LM epoch {epoch}", enable=show_progress):  # fmt: skip
-            loss = lm.loss(ids, lens)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            opt.step()
-        ppl = dev_perplexity(lm, dev)
-        history.append({"epoch": epoch, "dev_perplexity": round(ppl, 3)})
-        log.info("%s LM (%s) epoch %d: dev perplexity %.2f", unit, cfg.arch, epoch, ppl)
-    meta = {"kind": "unit-lm", "unit": unit, "config": asdict(cfg), "vocab_size": units.vocab_size(unit),
-            "dev_perplexity": history[-1]["dev_perplexity"], "history": history,
-            "train_sentences": len(seqs), "max_sentences": max_sentences, "train_tokens": sum(map(len, seqs)),
-            "train_seconds": round(time.time() - start, 1), "epochs": epochs, "lr": lr}  # fmt: skip
-    save_checkpoint(corpus / "lm" / unit, {f"lm.{k}": v for k, v in lm.state_dict().items()}, meta)
+    lm = UnitLM(cfg, ut.vocab_size)
+    st = engine.fit(LMTask(seqs, dev, lm, max_tokens, seed, engine))
+    history = [{"epoch": h["epoch"], "dev_perplexity": h["dev_perplexity"]} for h in st["history"]]
+    for h in history:
+        log.info("%s LM (%s) epoch %d: dev perplexity %.2f", unit, cfg.arch, h["epoch"], h["dev_perplexity"])
+    meta = {
+        "kind": "unit-lm",
+        "unit": unit,
+        "config": asdict(cfg),
+        "vocab_size": ut.vocab_size,
+        "dev_perplexity": history[-1]["dev_perplexity"],
+        "history": history,
+        "train_sentences": len(seqs),
+        "max_sentences": max_sentences,
+        "train_tokens": sum(map(len, seqs)),
+        "train_seconds": st["seconds_this_run"],
+        "epochs": epochs,
+        "lr": lr,
+    }
+    save_checkpoint(corpus.lm(unit), {f"lm.{k}": v for k, v in lm.state_dict().items()}, meta)
     return meta
 
 
 def load_lm(prefix: str | Path) -> tuple[UnitLM, dict]:
-    from speechdistill.checkpoint import CheckpointError
-
     tensors, meta = load_checkpoint(prefix)
     if meta.get("kind") != "unit-lm":
         raise CheckpointError(f"{prefix} is not a unit LM checkpoint (kind={meta.get('kind')!r})")
@@ -133,13 +171,13 @@ class HFCausalLMTeacher(torch.nn.Module):
 
     def __init__(self, directory: str | Path, vocab_size: int):
         super().__init__()
-        from transformers import AutoModelForCausalLM
-
         self.model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True).eval()
         n = self.model.config.vocab_size
         if n < vocab_size + 1:
-            raise ValueError(f"{directory}: the LM's vocabulary ({n}) must hold the {vocab_size} "
-                             "SentencePiece ids of the corpus plus a BOS id")  # fmt: skip
+            raise DataError(
+                f"{directory}: the LM's vocabulary ({n}) must hold the {vocab_size} "
+                "SentencePiece ids of the corpus plus a BOS id"
+            )
         bos = self.model.config.bos_token_id
         self.bos = bos if bos is not None and bos >= vocab_size else vocab_size
         self.vocab_size = vocab_size
@@ -152,11 +190,11 @@ class HFCausalLMTeacher(torch.nn.Module):
         return self.model(input_ids=x).logits[..., : self.vocab_size]
 
 
-def load_teacher(path: str | Path, unit: str, units) -> tuple[torch.nn.Module, dict]:
+def load_lm_teacher(path: str | Path, unit: str, units: Units) -> tuple[torch.nn.Module, dict]:
     """A unit LM checkpoint prefix, or (subwords only) a Hugging Face model directory."""
     path = Path(path)
     if path.is_dir() and (path / "config.json").exists():
-        if unit != "subword":
-            raise ValueError(f"{path}: Hugging Face LMs can teach subwords only, not {unit}")
-        return HFCausalLMTeacher(path, units.vocab_size("subword")), {"unit": "subword", "kind": "hf"}
+        if not units[unit].words:
+            raise DataError(f"{path}: Hugging Face LMs can teach word-piece units (subwords) only, not {unit}")
+        return HFCausalLMTeacher(path, units.vocab_size(unit)), {"unit": unit, "kind": "hf"}
     return load_lm(path)

@@ -6,7 +6,7 @@ real frames, where index 0 is the pre-transformer feature (what enters the first
 block) and index i the output of block i. Teachers are frozen, in eval mode and
 run without gradients.
 
-    >>> up = load_upstream("exp/ssl/teacher")          # a HF directory or a speechdistill checkpoint
+    >>> up = load_upstream("exp/ssl/teacher")          # teachers/upstream.py: any of the below
     >>> states, lens = up(wavs, wav_lens)              # len(states) == up.num_layers + 1
 
 Implementations: Hugging Face ``HubertModel``, ``Wav2Vec2Model`` and ``WavLMModel``
@@ -18,11 +18,14 @@ has to beat).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from speechdistill.data.features import FbankExtractor
+from speechdistill.utils import DataError
 
 HF_FAMILIES = ("hubert", "wav2vec2", "wavlm")
 
@@ -46,23 +49,27 @@ class HFUpstream(nn.Module):
 
     @classmethod
     def from_dir(cls, path: str | Path) -> HFUpstream:
-        from transformers import AutoConfig, AutoModel
-
         path = Path(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         if cfg.model_type not in HF_FAMILIES:
-            raise ValueError(f"{path}: model_type {cfg.model_type!r} is not a speech SSL model; "
-                             f"expected one of {', '.join(HF_FAMILIES)}")  # fmt: skip
+            raise DataError(
+                f"{path}: model_type {cfg.model_type!r} is not a speech SSL model; "
+                f"expected one of {', '.join(HF_FAMILIES)}"
+            )
         return cls(AutoModel.from_pretrained(path, local_files_only=True))
 
     def frame_lengths(self, lens: torch.Tensor) -> torch.Tensor:
         return self.model._get_feat_extract_output_lengths(lens).long()
 
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor, output_attentions: bool = False):
-        out = self.model(wavs, attention_mask=wave_mask(lens, wavs.shape[1]), output_hidden_states=True,
-                         output_attentions=output_attentions)  # fmt: skip
+        out = self.model(
+            wavs,
+            attention_mask=wave_mask(lens, wavs.shape[1]),
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+        )
         states = list(out.hidden_states)
         if output_attentions:
             return states, self.frame_lengths(lens), list(out.attentions)
@@ -86,8 +93,6 @@ class AcousticModelUpstream(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        from speechdistill.data.features import FbankExtractor
-
         self.model = model
         self.fbank = FbankExtractor()
         enc = model.encoder.cfg
@@ -109,8 +114,6 @@ class FbankUpstream(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from speechdistill.data.features import FbankExtractor
-
         self.fbank = FbankExtractor(num_mel_bins=self.dim)
 
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor):
@@ -140,34 +143,3 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor, **kw):
         return self.upstream(wavs, lens, **kw)
-
-
-def load_upstream(path: str | Path) -> nn.Module:
-    """A HF directory, a speechdistill SSL student or acoustic-model checkpoint prefix,
-    or ``fbank`` (see :func:`is_fbank`)."""
-    from speechdistill.checkpoint import CheckpointError
-
-    path = Path(path)
-    if is_fbank(path):
-        return FbankUpstream()
-    if path.is_dir():
-        return HFUpstream.from_dir(path)
-    meta_path = path.with_suffix(".json")
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{path}: neither a Hugging Face directory nor a checkpoint ({meta_path} is "
-                                "missing); `fbank` names the filterbank reference")  # fmt: skip
-    kind = json.loads(meta_path.read_text()).get("kind")
-    if kind == "ssl-student":
-        from speechdistill.students.ssl import load_student
-
-        return load_student(path)
-    if kind == "acoustic-model":
-        from speechdistill.evaluate import load_inference_model
-
-        return AcousticModelUpstream(load_inference_model(path)[0])
-    raise CheckpointError(f"{path} is a {kind!r} checkpoint; an upstream is an SSL model, an SSL "
-                          "student or an acoustic model")  # fmt: skip
-
-
-def load_teacher(path: str | Path) -> FrozenTeacher:
-    return FrozenTeacher(load_upstream(path))

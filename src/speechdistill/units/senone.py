@@ -39,8 +39,7 @@ PHONE_CLASSES: dict[str, frozenset[str]] = {
     "affricate": frozenset({"CH", "JH"}),
     "nasal": frozenset({"M", "N", "NG"}),
     "approximant": frozenset({"L", "R", "W", "Y"}),
-    "voiced": frozenset({"B", "D", "G", "V", "DH", "Z", "ZH", "JH", "M", "N", "NG", "L", "R", "W", "Y"})
-    | VOWELS,
+    "voiced": frozenset({"B", "D", "G", "V", "DH", "Z", "ZH", "JH", "M", "N", "NG", "L", "R", "W", "Y"}) | VOWELS,
     "labial": frozenset({"P", "B", "M", "F", "V", "W"}),
     "coronal": frozenset({"T", "D", "N", "S", "Z", "SH", "ZH", "CH", "JH", "L", "R", "TH", "DH"}),
     "dorsal": frozenset({"K", "G", "NG", "Y"}),
@@ -89,8 +88,9 @@ class SenoneTree:
         self._cache: dict[Context, int] = {}
 
     @classmethod
-    def build(cls, stats: dict[Context, ContextStats], num_senones: int,
-              states_per_phone: int = 3, min_count: float = 50.0) -> SenoneTree:  # fmt: skip
+    def build(
+        cls, stats: dict[Context, ContextStats], num_senones: int, states_per_phone: int = 3, min_count: float = 50.0
+    ) -> SenoneTree:
         roots: dict[tuple[str, int], _Leaf] = {}
         dim = next(iter(stats.values())).sum.shape[0] if stats else 1
         for p in PHONES_WITH_SIL:
@@ -103,9 +103,11 @@ class SenoneTree:
             leaf.sum = leaf.sum + st.sum
             leaf.sumsq = leaf.sumsq + st.sumsq
         if num_senones < len(roots):
-            raise ValueError(f"num_senones={num_senones} is below the {len(roots)} untied "
-                             f"monophone states ({len(PHONES_WITH_SIL)} phones x "
-                             f"{states_per_phone} states); raise it")  # fmt: skip
+            raise ValueError(
+                f"num_senones={num_senones} is below the {len(roots)} untied "
+                f"monophone states ({len(PHONES_WITH_SIL)} phones x "
+                f"{states_per_phone} states); raise it"
+            )
         leaves: dict[tuple[str, int], list[_Leaf]] = {k: [v] for k, v in roots.items()}
         heap: list = []
         counter = 0
@@ -152,13 +154,14 @@ class SenoneTree:
                 continue
             s = sum(stats[c].sum for c in yes)
             ss = sum(stats[c].sumsq for c in yes)
-            gain = (_loglike(n, s, ss) + _loglike(leaf.count - n, leaf.sum - s, leaf.sumsq - ss)
-                    - base)  # fmt: skip
+            gain = _loglike(n, s, ss) + _loglike(leaf.count - n, leaf.sum - s, leaf.sumsq - ss) - base
             if best is None or gain > best[0] + 1e-9:
                 chosen = set(yes)
                 no = [c for c in leaf.contexts if c not in chosen]
-                best = (gain, (side, cname, _Leaf(yes, n, s, ss), _Leaf(no, leaf.count - n,
-                                                                       leaf.sum - s, leaf.sumsq - ss)))  # fmt: skip
+                best = (
+                    gain,
+                    (side, cname, _Leaf(yes, n, s, ss), _Leaf(no, leaf.count - n, leaf.sum - s, leaf.sumsq - ss)),
+                )
         return best if best is not None and best[0] > 0 else None
 
     def senone(self, centre: str, state: int, left: str = SIL, right: str = SIL) -> int:
@@ -169,8 +172,7 @@ class SenoneTree:
             except KeyError:
                 raise KeyError(f"no senone tree for phone {centre!r} state {state}") from None
             for path, sid in candidates:
-                if all(((left if side == 0 else right) in PHONE_CLASSES[c]) == ans
-                       for side, c, ans in path):  # fmt: skip
+                if all(((left if side == 0 else right) in PHONE_CLASSES[c]) == ans for side, c, ans in path):
                     self._cache[key] = sid
                     break
         return self._cache[key]
@@ -179,8 +181,11 @@ class SenoneTree:
         """Token sequence: each phone expanded into its tied states, in order.
         Context at the edges is SIL."""
         padded = [SIL, *phones, SIL]
-        return [self.senone(padded[i], s, padded[i - 1], padded[i + 1])
-                for i in range(1, len(padded) - 1) for s in range(self.states_per_phone)]  # fmt: skip
+        return [
+            self.senone(padded[i], s, padded[i - 1], padded[i + 1])
+            for i in range(1, len(padded) - 1)
+            for s in range(self.states_per_phone)
+        ]
 
     def frame_states(self, alignment, frame_shift: float, num_frames: int) -> list[tuple[int, int]]:
         """(phone index in the alignment, state) for each frame centre."""
@@ -205,31 +210,38 @@ class SenoneTree:
         return labels
 
     def to_json(self) -> str:
-        return json.dumps({
-            "states_per_phone": self.states_per_phone,
-            "num_senones": self.num_senones,
-            "trees": [{"phone": p, "state": s, "leaves": [{"path": path, "id": i} for path, i in v]}
-                      for (p, s), v in self.rules.items()],
-        }, indent=None)  # fmt: skip
+        return json.dumps(
+            {
+                "states_per_phone": self.states_per_phone,
+                "num_senones": self.num_senones,
+                "trees": [
+                    {"phone": p, "state": s, "leaves": [{"path": path, "id": i} for path, i in v]}
+                    for (p, s), v in self.rules.items()
+                ],
+            },
+            indent=None,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> SenoneTree:
         d = json.loads(text)
-        rules = {(t["phone"], t["state"]): [([tuple(q) for q in leaf["path"]], leaf["id"])
-                                            for leaf in t["leaves"]] for t in d["trees"]}  # fmt: skip
+        rules = {
+            (t["phone"], t["state"]): [([tuple(q) for q in leaf["path"]], leaf["id"]) for leaf in t["leaves"]]
+            for t in d["trees"]
+        }
         return cls(d["states_per_phone"], rules)
 
 
-def accumulate_stats(alignment, feats: np.ndarray, frame_shift: float, states_per_phone: int,
-                     stats: dict[Context, ContextStats]) -> None:  # fmt: skip
+def accumulate_stats(
+    alignment, feats: np.ndarray, frame_shift: float, states_per_phone: int, stats: dict[Context, ContextStats]
+) -> None:
     """Add one utterance's frames ``feats`` (T, C) to per-triphone-state statistics."""
     probe = SenoneTree(states_per_phone, {(SIL, 0): [([], 0)]})
     symbols = [a.symbol for a in alignment]
     keys: dict[Context, int] = {}
     index = np.empty(len(feats), np.int64)
     for t, (k, s) in enumerate(probe.frame_states(alignment, frame_shift, len(feats))):
-        ctx = (symbols[k - 1] if k > 0 else SIL, symbols[k],
-               symbols[k + 1] if k + 1 < len(symbols) else SIL, s)  # fmt: skip
+        ctx = (symbols[k - 1] if k > 0 else SIL, symbols[k], symbols[k + 1] if k + 1 < len(symbols) else SIL, s)
         index[t] = keys.setdefault(ctx, len(keys))
     x = feats.astype(np.float64)
     sums = np.zeros((len(keys), x.shape[1]))

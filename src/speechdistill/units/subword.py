@@ -12,32 +12,39 @@ letter-to-phone alignment, which would be a second model to get wrong.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import sentencepiece as spm
 from lhotse.supervision import AlignmentItem
 
 from speechdistill.utils import atomic_write_bytes
 
 
-def train_subword_model(text: str | Path, prefix: str | Path, vocab_size: int = 256,
-                        model_type: str = "unigram") -> Path:  # fmt: skip
+def train_subword_model(
+    text: str | Path, prefix: str | Path, vocab_size: int = 256, model_type: str = "unigram"
+) -> Path:
     """Train a SentencePiece model on a one-sentence-per-line file; writes
     ``{prefix}.model`` and ``{prefix}.vocab`` atomically. Deterministic: the same text
     gives the same bytes wherever it lives (sentences go in through an iterator and the
     model comes out through a writer, so no file path is recorded in the model)."""
-    import io
-
-    import sentencepiece as spm
-
     prefix = Path(prefix)
     lines = [line for line in Path(text).read_text().splitlines() if line.strip()]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=1.0, num_threads=1,
-        shuffle_input_sentence=False, input_sentence_size=2_000_000,
-        bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2,
-    )  # fmt: skip
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        input_sentence_size=2_000_000,
+        bos_id=-1,
+        eos_id=-1,
+        unk_id=0,
+        minloglevel=2,
+    )
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
     atomic_write_bytes(f"{prefix}.model", model.getvalue())
@@ -46,8 +53,6 @@ def train_subword_model(text: str | Path, prefix: str | Path, vocab_size: int = 
 
 
 def load_subword_model(path: str | Path):
-    import sentencepiece as spm
-
     if not Path(path).exists():
         raise FileNotFoundError(f"subword model {path} is missing: run `speechdistill units build`")
     return spm.SentencePieceProcessor(model_file=str(path))

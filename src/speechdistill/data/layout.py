@@ -1,0 +1,126 @@
+"""Where everything of a corpus lives: one object owns the paths, so no module rebuilds
+them from strings.
+
+    >>> corpus = CorpusDir("data/small")
+    >>> corpus.supervisions("train"), corpus.lm("phone"), corpus.soft_labels(SoftLabelSpec("phone", 8, 3.0))
+
+Layout::
+
+    {split}_recordings.jsonl, {split}_supervisions.jsonl   lhotse manifests (built or imported)
+    {split}_cuts.jsonl, feats/{split}.lca, features.json   stored features
+    lm_text.txt                                            the text-only corpus
+    units/                                                 unit inventories (units/inventory.py)
+    lm/{unit}.safetensors + .json                          one LM per unit
+    soft_labels/{unit}-k{k}-T{T}.safetensors + .json       an LM's cached soft labels
+    alignments/{name}/{split}.jsonl                        named alignments (forced, imported)
+    audio/, align/, summary.json, voices.json, DATASHEET.md   the built-in corpus's own files
+    import_{split}.json                                    what an import kept and skipped
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class SoftLabelSpec:
+    """The identity of a set of soft labels: the unit LM's distribution over ``unit``,
+    softened with ``temperature`` and cut to the ``top_k`` best. Taps and label
+    interpolation hold one; the cache on disk and the batch's soft labels are keyed by it.
+    In a tap's config the unit may be left out: it is the tap's."""
+
+    unit: str = ""
+    top_k: int = 8
+    temperature: float = 3.0
+
+    def __post_init__(self):
+        if self.top_k < 1 or not self.temperature > 0:
+            raise ValueError(f"soft labels need top_k >= 1 and temperature > 0, got {self.top_k}, {self.temperature}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.unit}-k{self.top_k}-T{self.temperature:g}"
+
+
+class CorpusDir:
+    def __init__(self, root: str | Path | CorpusDir) -> None:
+        self.root = root.root if isinstance(root, CorpusDir) else Path(root)
+
+    def __repr__(self) -> str:
+        return f"CorpusDir({str(self.root)!r})"
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    # -- manifests and features
+    def recordings(self, split: str) -> Path:
+        return self.root / f"{split}_recordings.jsonl"
+
+    def supervisions(self, split: str) -> Path:
+        return self.root / f"{split}_supervisions.jsonl"
+
+    def cuts(self, split: str) -> Path:
+        """The cut manifest of the stored features."""
+        return self.root / f"{split}_cuts.jsonl"
+
+    def features_archive(self, split: str) -> Path:
+        return self.root / "feats" / f"{split}.lca"
+
+    @property
+    def features_info(self) -> Path:
+        return self.root / "features.json"
+
+    def splits(self) -> list[str]:
+        """The splits that have manifests."""
+        return [s for s in SPLITS if self.supervisions(s).exists()]
+
+    # -- text, units, teachers
+    @property
+    def lm_text(self) -> Path:
+        return self.root / "lm_text.txt"
+
+    @property
+    def units(self) -> Path:
+        return self.root / "units"
+
+    def lm_text_in(self, unit: str) -> Path:
+        """The text-only corpus converted to ``unit``, one sentence per line."""
+        return self.units / f"lm_text.{unit}.txt"
+
+    def lm(self, unit: str) -> Path:
+        """Checkpoint prefix of the unit's LM."""
+        return self.root / "lm" / unit
+
+    def soft_labels(self, spec: SoftLabelSpec) -> Path:
+        """Checkpoint prefix of a soft-label cache."""
+        return self.root / "soft_labels" / spec.name
+
+    def alignment(self, name: str, split: str) -> Path:
+        """A named alignment of a split (one JSON line per utterance)."""
+        return self.root / "alignments" / name / f"{split}.jsonl"
+
+    # -- records of how the corpus was made
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def import_report(self, split: str) -> Path:
+        return self.root / f"import_{split}.json"
+
+    @property
+    def voices(self) -> Path:
+        return self.root / "voices.json"
+
+    @property
+    def datasheet(self) -> Path:
+        return self.root / "DATASHEET.md"
+
+    def audio(self, split: str, utt: str) -> Path:
+        return self.root / "audio" / split / f"{utt}.flac"
+
+    def synth_record(self, split: str, utt: str) -> Path:
+        """The built-in corpus's per-utterance record (its resume marker)."""
+        return self.root / "align" / split / f"{utt}.json"

@@ -1,0 +1,377 @@
+"""The one training loop, for every task: acoustic models, SSL pre-training and
+distillation, unit LMs, probes. Lightning Fabric underneath: CPU or GPUs, one process or
+DDP over many GPUs and nodes (``torchrun``-compatible), fp32 or bf16.
+
+    >>> engine = Engine(cfg)                   # an EngineConfig (or a task config extending it)
+    >>> task = MyTask(cfg, engine)             # gives its model, batches and loss
+    >>> state = engine.fit(task, resume=True)  # setup(task) + run()
+
+A task supplies ``model``, ``batches(epoch, skip)`` and ``step(model, batch) -> (loss,
+terms)``; optionally ``validate``, ``monitor`` (a validation key that picks the best
+epoch and stops early), ``on_best``, ``on_epoch_end`` and state of its own. The engine
+owns the rest, once: Fabric, the "every rank still has a batch" barrier, gradient
+accumulation, clipping, the learning-rate schedule, per-epoch reseeding (when the task
+asks), checkpoint/resume of the training state (``{out_dir}/last``), the CSV log (and
+TensorBoard when installed), progress and early stopping. Every term a step returns
+reaches the log. Resuming continues a killed run to the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from speechdistill.checkpoint import load_training_state, save_training_state
+from speechdistill.config import save_config
+from speechdistill.utils import UsageError
+
+log = logging.getLogger(__name__)
+SCHEDULES = ("noam", "linear", "constant")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3  # peak learning rate, reached after warmup
+    weight_decay: float = 1e-3  # AdamW's
+    warmup_steps: int = 300
+    grad_clip: float = 5.0  # max gradient norm; 0: no clipping
+    accumulate: int = 1
+    max_epochs: int = 30
+    max_steps: int = 0  # 0: no limit
+    early_stop_patience: int = 4  # epochs without a better monitored score; 0: never stop early
+    # noam: warmup then lr * sqrt(warmup / step); linear: warmup then a straight line down to
+    # final_lr_ratio * lr at the last step of max_epochs (better when the budget is short);
+    # constant: warmup then lr
+    schedule: str = "noam"
+    final_lr_ratio: float = 0.05
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.accumulate < 1 or self.max_epochs < 1 or self.warmup_steps < 0:
+            raise ValueError("lr must be > 0, accumulate >= 1, max_epochs >= 1, warmup_steps >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise ValueError("final_lr_ratio must be in [0, 1]")
+
+
+@dataclass
+class EngineConfig:
+    """How a task is trained; every task's config extends it."""
+
+    out_dir: str = "exp/run"  # "": no checkpoints and no log files
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: str = "32-true"  # or "bf16-mixed", "16-mixed"
+    accelerator: str = "cpu"  # "cpu", "gpu", "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for several processes
+    log_every: int = 25
+    checkpoint_every: int = 100  # steps; 0: at epoch ends only
+    progress: bool = True
+    debug_kill_at_step: int = 0  # tests: SIGKILL this process when the step is reached
+
+    def __post_init__(self):
+        if self.precision not in ("32-true", "bf16-mixed", "16-mixed"):
+            raise ValueError(f"precision={self.precision!r}; valid: 32-true, bf16-mixed, 16-mixed")
+
+
+class NonFiniteLossError(UsageError, RuntimeError):
+    pass
+
+
+def lr_lambda(warmup: int, schedule: str = "noam", total_steps: int = 0, final: float = 0.05):
+    """The learning-rate factor at a step: linear warmup to 1, then inverse square root
+    decay (``noam``, Vaswani et al. 2017), a straight line from 1 at the end of the warmup
+    to ``final`` at ``total_steps``, held after it (``linear``), or 1 (``constant``)."""
+
+    def f(step: int) -> float:
+        step = step + 1
+        if step < warmup:
+            return step / warmup
+        if schedule == "constant":
+            return 1.0
+        if schedule == "noam":
+            return math.sqrt(warmup / step) if warmup > 0 else 1.0
+        span = max(1, total_steps - warmup)
+        return max(final, 1.0 - (1.0 - final) * (step - warmup) / span)
+
+    return f
+
+
+class Task:
+    """What the engine trains. Subclasses set ``model`` and implement ``batches`` and ``step``;
+    they are built with the engine (``self.engine``: its fabric, state and wrapped model)."""
+
+    kind = "task"  # written into checkpoints
+    model: torch.nn.Module
+    engine: Engine
+    forward_methods: tuple[str, ...] = ()  # methods the step calls instead of forward (DDP must see them)
+    reseed_each_epoch = False  # reseed torch and numpy per (seed, epoch, rank) before each epoch
+    monitor: str | None = None  # validation key that picks the best epoch (and stops early)
+    higher_is_better = False
+
+    def batches(self, epoch: int, skip: int) -> Iterable:
+        """This rank's batches of ``epoch``, after the first ``skip`` (a resumed epoch)."""
+        raise NotImplementedError
+
+    def num_batches(self) -> int:
+        """Batches of epoch 0 on this rank (what a linear schedule spans)."""
+        return sum(1 for _ in self.batches(0, 0))
+
+    def step(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a batch and its named terms (floats, for the log)."""
+        raise NotImplementedError
+
+    def describe(self, batch) -> str:
+        """Names the batch in error messages."""
+        return ""
+
+    def validate(self, model) -> dict[str, float]:
+        return {}
+
+    def on_best(self, engine: Engine) -> None:
+        pass
+
+    def on_epoch_end(self, engine: Engine) -> None:
+        pass
+
+    def meta(self) -> dict:
+        """What the checkpoint's JSON records besides the training state."""
+        return {"kind": self.kind}
+
+    def state_dict(self) -> dict:
+        """The task's own resumable state (JSON)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class State:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self.fabric = Fabric(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
+            precision=cfg.precision,
+        )
+        self.fabric.launch()
+        self.out = Path(cfg.out_dir) if cfg.out_dir else None
+        self.state = State()
+        self._tb = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.fabric.is_global_zero
+
+    # -- set-up ---------------------------------------------------------------------
+    def fit(self, task: Task, resume: bool = True) -> dict:
+        """Train ``task`` (continuing from ``{out_dir}/last`` when ``resume`` and it exists;
+        without ``resume`` an earlier run's state and log are removed). Returns the state,
+        with the seconds this call trained."""
+        self.setup(task, resume)
+        return self.run()
+
+    def setup(self, task: Task, resume: bool = True) -> None:
+        """Optimizer, schedule, restored state and the Fabric-wrapped model of ``task``."""
+        cfg, o, fabric = self.cfg, self.cfg.optim, self.fabric
+        self.task, self.raw = task, task.model
+        optimizer = torch.optim.AdamW(
+            [p for p in task.model.parameters() if p.requires_grad], lr=o.lr, weight_decay=o.weight_decay
+        )
+        total = o.max_steps
+        if o.schedule == "linear" and not total:
+            n = torch.tensor(float(task.num_batches()))
+            per_epoch = int(fabric.all_reduce(n, reduce_op="min")) if fabric.world_size > 1 else int(n)
+            total = o.max_epochs * per_epoch // o.accumulate
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(o.warmup_steps, o.schedule, total, o.final_lr_ratio)
+        )
+        if self.out is not None and resume and (self.out / "last.json").exists():
+            meta = load_training_state(self.out / "last", task.model, "model.", optimizer, scheduler)
+            self.state = State(**meta["state"])
+            task.load_state_dict(meta.get("task_state", {}))
+            log.info(
+                "resumed %s at step %d (epoch %d, batch %d)",
+                self.out,
+                self.state.step,
+                self.state.epoch,
+                self.state.batch_in_epoch,
+            )
+        elif self.out is not None and not resume and self.is_main:
+            for name in ("last.json", "last.safetensors", "log.csv"):
+                (self.out / name).unlink(missing_ok=True)
+        self.model, self.optimizer = fabric.setup(task.model, optimizer)
+        self.scheduler = scheduler
+        for name in task.forward_methods:
+            self.model.mark_forward_method(name)
+        if self.out is not None and self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, st, task = self.cfg, self.state, self.task
+        start = time.time()
+        while st.epoch < cfg.optim.max_epochs:
+            if task.reseed_each_epoch:
+                # Dropout draws from torch's RNG and some models (HF's HuBERT masks) from numpy's
+                # global one: reseeding both per epoch and rank makes a run repeat exactly and a run
+                # resumed at an epoch boundary continue as if never stopped.
+                seed = np.random.SeedSequence([cfg.seed, st.epoch, self.fabric.global_rank]).generate_state(1)[0]
+                torch.manual_seed(int(seed))
+                np.random.seed(int(seed))
+            more, means = self.train_one_epoch()
+            scores = task.validate(self.model)
+            row = {"epoch": st.epoch, "step": st.step} | means | scores
+            st.history.append(row)
+            self._log({"step": st.step, "epoch": st.epoch} | scores)  # the means are in the steps' rows already
+            if task.monitor is not None:
+                value = scores[task.monitor]
+                if st.best is None or (value > st.best if task.higher_is_better else value < st.best):
+                    st.best, st.best_epoch, st.bad_epochs = value, st.epoch, 0
+                    task.on_best(self)
+                else:
+                    st.bad_epochs += 1
+            if self.is_main:
+                log.info(
+                    "epoch %d: %s",
+                    st.epoch,
+                    ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)),
+                )
+            st.epoch += 1
+            st.batch_in_epoch = 0
+            self.save()
+            task.on_epoch_end(self)
+            patience = cfg.optim.early_stop_patience
+            if not more or (task.monitor is not None and patience and st.bad_epochs >= patience):
+                break
+        return asdict(st) | {"seconds_this_run": round(time.time() - start, 1)}
+
+    def forward_backward(self, batch, accumulating: bool = False) -> tuple[float, dict[str, float]]:
+        """The task's loss of ``batch``, then backward (gradients synchronised unless accumulating).
+        Returns the loss and its named terms."""
+        with self.fabric.no_backward_sync(self.model, enabled=accumulating):
+            loss, terms = self.task.step(self.model, batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {float(loss.detach())} at step {self.state.step} (epoch {self.state.epoch}) "
+                    f"{self.task.describe(batch)}; terms {terms}. Nothing was saved from this step; "
+                    "lower optim.lr or check these utterances"
+                )
+            self.fabric.backward(loss / self.cfg.optim.accumulate)
+        return float(loss.detach()), terms
+
+    def train_one_epoch(self) -> tuple[bool, dict[str, float]]:
+        """Returns False when max_steps is reached, and the epoch's mean of every term."""
+        cfg, fabric, st = self.cfg, self.fabric, self.state
+        it = iter(self.task.batches(st.epoch, st.batch_in_epoch))
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        with self._progress() as bar:
+            job = bar.add_task(f"epoch {st.epoch}", total=None, completed=st.batch_in_epoch, loss="")
+            while True:
+                batch = next(it, None)
+                # Every rank continues only while all have data (uneven bucketing under DDP).
+                ready = fabric.all_reduce(torch.tensor(float(batch is not None)), reduce_op="sum")
+                if float(ready) < fabric.world_size:
+                    break
+                accumulating = (st.batch_in_epoch + 1) % cfg.optim.accumulate != 0
+                loss, terms = self.forward_backward(batch, accumulating)
+                st.batch_in_epoch += 1
+                n += 1
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(job, advance=1, loss=f"loss {loss:.3f}")
+                if accumulating:
+                    continue
+                self.optimizer_step()
+                if st.step % cfg.log_every == 0:
+                    self._log({"step": st.step, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0]} | terms)
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if cfg.debug_kill_at_step and st.step == cfg.debug_kill_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if cfg.optim.max_steps and st.step >= cfg.optim.max_steps:
+                    return False, {k: v / n for k, v in sums.items()}
+        return True, {k: v / max(1, n) for k, v in sums.items()}
+
+    def optimizer_step(self) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+
+    # -- checkpoints and logs ---------------------------------------------------------
+    def save(self) -> None:
+        """``{out_dir}/last``: weights, optimizer, scheduler, RNG states and the loop's state."""
+        if self.out is None or not self.is_main:
+            return
+        meta = self.task.meta() | {"state": asdict(self.state), "task_state": self.task.state_dict()}
+        save_training_state(self.out / "last", self.raw, "model.", self.optimizer, self.scheduler, meta)
+
+    def _progress(self) -> Progress:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[loss]}"),
+        )
+        return Progress(
+            *columns, console=Console(stderr=True), transient=True, disable=not (self.cfg.progress and self.is_main)
+        )
+
+    def _log(self, row: dict) -> None:
+        if self.out is None or not self.is_main:
+            return
+        if self._tb is None:
+            try:  # TensorBoard when installed; the CSV always
+                from torch.utils.tensorboard import SummaryWriter  # optional dependency
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                self._tb = False
+        if self._tb:
+            for k, v in row.items():
+                if k != "step":
+                    self._tb.add_scalar(k, v, row["step"])
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["time", "key", "value", "step"])
+            for k, v in row.items():
+                if k != "step":
+                    w.writerow([f"{time.time():.1f}", k, v, row["step"]])

@@ -1,0 +1,266 @@
+"""Pre-training a HuBERT-style teacher on a corpus: the task the engine runs for
+``speechdistill pretrain``.
+
+    speechdistill pretrain configs/ssl/pretrain.yaml data.corpus=data/small
+
+HuBERT's first iteration (Hsu et al. 2021): k-means (scikit-learn's MiniBatchKMeans,
+as in fairseq's recipe) on 39-dim MFCCs gives a cluster id per 20 ms frame; a small
+Hugging Face ``HubertModel`` learns to predict the ids of masked spans. The model
+(``HuBERTPretrainModel``: HuBERT, a projection and learned cluster embeddings, giving
+cosine-similarity logits on masked frames) and its loss (``MaskedPrediction``:
+cross-entropy at temperature 0.1, and the accuracy) are separate classes; the task
+joins them. The result is a Hugging Face directory, a teacher like any downloaded HuBERT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import MiniBatchKMeans
+from torch import nn
+from transformers import HubertConfig, HubertModel
+from transformers.models.hubert.modeling_hubert import _compute_mask_indices
+
+from speechdistill.config import to_dict
+from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
+from speechdistill.data.features import mfcc_with_deltas
+from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
+from speechdistill.progress import progress
+from speechdistill.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def ssl_optim(lr: float) -> OptimConfig:
+    """The SSL tasks' optimisation: warmup, then a straight line down to zero; clipping at 10."""
+    return OptimConfig(
+        lr=lr,
+        weight_decay=0.01,
+        warmup_steps=200,
+        grad_clip=10.0,
+        max_epochs=3,
+        schedule="linear",
+        final_lr_ratio=0.0,
+        early_stop_patience=0,
+    )
+
+
+@dataclass
+class PretrainConfig(EngineConfig):
+    out_dir: str = "exp/ssl/teacher"
+    optim: OptimConfig = field(default_factory=lambda: ssl_optim(5e-4))
+    checkpoint_every: int = 0  # epoch ends: each epoch reseeds, so a resume there is exact
+    data: WaveData = field(default_factory=WaveData)
+    clusters: int = 100
+    kmeans_frames: int = 200_000  # MFCC frames sampled to fit k-means
+    hidden_size: int = 192
+    num_layers: int = 12
+    num_heads: int = 4
+    ff_dim: int = 768
+    conv_dim: int = 64
+    mask_prob: float = 0.5  # about this fraction of frames is masked
+    mask_length: int = 5
+    final_dim: int = 64
+    logit_temperature: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        for k in ("clusters", "hidden_size", "num_layers", "num_heads", "ff_dim", "conv_dim", "final_dim"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+
+
+def kmeans_labels(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dict[str, np.ndarray]:
+    """Cluster id per 20 ms frame (every second 10 ms MFCC frame) of every utterance."""
+    feats = {
+        c.id: mfcc_with_deltas(load_cut_audio(c))[::2]
+        for c in progress(cuts, total=len(cuts), desc="MFCC", enable=show_progress)
+    }
+    allf = np.concatenate(list(feats.values()))
+    mean, std = allf.mean(0), allf.std(0) + 1e-5
+    rng = np.random.default_rng(cfg.seed)
+    sample = allf[rng.choice(len(allf), min(cfg.kmeans_frames, len(allf)), replace=False)]
+    km = MiniBatchKMeans(cfg.clusters, batch_size=10_000, n_init=3, max_iter=100, random_state=cfg.seed)
+    km.fit((sample - mean) / std)
+    log.info(
+        "k-means: %d clusters on %d of %d frames, inertia per frame %.2f",
+        cfg.clusters,
+        len(sample),
+        len(allf),
+        km.inertia_ / len(sample),
+    )
+    return {k: km.predict((v - mean) / std).astype(np.int64) for k, v in feats.items()}
+
+
+class HuBERTPretrainModel(nn.Module):
+    """HuBERT with its masked-prediction head: cosine similarity of the projected output
+    of each masked frame to learned cluster embeddings."""
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.hubert = HubertModel(
+            HubertConfig(
+                hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers,
+                num_attention_heads=cfg.num_heads,
+                intermediate_size=cfg.ff_dim,
+                conv_dim=(cfg.conv_dim,) * 7,
+                num_conv_pos_embeddings=64,
+                num_conv_pos_embedding_groups=16,
+                hidden_dropout=0.1,
+                attention_dropout=0.1,
+                activation_dropout=0.0,
+                feat_proj_dropout=0.0,
+                layerdrop=0.0,
+                apply_spec_augment=True,
+                mask_time_prob=cfg.mask_prob,
+                mask_time_length=cfg.mask_length,
+            )
+        )
+        self.proj = nn.Linear(cfg.hidden_size, cfg.final_dim)
+        self.label_embeddings = nn.Parameter(torch.randn(cfg.clusters, cfg.final_dim) * 0.1)
+
+    def num_frames(self, num_samples: int) -> int:
+        return int(self.hubert._get_feat_extract_output_lengths(torch.tensor(num_samples)))
+
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, S), (N,) -> (M, clusters) cosine logits of the M masked frames, (N, T) the mask.
+        The masks are drawn by HF's ``_compute_mask_indices`` (numpy's global RNG)."""
+        frame_lens = self.hubert._get_feat_extract_output_lengths(lens).long()
+        T = self.num_frames(wavs.shape[1])
+        real = torch.arange(T, device=wavs.device)[None, :] < frame_lens[:, None]
+        mask = torch.from_numpy(
+            _compute_mask_indices(
+                (wavs.shape[0], T), self.cfg.mask_prob, self.cfg.mask_length, attention_mask=real.cpu(), min_masks=2
+            )
+        ).to(wavs.device)
+        mask &= real
+        att = (torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lens[:, None]).long()
+        h = self.hubert(wavs, attention_mask=att, mask_time_indices=mask).last_hidden_state
+        return F.cosine_similarity(self.proj(h[mask])[:, None, :], self.label_embeddings[None], dim=-1), mask
+
+
+class MaskedPrediction(nn.Module):
+    """HuBERT's loss: cross-entropy of the cosine logits at ``temperature`` against the
+    frames' cluster ids; also the accuracy on masked frames."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+        loss = F.cross_entropy(logits / self.temperature, target)
+        return loss, float((logits.argmax(-1) == target).float().mean())
+
+
+class _Pretraining(nn.Module):
+    """Model then criterion in one forward, so that the loss runs under the precision
+    context of the model (bf16 autocast) as it did when the model computed it."""
+
+    def __init__(self, model: HuBERTPretrainModel, criterion: MaskedPrediction):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, wavs, lens, labels):
+        logits, mask = self.model(wavs, lens)
+        return self.criterion(logits, labels[:, : mask.shape[1]][mask])
+
+
+class WaveTask(Task):
+    """A task on batches of waveforms (``cfg.data``: a WaveData), reseeded every epoch."""
+
+    reseed_each_epoch = True
+    cfg: PretrainConfig
+    cuts: object
+
+    def _sampler(self, epoch: int):
+        fabric = self.engine.fabric
+        sampler = make_sampler(
+            self.cuts, self.cfg.data.max_duration, True, self.cfg.seed, 10, fabric.world_size, fabric.global_rank
+        )
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def batches(self, epoch: int, skip: int):
+        return torch.utils.data.DataLoader(WaveDataset(), sampler=self._sampler(epoch), batch_size=None)
+
+    def num_batches(self) -> int:
+        return sum(1 for _ in self._sampler(0))
+
+
+class PretrainTask(WaveTask):
+    kind = "ssl-pretraining"
+
+    def __init__(self, cfg: PretrainConfig, engine: Engine, cuts, labels: dict[str, np.ndarray] | None = None):
+        self.cfg, self.engine, self.cuts, self.labels = cfg, engine, cuts, labels
+        torch.manual_seed(cfg.seed)
+        self.hubert = HuBERTPretrainModel(cfg)
+        self.model = _Pretraining(self.hubert, MaskedPrediction(cfg.logit_temperature))
+
+    def step(self, model, batch):
+        ids, wavs, lens = batch
+        T = self.hubert.num_frames(wavs.shape[1])
+        lab = torch.zeros(len(ids), T, dtype=torch.long)
+        for i, u in enumerate(ids):
+            n = min(T, len(self.labels[u]))
+            lab[i, :n] = torch.from_numpy(self.labels[u][:n])
+        device = self.engine.fabric.device
+        loss, acc = model(wavs.to(device), lens.to(device), lab.to(device))
+        return loss, {"loss": float(loss.detach()), "masked_accuracy": acc}
+
+    def on_epoch_end(self, engine: Engine) -> None:
+        if engine.is_main:
+            _save_hf(self.hubert.hubert, engine.out / "hf")
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Train the teacher; writes ``{out_dir}/hf`` (a Hugging Face directory) and a summary."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cuts = load_wave_cuts(cfg.data)
+    engine = Engine(cfg)
+    task = PretrainTask(cfg, engine, cuts)
+    labels_path = out / "labels.npz"
+    with engine.fabric.rank_zero_first():  # rank 0 clusters and writes; the others read
+        if labels_path.exists():
+            task.labels = dict(np.load(labels_path))
+        else:
+            task.labels = kmeans_labels(cuts, cfg, cfg.progress)
+            tmp = out / "labels.tmp.npz"
+            np.savez(tmp, **task.labels)
+            tmp.replace(labels_path)
+    state = engine.fit(task)
+    summary = {
+        "config": to_dict(cfg),
+        "utterances": len(cuts),
+        "hours": round(sum(c.duration for c in cuts) / 3600, 3),
+        "params": sum(p.numel() for p in task.hubert.hubert.parameters()),
+    } | state
+    if engine.is_main:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _save_hf(model, path: Path) -> None:
+    """save_pretrained into a temporary directory, then swap it in (never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
