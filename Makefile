@@ -11,7 +11,7 @@ setup:
 	@scripts/setup.sh
 
 # The main job: corpus -> features -> units -> three unit LMs -> soft-label caches ->
-# baseline, interp, aux and hier x 2 seeds -> the results table (configs/demo.yaml).
+# baseline, interp, aux and hier x 2 seeds -> the results table (configs/asr/demo.yaml).
 # Finished work is kept, so a second `make demo` only re-prints the table.
 # `make demo QUICK=1`: 1 seed, 2 epochs, LMs on part of the text (a first look).
 demo: setup

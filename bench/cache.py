@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=3.0)
     args = p.parse_args()
 
+    from speechdistill.data.layout import SoftLabelSpec
     from speechdistill.distill.soft_labels import SoftLabelCache, build_cache
 
     corpus = Path(args.corpus)
@@ -40,7 +41,11 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     prefix = Path(tmp) / "cache"
                     meta = build_cache(
-                        corpus, unit, k, args.temperature, show_progress=False, values_dtype=dtype, prefix=prefix
+                        corpus,
+                        SoftLabelSpec(unit, k, args.temperature),
+                        show_progress=False,
+                        values_dtype=dtype,
+                        prefix=prefix,
                     )
                     mb = meta["bytes"] / 1e6
                     t0 = time.perf_counter()

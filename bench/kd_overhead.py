@@ -4,7 +4,7 @@
 
     python bench/kd_overhead.py --corpus data/small --steps 20 --ssl-teacher exp/ssl/teacher/hf
 
-Needs the three unit LMs and their soft-label caches (see configs/hier.yaml).
+Needs the three unit LMs and their soft-label caches (see configs/asr/hier.yaml).
 Prints the median step time of `baseline`, of `hier` with cached soft labels,
 and of `hier` with the LMs run online (soft labels computed for each batch),
 and the ratios to the baseline. The configs alternate on the same batches so
@@ -26,7 +26,8 @@ import torch
 from lhotse import CutSet
 
 from speechdistill.config import load_config
-from speechdistill.train import TrainConfig, Trainer
+from speechdistill.data.layout import CorpusDir
+from speechdistill.train import TrainConfig, setup
 
 
 def main() -> None:
@@ -39,32 +40,35 @@ def main() -> None:
     if args.ssl_teacher:
         ssl_steps(args)
     common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=/tmp/kd_overhead"]
-    base = Trainer(load_config(TrainConfig, "configs/baseline.yaml", common))
-    hier = Trainer(load_config(TrainConfig, "configs/hier.yaml", common))
+    base = setup(load_config(TrainConfig, "configs/asr/baseline.yaml", common))
+    hier = setup(load_config(TrainConfig, "configs/asr/hier.yaml", common))
     from speechdistill.distill.soft_labels import reference_positions
     from speechdistill.teachers.lm import top_k_soft_labels
     from speechdistill.teachers.lm_train import load_lm
 
-    lms = {t.unit: load_lm(f"{args.corpus}/lm/{t.unit}")[0] for t in hier.cfg.model.taps}
-    cuts = sorted(base.train_cuts, key=lambda c: c.id)
+    hier_task = hier[1]
+    lms = {t.unit: load_lm(CorpusDir(args.corpus).lm(t.unit))[0] for t in hier_task.cfg.model.taps}
+    cuts = sorted(base[1].train_cuts, key=lambda c: c.id)
     times = {"baseline": [], "hier_cached": [], "hier_online_lm": []}
     for i in range(args.steps):
         chunk = CutSet.from_cuts(cuts[i * args.batch_utterances : (i + 1) * args.batch_utterances])
-        for name, trainer in (("baseline", base), ("hier_cached", hier)):
+        for name, (engine, task) in (("baseline", base), ("hier_cached", hier)):
             t0 = time.perf_counter()
-            batch = trainer.dataset[chunk]
-            trainer.forward_backward(batch)
-            trainer.optimizer_step()
+            batch = task.dataset[chunk]
+            engine.forward_backward(batch)
+            engine.optimizer_step()
             times[name].append(time.perf_counter() - t0)
         t0 = time.perf_counter()  # online: the LMs score every reference sequence of the batch
         with torch.no_grad():
-            for tap in hier.cfg.model.taps:
+            for tap in hier_task.cfg.model.taps:
                 for cut in chunk:
-                    ids, _ = reference_positions(cut, tap.unit, hier.units)
-                    top_k_soft_labels(lms[tap.unit].position_logits(torch.tensor([ids]))[0], tap.top_k, tap.temperature)
-        batch = hier.dataset[chunk]
-        hier.forward_backward(batch)
-        hier.optimizer_step()
+                    ids, _ = reference_positions(cut, tap.unit, hier_task.units)
+                    top_k_soft_labels(
+                        lms[tap.unit].position_logits(torch.tensor([ids]))[0], tap.kd.top_k, tap.kd.temperature
+                    )
+        batch = hier_task.dataset[chunk]
+        hier[0].forward_backward(batch)
+        hier[0].optimizer_step()
         times["hier_online_lm"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v[3:]) for k, v in times.items()}  # first steps warm up
     for k, v in med.items():
@@ -73,12 +77,12 @@ def main() -> None:
 
 def ssl_steps(args) -> None:
     """SSL student steps: teacher states from memory (fp16, as cached) vs the teacher online."""
-    from speechdistill.ssl_train import DistillConfig, WaveData, WaveDataset, load_wave_cuts
-
     from speechdistill.config import load_config
+    from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts
+    from speechdistill.distill.ssl_distill import DistillConfig
     from speechdistill.distill.ssl_losses import align_frames, distilhubert_loss, hint_loss
     from speechdistill.students.ssl import build_student
-    from speechdistill.teachers.ssl import load_teacher
+    from speechdistill.teachers.upstream import load_teacher
 
     teacher = load_teacher(args.ssl_teacher)
     cuts = sorted(load_wave_cuts(WaveData(args.corpus, max_hours=0.2)), key=lambda c: c.id)

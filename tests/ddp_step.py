@@ -13,8 +13,7 @@ from lhotse import CutSet
 from safetensors.torch import save_file
 
 from speechdistill.config import from_dict
-from speechdistill.engine import Engine
-from speechdistill.train import AsrTask, TrainConfig
+from speechdistill.train import TrainConfig, setup
 
 corpus, out = sys.argv[1], sys.argv[2]
 ddp = "LOCAL_RANK" in __import__("os").environ
@@ -33,9 +32,7 @@ cfg = from_dict(
         "optim": {"lr": 0.01, "warmup_steps": 0},
     },
 )
-engine = Engine(cfg)
-task = AsrTask(cfg, engine)
-engine.setup(task)
+engine, task = setup(cfg)
 cuts = sorted(task.train_cuts, key=lambda c: c.id)[:8]
 rank, world = engine.fabric.global_rank, engine.fabric.world_size
 batch = task.dataset[CutSet.from_cuts(cuts[rank::world])]

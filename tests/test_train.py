@@ -173,13 +173,10 @@ def test_truncated_or_foreign_checkpoints_are_named(trained, tmp_path):
 def test_nan_loss_stops_with_step_and_utterances(trained, tiny_units, tmp_path):
     from lhotse import CutSet
 
-    from speechdistill.engine import Engine, NonFiniteLossError
-    from speechdistill.train import AsrTask
+    from speechdistill.engine import NonFiniteLossError
+    from speechdistill.train import setup
 
-    cfg = tiny_config(tiny_units.parent, tmp_path / "nan", max_steps=4)
-    engine = Engine(cfg)
-    task = AsrTask(cfg, engine)
-    engine.setup(task)
+    engine, task = setup(tiny_config(tiny_units.parent, tmp_path / "nan", max_steps=4))
     cuts = sorted(task.train_cuts, key=lambda c: c.id)[:3]
     batch = task.dataset[CutSet.from_cuts(cuts)]
     batch.feats[1, 5, 3] = float("nan")

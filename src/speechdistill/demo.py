@@ -42,7 +42,7 @@ class DemoPlan:
     # senone LM is the slowest teacher (279 s for all 59,729 sentences on 2 cores); its
     # perplexity is ~1.8 either way, so the demo trains it on part of the text.
     lm_sentences: tuple[tuple[str, int], ...] = (("senone", 20000), ("phone", 0), ("subword", 0))
-    soft_labels: tuple[int, float] = (8, 3.0)  # top-k, temperature: what configs/demo.yaml's methods use
+    soft_labels: tuple[int, float] = (8, 3.0)  # top-k, temperature: what configs/asr/demo.yaml's methods use
     overrides: tuple[str, ...] = ()
 
 

@@ -336,12 +336,20 @@ class AsrTask(Task):
             save_checkpoint(engine.out / "best", tensors, self.meta() | {"state": asdict(engine.state)})
 
 
+def setup(cfg: TrainConfig, resume: bool = False) -> tuple[Engine, AsrTask]:
+    """The engine and the task, set up (optimizer, restored state) but not run: for a
+    step by hand (tests, benchmarks) or ``engine.run()``."""
+    engine = Engine(cfg)
+    task = AsrTask(cfg, engine)
+    engine.setup(task, resume)
+    return engine, task
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train an acoustic model; writes ``{out_dir}/best``, ``last``, ``log.csv`` and
     ``train_summary.json``, and returns the summary."""
-    engine = Engine(cfg)
-    task = AsrTask(cfg, engine)
-    st = engine.fit(task, resume)
+    engine, task = setup(cfg, resume)
+    st = engine.run()
     summary = {
         "best_dev_error": st["best"],
         "best_epoch": st["best_epoch"],

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechdistill.registry import Registry
+
 PRESETS = {
     # name: (num_blocks, d_model, num_heads, ff_dim); xs is for tests and the demo.
     "xs": (6, 144, 4, 576),
@@ -27,7 +29,10 @@ PRESETS = {
     "m": (16, 384, 6, 1536),
     "l": (17, 512, 8, 2048),  # Conformer-L-sized, for LibriSpeech 960 h
 }
-KINDS = ("conformer", "transformer", "blstm")
+# kind -> block class (``@ENCODER_BLOCKS.register("name")``); a block maps (N, T, C) and a
+# (N, T) padding mask to (N, T, C). ``positional``: sinusoidal positions are added before
+# the first block; ``attention``: d_model must divide into num_heads.
+ENCODER_BLOCKS: Registry[type[nn.Module]] = Registry("encoder kind")
 
 
 @dataclass
@@ -43,8 +48,7 @@ class EncoderConfig:
     subsampling: int = 4  # 1, 2, 4 or 8: frame shift = 10 ms x subsampling
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        block = ENCODER_BLOCKS.check(self.kind)
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise ValueError(f"preset={self.preset!r}; valid presets: {', '.join(PRESETS)}")
@@ -63,7 +67,7 @@ class EncoderConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.subsampling not in (1, 2, 4, 8):
             raise ValueError(f"subsampling={self.subsampling}; valid: 1, 2, 4, 8")
-        if self.kind != "blstm" and self.d_model % self.num_heads:
+        if block.attention and self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -170,7 +174,10 @@ class ConvModule(nn.Module):
         return self.dropout(y.transpose(1, 2))
 
 
+@ENCODER_BLOCKS.register("conformer")
 class ConformerBlock(nn.Module):
+    positional = attention = True
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         d = cfg.d_model
@@ -191,8 +198,11 @@ class ConformerBlock(nn.Module):
         return self.out_norm(x).masked_fill(pad[..., None], 0.0)
 
 
+@ENCODER_BLOCKS.register("transformer")
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm Transformer encoder block (Vaswani et al. 2017; Xiong et al. 2020)."""
+
+    positional = attention = True
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -206,7 +216,10 @@ class TransformerBlock(nn.Module):
         return (x + self.ff(x)).masked_fill(pad[..., None], 0.0)
 
 
+@ENCODER_BLOCKS.register("blstm")
 class BLSTMBlock(nn.Module):
+    positional = attention = False
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model // 2, batch_first=True, bidirectional=True)
@@ -220,15 +233,12 @@ class BLSTMBlock(nn.Module):
         return self.dropout(y).masked_fill(pad[..., None], 0.0)
 
 
-BLOCKS = {"conformer": ConformerBlock, "transformer": TransformerBlock, "blstm": BLSTMBlock}
-
-
 class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, input_dim: int = 80):
         super().__init__()
         self.cfg = cfg
         self.subsampling = ConvSubsampling(input_dim, cfg.d_model, cfg.subsampling)
-        self.blocks = nn.ModuleList(BLOCKS[cfg.kind](cfg) for _ in range(cfg.num_blocks))
+        self.blocks = nn.ModuleList(ENCODER_BLOCKS[cfg.kind](cfg) for _ in range(cfg.num_blocks))
         self.dropout = nn.Dropout(cfg.dropout)
 
     @property
@@ -243,7 +253,7 @@ class Encoder(nn.Module):
         (subsampled features + positions) in front, as index 0."""
         x, lens = self.subsampling(x, lens)
         pad = padding_mask(lens, x.shape[1])
-        if self.cfg.kind != "blstm":
+        if ENCODER_BLOCKS[self.cfg.kind].positional:
             x = x + sinusoidal(x.shape[1], x.shape[2], x.device)
         x = self.dropout(x).masked_fill(pad[..., None], 0.0)
         outs = [x] if with_input else []
