@@ -46,8 +46,17 @@ class SoftLabelSpec:
 
 
 class CorpusDir:
+    """The paths of one corpus directory (fixed files as attributes, per-split and per-name
+    files as methods)."""
+
     def __init__(self, root: str | Path | CorpusDir) -> None:
-        self.root = root.root if isinstance(root, CorpusDir) else Path(root)
+        self.root = root = root.root if isinstance(root, CorpusDir) else Path(root)
+        self.lm_text = root / "lm_text.txt"  # the text-only corpus
+        self.units = root / "units"  # unit inventories (units/inventory.py)
+        self.features_info = root / "features.json"
+        self.summary = root / "summary.json"  # the built-in corpus's record of itself
+        self.voices = root / "voices.json"
+        self.datasheet = root / "DATASHEET.md"
 
     def __repr__(self) -> str:
         return f"CorpusDir({str(self.root)!r})"
@@ -55,7 +64,6 @@ class CorpusDir:
     def __str__(self) -> str:
         return str(self.root)
 
-    # -- manifests and features
     def recordings(self, split: str) -> Path:
         return self.root / f"{split}_recordings.jsonl"
 
@@ -69,22 +77,9 @@ class CorpusDir:
     def features_archive(self, split: str) -> Path:
         return self.root / "feats" / f"{split}.lca"
 
-    @property
-    def features_info(self) -> Path:
-        return self.root / "features.json"
-
     def splits(self) -> list[str]:
         """The splits that have manifests."""
         return [s for s in SPLITS if self.supervisions(s).exists()]
-
-    # -- text, units, teachers
-    @property
-    def lm_text(self) -> Path:
-        return self.root / "lm_text.txt"
-
-    @property
-    def units(self) -> Path:
-        return self.root / "units"
 
     def lm_text_in(self, unit: str) -> Path:
         """The text-only corpus converted to ``unit``, one sentence per line."""
@@ -102,21 +97,8 @@ class CorpusDir:
         """A named alignment of a split (one JSON line per utterance)."""
         return self.root / "alignments" / name / f"{split}.jsonl"
 
-    # -- records of how the corpus was made
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
     def import_report(self, split: str) -> Path:
         return self.root / f"import_{split}.json"
-
-    @property
-    def voices(self) -> Path:
-        return self.root / "voices.json"
-
-    @property
-    def datasheet(self) -> Path:
-        return self.root / "DATASHEET.md"
 
     def audio(self, split: str, utt: str) -> Path:
         return self.root / "audio" / split / f"{utt}.flac"
