@@ -49,7 +49,7 @@ def main() -> None:
                     )
                     mb = meta["bytes"] / 1e6
                     t0 = time.perf_counter()
-                    cache = SoftLabelCache.open(prefix, corpus / "lm" / unit, corpus / "units")
+                    cache = SoftLabelCache.open(prefix, corpus)
                     utts = [key.split("/")[0] for key in cache.tensors if key.endswith("/spans")]
                     for u in utts:
                         dur = float(cache.tensors[f"{u}/spans"][-1].sum())

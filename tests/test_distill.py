@@ -91,7 +91,7 @@ def test_lm_cache_round_trip_and_stale_cache_refused(tiny_units):
     cache_meta = build_cache(corpus, SoftLabelSpec("phone", 4, 2.0), show_progress=False)
     assert cache_meta["utterances"] == 64 and cache_meta["bytes_per_hour_of_audio"] > 0
     prefix = corpus / "soft_labels" / "phone-k4-T2"
-    cache = SoftLabelCache.open(prefix, lm=corpus / "lm" / "phone", units_dir=tiny_units)
+    cache = SoftLabelCache.open(prefix, corpus)
     cut = sorted(load_split(corpus, "train"), key=lambda c: c.id)[0]
     ids, spans = reference_positions(cut, "phone", Units(tiny_units))
     values, indices, mask = cache.frames(cut.id, frame_shift=0.01, num_frames=int(cut.duration * 100))
@@ -104,7 +104,7 @@ def test_lm_cache_round_trip_and_stale_cache_refused(tiny_units):
         corpus, "phone", LMConfig(d_model=32, num_layers=1), epochs=1, max_sentences=300, seed=1, show_progress=False
     )
     with pytest.raises(StaleCacheError, match="is stale.*rebuild it with `speechdistill teach`"):
-        SoftLabelCache.open(prefix, lm=corpus / "lm" / "phone", units_dir=tiny_units)
+        SoftLabelCache.open(prefix, corpus)
 
 
 def test_ctc_viterbi_alignment():

@@ -153,7 +153,7 @@ def test_truncated_soft_label_cache_is_refused_and_kept(tiny_units, tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])
     damaged = shard.read_bytes()
     with pytest.raises(StaleCacheError, match="phone-k4-T2 cannot be used: .*truncated"):
-        SoftLabelCache.open(shard.with_suffix(""), corpus / "lm" / "phone", corpus / "units")
+        SoftLabelCache.open(shard.with_suffix(""), corpus)
     assert shard.read_bytes() == damaged
 
 

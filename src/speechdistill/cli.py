@@ -89,7 +89,7 @@ def cmd_units(args):
     cfg = UnitsConfig(
         args.vocab_size, args.subword_type, args.num_senones, args.states_per_phone, args.min_senone_frames, args.g2p
     )
-    info = build_units(args.corpus, cfg)
+    info = build_units(args.corpus, cfg, alignment=args.alignment)
     info["unpronounceable_words"] = len(info["unpronounceable_words"])
     console.print_json(data=info)
 
@@ -118,12 +118,33 @@ def cmd_teach(args):
     from speechdistill.data.layout import SoftLabelSpec
     from speechdistill.distill.soft_labels import build_cache
 
-    spec = from_dict(SoftLabelSpec, {"unit": args.unit, "top_k": args.top_k, "temperature": args.temperature})
+    spec = {"unit": args.unit, "top_k": args.top_k, "temperature": args.temperature, "alignment": args.alignment}
+    spec = from_dict(SoftLabelSpec, spec)
     meta = build_cache(args.corpus, spec, args.lm)
     console.print(
         f"{args.unit} soft labels: {meta['utterances']} utterances, {meta['positions']} positions, "
         f"{meta['bytes'] / 1e6:.1f} MB ({meta['bytes_per_hour_of_audio'] / 1e6:.1f} MB per hour of audio)"
     )
+
+
+def cmd_align_run(args):
+    from speechdistill.align.run import align_corpus
+
+    console.print_json(data=align_corpus(args.corpus, args.backend, args.name, args.split, args.jobs, args.overrides))
+
+
+def cmd_align_score(args):
+    from speechdistill.align.run import score_alignments
+    from speechdistill.align.score import markdown
+
+    print(markdown(score_alignments(args.corpus, args.ref, args.hyp, args.split), args.ref, args.hyp))
+
+
+def cmd_align_import(args):
+    from speechdistill.align.run import import_ctm, import_textgrids
+
+    load = import_ctm if args.command_name == "import-ctm" else import_textgrids
+    console.print_json(data=load(args.corpus, args.source, args.name, args.split))
 
 
 def cmd_train(args):
@@ -316,6 +337,7 @@ def _parser() -> argparse.ArgumentParser:
         "--min-senone-frames", type=float, default=50.0, help="fewest training frames a tied state may have"
     )
     ub.add_argument("--g2p", action=BOOL, default=True, help="pronounce words missing from CMUdict with eSpeak's rules")
+    ub.add_argument("--alignment", default="", help="alignment the senone tree is grown on (default: the manifests')")
 
     example = "  speechdistill lm train data/small --unit phone --arch lstm"
     lm = _Commands(top.add("lm", None, "train the unit language models (teachers)"), "action")
@@ -330,6 +352,36 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--max-tokens", type=int, default=6000, help="tokens per batch")
     lt.add_argument("--max-sentences", type=int, default=0, help="use the first N sentences (0: all)")
 
+    align = _Commands(top.add("align", None, "forced alignment: make, import and score named alignments"), "action")
+    example = (
+        "  speechdistill align run data/small --backend own            # -> data/small/alignments/own/\n"
+        "  speechdistill align run data/mine --backend pocketsphinx --jobs 2\n"
+        "Backend options as key=value (own: the AlignerConfig, e.g. rounds=3 train_hours=0.5)."
+    )
+    ar = align.add("run", cmd_align_run, "align every split with a backend (resumes if interrupted)", example)
+    ar.add_argument("corpus", type=Path)
+    ar.add_argument("--backend", default="own", help="own, pocketsphinx, or one a plug-in registers")
+    ar.add_argument("--name", default=None, help="the alignment's name (default: the backend's)")
+    ar.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="default: every split")
+    ar.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ar.add_argument("overrides", nargs="*", help="backend options, key=value")
+    example = "  speechdistill align score data/small --ref synth --hyp own"
+    asc = align.add("score", cmd_align_score, "phone onsets and sequences of one alignment against another", example)
+    asc.add_argument("corpus", type=Path)
+    asc.add_argument("--ref", required=True, help="alignment name; `synth`: the manifests' own")
+    asc.add_argument("--hyp", required=True)
+    asc.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="default: every split the hyp has")
+    for name, about, source in (
+        ("import-ctm", "Kaldi phone CTM (ali-to-phones --ctm-output)", "the CTM file"),
+        ("import-textgrid", "Montreal Forced Aligner TextGrids", "a directory of them"),
+    ):
+        ai = align.add(name, cmd_align_import, f"import an alignment: {about}")
+        ai.set_defaults(command_name=name)
+        ai.add_argument("corpus", type=Path)
+        ai.add_argument("source", type=Path, help=source)
+        ai.add_argument("--name", required=True, help="the alignment's name")
+        ai.add_argument("--split", choices=SPLITS, required=True)
+
     example = "  speechdistill teach data/small --unit phone --top-k 8 --temperature 3"
     te = top.add("teach", cmd_teach, "cache an LM's soft labels for training", example)
     te.add_argument("corpus", type=Path)
@@ -337,6 +389,9 @@ def _parser() -> argparse.ArgumentParser:
     te.add_argument("--top-k", type=int, default=8)
     te.add_argument("--temperature", type=float, default=3.0)
     te.add_argument("--lm", type=Path, default=None, help="LM checkpoint (default: CORPUS/lm/UNIT)")
+    te.add_argument(
+        "--alignment", default="", help="the alignment the positions are read off (default: the manifests')"
+    )
 
     example = (
         "  speechdistill train configs/asr/baseline.yaml optim.lr=1e-3 out_dir=exp/b2\n"

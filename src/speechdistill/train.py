@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from speechdistill.align.store import MANIFEST, with_alignment
 from speechdistill.checkpoint import save_checkpoint
 from speechdistill.config import to_dict
 from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.batching import AsrDataset, Batch, make_sampler
 from speechdistill.data.corpus import load_split
-from speechdistill.data.features import FbankExtractor, load_cuts_with_features
+from speechdistill.data.features import FbankExtractor, feature_stats, load_cuts_with_features
 from speechdistill.data.layout import CorpusDir, SoftLabelSpec
 from speechdistill.distill.losses import ctc_loss, ctc_viterbi
 from speechdistill.distill.soft_labels import SoftLabelCache
@@ -47,6 +48,9 @@ class DataConfig:
     num_workers: int = 0
     on_the_fly_features: bool = False
     max_utterance_duration: float = 30.0
+    # which alignment feeds the taps, soft labels and label interpolation: "" the manifests'
+    # own (the built-in corpus's synthesiser timings), else a name (`speechdistill align run`)
+    alignment: str = ""
 
     def __post_init__(self):
         if self.max_duration <= 0 or self.num_buckets <= 0 or self.num_workers < 0:
@@ -127,11 +131,11 @@ def spec_augment(feats: torch.Tensor, lens: torch.Tensor, cfg: SpecAugConfig) ->
 def interp_ce(log_probs, lens, targets, target_lens, soft) -> torch.Tensor:
     """Mean over Viterbi-aligned label frames of -sum_c p_LM(c) log q(c): the LM's
     soft label for the target position each frame emits (CTC classes = unit + 1)."""
-    values, indices = soft  # (N, U, k) each
+    values, indices, has = soft  # (N, U, k), (N, U, k), (N,)
     terms = []
     for n in range(log_probs.shape[0]):
         T, U = int(lens[n]), int(target_lens[n])
-        if U == 0 or T < U:
+        if U == 0 or T < U or not has[n]:
             continue
         pos = torch.tensor(ctc_viterbi(log_probs[n, :T], targets[n, :U].tolist()), device=log_probs.device)
         frames = (pos >= 0).nonzero().flatten()
@@ -208,7 +212,7 @@ class AsrTask(Task):
         specs = {t.kd for t in cfg.model.taps if t.kd is not None} | (
             {cfg.interp_soft} if cfg.interp.enabled else set()
         )
-        caches = {spec: SoftLabelCache.open_for(corpus, spec) for spec in specs}
+        caches = {s: SoftLabelCache.open_for(corpus, replace(s, alignment=cfg.data.alignment)) for s in specs}
 
         def dataset(soft_frames=None, soft_positions=None):
             return AsrDataset(
@@ -229,9 +233,12 @@ class AsrTask(Task):
         self.dev_dataset = dataset()  # soft labels exist for training utterances only
 
     def _load_cuts(self):
-        d = self.cfg.data
+        d, corpus = self.cfg.data, CorpusDir(self.cfg.data.corpus)
         load = load_split if d.on_the_fly_features else load_cuts_with_features
-        train, dev = load(d.corpus, d.train_split), load(d.corpus, d.dev_split)
+        train = with_alignment(load(corpus, d.train_split), corpus, d.alignment, d.train_split)
+        dev = load(corpus, d.dev_split)
+        if d.alignment in MANIFEST or corpus.alignment(d.alignment, d.dev_split).exists():
+            dev = with_alignment(dev, corpus, d.alignment, d.dev_split)
         too_long = [c.id for c in train if c.duration > d.max_utterance_duration]
         if too_long:
             log.warning(
@@ -241,23 +248,31 @@ class AsrTask(Task):
                 too_long[0],
             )
             train = train.filter(lambda c: c.duration <= d.max_utterance_duration).to_eager()
-        if any(TAP_LOSSES[t.kind].frames for t in self.cfg.model.taps):
-            for c in train.subset(first=1):
-                if not (c.supervisions[0].alignment or {}).get("phone"):
-                    raise DataError(f"frame-level taps need phone alignments; utterance {c.id} of {d.corpus} has none")
+        self.unaligned = [c.id for c in train if not (c.supervisions[0].alignment or {}).get("phone")]
+        needs = [t.name for t in self.cfg.model.taps if TAP_LOSSES[t.kind].frames or t.kd is not None]
+        needs += ["label interpolation"] if self.cfg.interp.enabled else []
+        if needs and len(self.unaligned) == len(train):
+            raise DataError(
+                f"{', '.join(needs)} need alignments, and no training utterance of {d.corpus} has one "
+                f"(alignment {d.alignment or 'of the manifests'}): make one with `speechdistill align run "
+                f"{d.corpus}` and set data.alignment"
+            )
+        if needs and self.unaligned:
+            log.warning(
+                "%d training utterances have no %s alignment (e.g. %s): they train the main CTC loss only",
+                len(self.unaligned),
+                d.alignment or "manifest",
+                self.unaligned[0],
+            )
         return train, dev
 
     def _set_feature_stats(self, num_cuts: int = 200) -> None:
         """Global mean/std of the features of the first ``num_cuts`` training utterances."""
         fbank = FbankExtractor()
-        s = ss = n = 0
-        for cut in self.train_cuts.subset(first=min(num_cuts, len(self.train_cuts))):
-            x = torch.from_numpy(cut.load_features() if cut.has_features else fbank(load_cut_audio(cut))).double()
-            s, ss, n = s + x.sum(0), ss + (x * x).sum(0), n + x.shape[0]
-        mean = s / n
-        std = (ss / n - mean**2).clamp(min=1e-6).sqrt()
-        self.model.feat_mean.copy_(mean.float())
-        self.model.feat_std.copy_(std.float())
+        cuts = self.train_cuts.subset(first=min(num_cuts, len(self.train_cuts)))
+        mean, std = feature_stats(c.load_features() if c.has_features else fbank(load_cut_audio(c)) for c in cuts)
+        self.model.feat_mean.copy_(mean)
+        self.model.feat_std.copy_(std)
 
     def _sampler(self, cuts, shuffle: bool, epoch: int):
         d, fabric = self.cfg.data, self.engine.fabric
@@ -329,6 +344,14 @@ class AsrTask(Task):
     def load_state_dict(self, state: dict) -> None:
         self.skipped = state.get("skipped_utterances", 0)
 
+    def on_epoch_end(self, engine: Engine) -> None:
+        if self.unaligned and engine.is_main and (self.cfg.interp.enabled or self.cfg.model.taps):
+            log.info(
+                "epoch %d: tap losses skipped on %d utterances without an alignment",
+                engine.state.epoch - 1,
+                len(self.unaligned),
+            )
+
     def on_best(self, engine: Engine) -> None:
         """Weights only (what evaluation and export need)."""
         if engine.is_main:
@@ -356,6 +379,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "steps": st["step"],
         "epochs": st["epoch"],
         "skipped_utterances": task.skipped,
+        "unaligned_utterances": len(task.unaligned),
         "train_seconds_this_run": st["seconds_this_run"],
         "params": task.model.num_params(),
         "params_without_taps": task.model.num_params(with_taps=False),

@@ -42,7 +42,8 @@ class Batch:
     texts: list[str]
     # soft labels spread over the output frames: ((N, T', k) probs, (N, T', k) class ids, (N, T') mask)
     soft_frames: dict[SoftLabelSpec, tuple] = field(default_factory=dict)
-    # soft labels per target position (label interpolation): ((N, U, k) probs, (N, U, k) unit ids)
+    # soft labels per target position (label interpolation): ((N, U, k) probs, (N, U, k) unit ids,
+    # (N,) whether the utterance has them)
     soft_positions: dict[SoftLabelSpec, tuple] = field(default_factory=dict)
 
     def to(self, device) -> Batch:
@@ -93,12 +94,11 @@ class AsrDataset(torch.utils.data.Dataset):
         self.soft_positions = soft_positions or {}
 
     def frame_labels(self, cut, unit: str, T: int) -> np.ndarray:
+        """(T,) class per frame; IGNORE throughout for an utterance without an alignment (one
+        an aligner failed on): its taps learn nothing from it, its main output still does."""
         ali = cut.supervisions[0].alignment or {}
         if "phone" not in ali:
-            raise DataError(
-                f"utterance {cut.id} has no phone alignment; frame-level {unit} taps "
-                "need alignments (the built-in corpus has them)"
-            )
+            return np.full(T, IGNORE, dtype=np.int64)
         return self.units[unit].frame_labels(ali, self.frame_shift, T)
 
     def __getitem__(self, cuts: CutSet) -> Batch:
@@ -143,6 +143,8 @@ class AsrDataset(torch.utils.data.Dataset):
         mask = torch.zeros(N, T, dtype=torch.bool)
         offset = self.units[unit].offset  # unit id -> frame class id (subwords: 0 = outside a word)
         for i, (cut, t) in enumerate(zip(cuts, T_out, strict=True)):
+            if not _aligned(cut):
+                continue  # no soft labels for it: masked out
             v, ix, m = cache.frames(cut.id, self.frame_shift, t)
             values[i, :t], indices[i, :t], mask[i, :t] = v, ix + offset * m[:, None], m
         return values, indices, mask
@@ -150,7 +152,10 @@ class AsrDataset(torch.utils.data.Dataset):
     def _soft_positions(self, cache, cuts, unit: str, U: int):
         k, N = cache.k, len(cuts)
         values, indices = torch.zeros(N, U, k), torch.zeros(N, U, k, dtype=torch.long)
+        has = torch.tensor([_aligned(c) for c in cuts])
         for i, cut in enumerate(cuts):
+            if not has[i]:
+                continue
             v, ix = cache.positions(cut.id)
             if len(v) != len(self.units[unit].ctc_targets(cut.supervisions[0])):
                 raise DataError(
@@ -159,7 +164,11 @@ class AsrDataset(torch.utils.data.Dataset):
                 )
             values[i, : len(v)] = v
             indices[i, : len(v)] = ix
-        return values, indices
+        return values, indices, has
+
+
+def _aligned(cut) -> bool:
+    return bool((cut.supervisions[0].alignment or {}).get("phone"))
 
 
 def make_sampler(

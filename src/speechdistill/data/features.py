@@ -19,6 +19,7 @@ from pathlib import Path
 
 import kaldi_native_fbank as knf
 import numpy as np
+import torch
 from lhotse import CutSet, Fbank, FbankConfig, Features
 from lhotse.features.io import LilcomChunkyWriter
 
@@ -111,6 +112,17 @@ def compute_features(
         atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
         out[split] = cuts_path
     return out
+
+
+def feature_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (float32, per dimension) over all frames of ``feats``,
+    an iterable of (T, C) arrays; accumulated in float64."""
+    s = ss = n = 0
+    for f in feats:
+        x = torch.from_numpy(f).double()
+        s, ss, n = s + x.sum(0), ss + (x * x).sum(0), n + x.shape[0]
+    mean = s / n
+    return mean.float(), (ss / n - mean**2).clamp(min=1e-6).sqrt().float()
 
 
 def load_cuts_with_features(corpus: str | Path | CorpusDir, split: str) -> CutSet:

@@ -28,13 +28,15 @@ SPLITS = ("train", "dev", "test")
 @dataclass(frozen=True)
 class SoftLabelSpec:
     """The identity of a set of soft labels: the unit LM's distribution over ``unit``,
-    softened with ``temperature`` and cut to the ``top_k`` best. Taps and label
-    interpolation hold one; the cache on disk and the batch's soft labels are keyed by it.
-    In a tap's config the unit may be left out: it is the tap's."""
+    softened with ``temperature`` and cut to the ``top_k`` best, at the reference positions
+    read off the alignment ``alignment`` ("": the manifests' own). Taps and label
+    interpolation hold one (the unit is the tap's; the alignment is the training config's
+    ``data.alignment``); the cache on disk is keyed by it."""
 
     unit: str = ""
     top_k: int = 8
     temperature: float = 3.0
+    alignment: str = ""
 
     def __post_init__(self):
         if self.top_k < 1 or not self.temperature > 0:
@@ -42,7 +44,7 @@ class SoftLabelSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.unit}-k{self.top_k}-T{self.temperature:g}"
+        return f"{self.unit}-k{self.top_k}-T{self.temperature:g}" + (f"@{self.alignment}" if self.alignment else "")
 
 
 class CorpusDir:

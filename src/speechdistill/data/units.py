@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from speechdistill.align.store import with_alignment
 from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.corpus import load_split
 from speechdistill.data.features import FRAME_SHIFT, FbankExtractor
@@ -19,14 +20,19 @@ from speechdistill.data.layout import CorpusDir
 from speechdistill.units.inventory import UnitsConfig, build_inventory
 
 
-def build_units(corpus: str | Path | CorpusDir, cfg: UnitsConfig | None = None, show_progress: bool = True) -> dict:
-    """Build every inventory of ``corpus`` into ``corpus/units``; returns units.json."""
+def build_units(
+    corpus: str | Path | CorpusDir, cfg: UnitsConfig | None = None, show_progress: bool = True, alignment: str = ""
+) -> dict:
+    """Build every inventory of ``corpus`` into ``corpus/units``; the senone tree and the
+    phone durations come from the training split's alignment ``alignment`` ("": the
+    manifests' own; without any, senones are left out until one exists). Returns units.json."""
     corpus = CorpusDir(corpus)
     if not corpus.lm_text.exists():
         raise FileNotFoundError(f"{corpus.lm_text} is missing: build or import the corpus first")
     cuts = {s: load_split(corpus, s) for s in corpus.splits()}
     if "train" not in cuts:
         raise FileNotFoundError(f"{corpus.supervisions('train')} is missing")
+    cuts["train"] = with_alignment(cuts["train"], corpus, alignment, "train")
     fbank = FbankExtractor()
 
     def train():
@@ -36,4 +42,7 @@ def build_units(corpus: str | Path | CorpusDir, cfg: UnitsConfig | None = None, 
             yield cut.id, (sup.alignment or {}).get("phone"), feats
 
     transcripts = [s.text or "" for cs in cuts.values() for c in cs for s in c.supervisions]
-    return build_inventory(corpus.units, corpus.lm_text, transcripts, train, FRAME_SHIFT, cfg, show_progress)
+    info = build_inventory(
+        corpus.units, corpus.lm_text, transcripts, train, FRAME_SHIFT, cfg, show_progress, {"alignment": alignment}
+    )
+    return info

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechdistill.align.store import alignment_digest, with_alignment
 from speechdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from speechdistill.data.corpus import load_split
 from speechdistill.data.layout import CorpusDir, SoftLabelSpec
@@ -44,7 +45,11 @@ class StaleCacheError(DataError):
     """A soft-label cache that does not match the LM or unit inventory in use."""
 
 
-def fingerprint(lm_prefix: str | Path, units_dir: str | Path, unit: str, k: int, temperature: float) -> str:
+def fingerprint(
+    lm_prefix: str | Path, units_dir: str | Path, unit: str, k: int, temperature: float, data: str = ""
+) -> str:
+    """What a cache depends on: the LM's weights, the unit inventory, (unit, k, T) and
+    ``data``, a digest of the transcripts and alignment it was read off (``alignment_digest``)."""
     h = hashlib.sha256()
     lm_prefix = Path(lm_prefix)
     if lm_prefix.is_dir():  # a Hugging Face model directory: every file in it
@@ -55,7 +60,7 @@ def fingerprint(lm_prefix: str | Path, units_dir: str | Path, unit: str, k: int,
         h.update(Path(f"{lm_prefix}.safetensors").read_bytes())
     for path in Units(units_dir).files():
         h.update(path.read_bytes())
-    h.update(f"{unit}|{k}|{temperature:g}".encode())
+    h.update(f"{unit}|{k}|{temperature:g}|{data}".encode())
     return h.hexdigest()
 
 
@@ -90,15 +95,19 @@ def build_cache(
     returns its metadata, with its size and the seconds spent writing it."""
     corpus = CorpusDir(corpus)
     unit, k, temperature = spec.unit, spec.top_k, spec.temperature
+    own_lm = lm_prefix is None  # the corpus's own LM: found again wherever the corpus moves
     lm_prefix = Path(lm_prefix or corpus.lm(unit))
     units = Units(corpus.units)
     lm, lm_meta = load_lm_teacher(lm_prefix, unit, units)
     if lm_meta["unit"] != unit:
         raise DataError(f"{lm_prefix} is a {lm_meta['unit']} LM, not a {unit} LM")
     tensors: dict[str, torch.Tensor] = {}
-    cuts = load_split(corpus, split)
-    positions = 0
+    cuts = with_alignment(load_split(corpus, split), corpus, spec.alignment, split)
+    positions, unaligned = 0, []
     for cut in progress(cuts, total=len(cuts), desc=f"{unit} soft labels", enable=show_progress):
+        if spec.alignment and not cut.supervisions[0].alignment:
+            unaligned.append(cut.id)  # the aligner failed on it: no soft labels, its tap losses are skipped
+            continue
         ids, spans = reference_positions(cut, unit, units)
         if not ids:
             continue
@@ -115,12 +124,16 @@ def build_cache(
         "unit": unit,
         "top_k": k,
         "temperature": temperature,
-        "lm": str(lm_prefix),
+        "lm": "corpus" if own_lm else str(lm_prefix),
         "lm_dev_perplexity": lm_meta.get("dev_perplexity"),
         "split": split,
+        "alignment": spec.alignment,
         "utterances": len(tensors) // 3,
+        "unaligned_utterances": unaligned,
         "positions": positions,
-        "fingerprint": fingerprint(lm_prefix, corpus.units, unit, k, temperature),
+        "fingerprint": fingerprint(
+            lm_prefix, corpus.units, unit, k, temperature, alignment_digest(corpus, spec.alignment, split)
+        ),
     }
     start = time.perf_counter()
     path = save_checkpoint(prefix, tensors, meta)
@@ -142,16 +155,27 @@ class SoftLabelCache:
         self.k = meta["top_k"]
 
     @classmethod
-    def open(cls, prefix: str | Path, lm: str | Path, units_dir: str | Path) -> SoftLabelCache:
+    def open(cls, prefix: str | Path, corpus: str | Path | CorpusDir) -> SoftLabelCache:
+        """The cache at ``prefix``, checked against what it was made from: its LM, the corpus's
+        unit inventory, transcripts and alignment."""
         try:
             tensors, meta = load_checkpoint(prefix)
         except CheckpointError as e:
             raise StaleCacheError(f"soft-label cache {prefix} cannot be used: {e}") from None
-        want = fingerprint(lm, units_dir, meta["unit"], meta["top_k"], meta["temperature"])
+        corpus = CorpusDir(corpus)
+        lm, units_dir = corpus.lm(meta["unit"]) if meta["lm"] == "corpus" else meta["lm"], corpus.units
+        want = fingerprint(
+            lm,
+            units_dir,
+            meta["unit"],
+            meta["top_k"],
+            meta["temperature"],
+            alignment_digest(corpus, meta.get("alignment", ""), meta["split"]),
+        )
         if meta.get("fingerprint") != want:
             raise StaleCacheError(
-                f"soft-label cache {prefix} is stale: it was built from another LM or unit "
-                f"inventory than {lm} and {units_dir}; rebuild it with `speechdistill teach`"
+                f"soft-label cache {prefix} is stale: it was built from another LM, unit inventory, "
+                f"transcripts or alignment than {lm}, {units_dir} and {corpus}; rebuild it with `speechdistill teach`"
             )
         return cls(tensors, meta)
 
@@ -165,7 +189,7 @@ class SoftLabelCache:
                 f"soft-label cache {prefix} is missing: run `speechdistill teach {corpus} "
                 f"--unit {spec.unit} --top-k {spec.top_k} --temperature {spec.temperature:g}`"
             )
-        return cls.open(prefix, corpus.lm(spec.unit), corpus.units)
+        return cls.open(prefix, corpus)
 
     def __contains__(self, utt: str) -> bool:
         return f"{utt}/values" in self.tensors

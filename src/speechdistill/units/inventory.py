@@ -27,7 +27,7 @@ from pathlib import Path
 from speechdistill.progress import progress
 from speechdistill.units.lexicon import Lexicon, UnpronounceableWordError
 from speechdistill.units.types import UNIT_TYPES, BuildContext, UnitsConfig, UnitType
-from speechdistill.utils import atomic_write_text
+from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
 __all__ = ["Units", "UnitsConfig", "build_inventory"]
@@ -51,15 +51,24 @@ class Units:
 
     def __getitem__(self, unit: str) -> UnitType:
         if unit not in self._types:
+            if not UNIT_TYPES[unit].available(self.root):
+                raise DataError(
+                    f"{self.root} holds no {unit} inventory: "
+                    + self.info.get(unit, f"run `speechdistill units build {self.root.parent}`")
+                )
             self._types[unit] = UNIT_TYPES[unit](self)
         return self._types[unit]
+
+    def names(self) -> list[str]:
+        """The unit types this inventory holds."""
+        return [u for u in UNIT_TYPES if UNIT_TYPES[u].available(self.root)]
 
     def vocab_size(self, unit: str) -> int:
         return self[unit].vocab_size
 
     def vocab(self) -> dict[str, int]:
         """Vocabulary size of every unit type of the inventory."""
-        return {u: self.vocab_size(u) for u in UNIT_TYPES}
+        return {u: self.vocab_size(u) for u in self.names()}
 
     def encode(self, text: str, unit: str) -> list[int]:
         """Integer ids of ``text`` in ``unit``."""
@@ -70,7 +79,7 @@ class Units:
 
     def files(self) -> list[Path]:
         """The files that define the inventory's units (what a soft-label cache depends on)."""
-        return [self.root / f for u in UNIT_TYPES for f in UNIT_TYPES[u].files] + [self.root / "lexicon.txt"]
+        return [self.root / f for u in self.names() for f in UNIT_TYPES[u].files] + [self.root / "lexicon.txt"]
 
 
 def build_inventory(
@@ -81,6 +90,7 @@ def build_inventory(
     frame_shift: float,
     cfg: UnitsConfig | None = None,
     show_progress: bool = True,
+    extra: dict | None = None,
 ) -> dict:
     """Build every registered unit type into ``root``: the lexicon over every word of the LM
     text and the transcripts, each type's files (``UnitType.build``), and the LM text in
@@ -110,19 +120,23 @@ def build_inventory(
     for name in UNIT_TYPES:
         stats |= UNIT_TYPES[name].build(ctx)
     kept = [line for line in lm_lines if not any(w in bad for w in line.split())]
-    info = {
-        "config": asdict(cfg),
-        "vocab": {},
-        "lexicon_words": len(words) - len(bad),
-        "g2p_words": len(lexicon.oov_words),
-        "unpronounceable_words": sorted(bad),
-        "lm_sentences_dropped": len(lm_lines) - len(kept),
-    } | stats
+    info = (
+        {
+            "config": asdict(cfg),
+            "vocab": {},
+            "lexicon_words": len(words) - len(bad),
+            "g2p_words": len(lexicon.oov_words),
+            "unpronounceable_words": sorted(bad),
+            "lm_sentences_dropped": len(lm_lines) - len(kept),
+        }
+        | stats
+        | (extra or {})
+    )
     units = Units(root, info)
     info["vocab"] = units.vocab()
 
     # The text-only corpus in each unit (sentences with an unpronounceable word are dropped).
-    converted: dict[str, list[str]] = {u: [] for u in UNIT_TYPES}
+    converted: dict[str, list[str]] = {u: [] for u in units.names()}
     for line in progress(kept, total=len(kept), desc="LM text to units", enable=show_progress):
         for u, lines in converted.items():
             lines.append(" ".join(units[u].tokens(line)))

@@ -34,7 +34,7 @@ from speechdistill.units.lexicon import Lexicon
 from speechdistill.units.phones import ARPABET, SIL
 from speechdistill.units.senone import SenoneTree, accumulate_stats
 from speechdistill.units.subword import load_subword_model, split_span, subword_alignment, train_subword_model
-from speechdistill.utils import DataError, atomic_write_text
+from speechdistill.utils import atomic_write_text
 
 UNIT_TYPES: Registry[type[UnitType]] = Registry("unit type")
 
@@ -77,8 +77,14 @@ class UnitType:
 
     @classmethod
     def build(cls, ctx: BuildContext) -> dict:
-        """Write this type's files under ``ctx.root``; returns statistics for units.json."""
+        """Write this type's files under ``ctx.root``; returns statistics for units.json. A type
+        that cannot be built yet (senones without an alignment) writes nothing and says why."""
         return {}
+
+    @classmethod
+    def available(cls, root: Path) -> bool:
+        """Whether an inventory at ``root`` holds this type (all its files are there)."""
+        return all((root / f).exists() for f in cls.files)
 
     @property
     def vocab_size(self) -> int:
@@ -228,10 +234,12 @@ class Senones(UnitType):
             for a in ali:
                 durs.setdefault(a.symbol, []).append(a.duration)
         if not stats:
-            raise DataError(
-                "no training utterance has a phone alignment; senones need alignments "
-                "(import them, or use the built-in corpus)"
-            )
+            for name in ("senones.json", "durations.json"):  # a tree of another alignment must not stay
+                (ctx.root / name).unlink(missing_ok=True)
+            return {
+                "senone": "not built: no training utterance has a phone alignment; make one with `speechdistill "
+                "align run CORPUS`, then `speechdistill units build CORPUS --alignment own`"
+            }
         tree = SenoneTree.build(stats, ctx.cfg.num_senones, ctx.cfg.states_per_phone, ctx.cfg.min_senone_frames)
         atomic_write_text(ctx.root / "senones.json", tree.to_json())
         mean_durs = {p: round(float(np.mean(v)), 5) for p, v in sorted(durs.items())}

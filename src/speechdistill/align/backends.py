@@ -1,0 +1,124 @@
+"""Aligner backends, registered by name (``@ALIGNERS.register("name")``).
+
+* ``own``: the project's aligner, trained on the corpus from its transcripts (own.py);
+  any language and lexicon; never reads the synthesiser's timings.
+* ``pocketsphinx``: CMU Sphinx's US-English HMMs (the ``pocketsphinx`` wheel ships them),
+  no training. Words missing from its dictionary get the project lexicon's pronunciation
+  (CMUdict + G2P) at run time; an utterance that fails is retried with wider beams.
+
+A backend's ``prepare`` runs once per corpus (training, for ``own``); ``__init__`` builds
+it in each worker process; ``align(cuts)`` maps each utterance to ``{"phone": items,
+"word": items}`` or to why it failed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from lhotse import CutSet
+from pocketsphinx import Decoder
+
+from speechdistill.align.formats import phones_to_alignment
+from speechdistill.align.own import Aligner, AlignerConfig, train_aligner
+from speechdistill.config import apply_override, from_dict, to_dict
+from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.layout import CorpusDir
+from speechdistill.registry import Registry
+from speechdistill.units.lexicon import Lexicon, UnpronounceableWordError
+from speechdistill.utils import DataError
+
+ALIGNERS: Registry[type[AlignerBackend]] = Registry("aligner backend")
+
+
+class AlignerBackend:
+    name: ClassVar[str]
+
+    @classmethod
+    def prepare(cls, corpus: CorpusDir, name: str, train: CutSet, overrides: list[str], show_progress: bool) -> dict:
+        """Once per corpus, before aligning; returns what the workers are built from."""
+        return {}
+
+    def __init__(self, options: dict) -> None:
+        self.options = options
+
+    def align(self, cuts) -> dict[str, dict | str]:
+        raise NotImplementedError
+
+
+@ALIGNERS.register("own")
+class OwnBackend(AlignerBackend):
+    @classmethod
+    def prepare(cls, corpus, name, train, overrides, show_progress):
+        """Train (or resume training) on ``train``'s first ``train_hours``; the model is kept
+        in ``alignments/{name}/model``."""
+        data = to_dict(AlignerConfig(out_dir=str(corpus.root / "alignments" / name / "model")))
+        for o in overrides:
+            apply_override(data, o)
+        cfg = from_dict(AlignerConfig, data)
+        model = Path(cfg.out_dir) / "aligner"
+        if not model.with_suffix(".json").exists():
+            kept, total = [], 0.0
+            for c in train:
+                if cfg.train_hours and total >= cfg.train_hours * 3600:
+                    break
+                kept.append(c)
+                total += c.duration
+            train_aligner(CutSet.from_cuts(kept), cfg, show_progress)
+        return {"model": str(model)}
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.aligner = Aligner.load(options["model"])
+
+    def align(self, cuts):
+        return self.aligner.align(cuts)
+
+
+@ALIGNERS.register("pocketsphinx")
+class PocketsphinxBackend(AlignerBackend):
+    BEAMS = ({}, {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80})  # pocketsphinx's defaults, then wider
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.decoders = [Decoder(samprate=16000, bestpath=False, lm=None, logfn=os.devnull, **b) for b in self.BEAMS]
+        self.lexicon = Lexicon()
+
+    def align(self, cuts):
+        out = {}
+        for cut in cuts:
+            text = cut.supervisions[0].text
+            pcm = (np.clip(load_cut_audio(cut), -1, 1) * 32767).astype(np.int16).tobytes()
+            why = ""
+            for d in self.decoders:
+                try:
+                    segs, words = self._align(d, text, pcm)
+                    out[cut.id] = phones_to_alignment(cut.id, segs, text, cut.duration, self.lexicon, words)
+                    break
+                except (RuntimeError, UnpronounceableWordError, DataError) as e:
+                    why = str(e)
+            else:
+                out[cut.id] = f"utterance {cut.id}: pocketsphinx could not align it ({why})"
+        return out
+
+    def _align(self, d: Decoder, text: str, pcm: bytes):
+        for w in set(text.split()):
+            if d.lookup_word(w.lower()) is None:
+                d.add_word(w.lower(), " ".join(self.lexicon.pronounce(w)), True)
+        d.set_align_text(text.lower())
+        for _ in range(2):  # words first, then phones within them
+            d.start_utt()
+            d.process_raw(pcm, full_utt=True)
+            d.end_utt()
+            if _ == 0:
+                d.set_alignment()
+        ali = d.get_alignment()
+        phones = [(p.name, p.start / 100, (p.start + p.duration) / 100) for p in ali.phones()]
+        words = [
+            (w.name.split("(")[0], w.start / 100, (w.start + w.duration) / 100)
+            for w in ali
+            if w.name not in ("<sil>", "<s>", "</s>")
+        ]
+        return phones, words

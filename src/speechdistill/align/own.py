@@ -1,0 +1,275 @@
+"""The project's own forced aligner, trained on the corpus itself from transcripts alone.
+
+    speechdistill align data/small --backend own          # trains it, then aligns every split
+    >>> aligner = train_aligner("data/small", AlignerConfig(out_dir="data/small/alignments/own/model"))
+
+A hybrid HMM aligner, trained flat-start (Young et al.'s HTK book; Kaldi's
+``train_mono.sh`` does the same with GMMs): every phone is ``states_per_phone``
+left-to-right states, silence may stand between words. Round 0's frame labels are a
+flat start: the utterance's speech (frames above an energy threshold) is cut into equal
+parts, one per state of its lexicon phones. Each round trains a frame classifier (the
+project's encoder at 10 ms, no subsampling) on the labels, then re-aligns the training
+utterances by Viterbi through their phone graph with the classifier's scaled
+likelihoods (log posterior - prior_scale * log prior), giving the next round's labels.
+The synthesiser's timings are never read. The model is saved with its phone set and
+class priors, so aligning is a forward pass and a Viterbi search per utterance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from torch import nn
+
+from speechdistill.align.viterbi import AlignmentError, AlignmentGraph, segments, viterbi
+from speechdistill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from speechdistill.config import from_dict, to_dict
+from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.batching import make_sampler
+from speechdistill.data.features import FRAME_SHIFT, FbankExtractor, feature_stats
+from speechdistill.distill.losses import IGNORE, frame_ce
+from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
+from speechdistill.progress import progress
+from speechdistill.students.encoders import Encoder, EncoderConfig
+from speechdistill.units.lexicon import Lexicon, UnpronounceableWordError
+from speechdistill.units.phones import ARPABET, SIL
+from speechdistill.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+PHONES = (SIL, *ARPABET)
+
+
+@dataclass
+class AlignerConfig(EngineConfig):
+    out_dir: str = "alignments/own/model"
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=2e-3, warmup_steps=50, max_epochs=2, schedule="linear", final_lr_ratio=0.1, early_stop_patience=0
+        )
+    )
+    checkpoint_every: int = 0
+    encoder: EncoderConfig = field(
+        default_factory=lambda: EncoderConfig(
+            kind="conformer",
+            preset=None,
+            num_blocks=4,
+            d_model=128,
+            num_heads=4,
+            ff_dim=256,
+            subsampling=1,
+            dropout=0.1,
+        )
+    )
+    states_per_phone: int = 3
+    rounds: int = 4  # train + re-align rounds after the flat start
+    train_hours: float = 1.0  # the first hours of the training split train the aligner (0: all of it)
+    max_duration: float = 60.0  # seconds of audio per batch
+    prior_scale: float = 1.0  # scaled likelihood: log p(state | x) - prior_scale * log p(state)
+    speech_threshold: float = 0.3  # flat start: speech where frame energy is above min + this * (max - min)
+    g2p: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.encoder.subsampling != 1:
+            raise ValueError("the aligner works at 10 ms: encoder.subsampling must be 1")
+        if self.states_per_phone < 1 or self.rounds < 1 or not 0 < self.speech_threshold < 1:
+            raise ValueError("states_per_phone >= 1, rounds >= 1 and 0 < speech_threshold < 1 are required")
+
+
+class FrameClassifier(nn.Module):
+    """fbank (N, T, 80) -> (N, T, states) logits at 10 ms: the encoder without subsampling."""
+
+    def __init__(self, encoder: EncoderConfig, num_classes: int, input_dim: int = 80):
+        super().__init__()
+        self.encoder = Encoder(encoder, input_dim)
+        self.out = nn.Linear(encoder.d_model, num_classes)
+        self.register_buffer("feat_mean", torch.zeros(input_dim))
+        self.register_buffer("feat_std", torch.ones(input_dim))
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lens = self.encoder((feats - self.feat_mean) / self.feat_std, lens)
+        return self.out(x), lens
+
+
+def _feats(cut, fbank: FbankExtractor) -> np.ndarray:
+    return cut.load_features() if cut.has_features else fbank(load_cut_audio(cut))
+
+
+def _pad(arrays: list[np.ndarray], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([len(a) for a in arrays])
+    out = torch.full(
+        (len(arrays), int(lens.max()), *arrays[0].shape[1:]), value, dtype=torch.from_numpy(arrays[0]).dtype
+    )
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = torch.from_numpy(a)
+    return out, lens
+
+
+class Aligner:
+    """A trained frame classifier with its phone set and priors: aligns utterances."""
+
+    def __init__(self, model: FrameClassifier, cfg: AlignerConfig, log_prior: np.ndarray):
+        self.model, self.cfg, self.log_prior = model.eval(), cfg, log_prior
+        self.index = {p: i for i, p in enumerate(PHONES)}
+        self.lexicon = Lexicon(g2p=cfg.g2p)
+        self.fbank = FbankExtractor()
+
+    @classmethod
+    def load(cls, prefix: str | Path) -> Aligner:
+        tensors, meta = load_checkpoint(prefix)
+        cfg = from_dict(AlignerConfig, meta["config"])
+        model = FrameClassifier(cfg.encoder, len(PHONES) * cfg.states_per_phone)
+        load_model_state(model, tensors, "model.", prefix)
+        return cls(model, cfg, np.array(meta["log_prior"]))
+
+    def save(self, prefix: str | Path, extra: dict | None = None) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        meta = {
+            "kind": "frame-aligner",
+            "config": to_dict(self.cfg),
+            "phones": list(PHONES),
+            "log_prior": self.log_prior.tolist(),
+        } | (extra or {})
+        save_checkpoint(prefix, tensors, meta)
+
+    def graph(self, text: str) -> AlignmentGraph:
+        try:
+            words = [self.lexicon.pronounce(w) for w in text.split()]
+        except UnpronounceableWordError as e:
+            raise AlignmentError(str(e)) from None
+        return AlignmentGraph.build(words, self.cfg.states_per_phone, self.index)
+
+    @torch.no_grad()
+    def scores(self, feats: list[np.ndarray]) -> list[np.ndarray]:
+        """Scaled log-likelihoods (T, states) of each utterance's frames."""
+        x, lens = _pad([np.ascontiguousarray(f, dtype=np.float32) for f in feats])
+        logits, lens = self.model(x, lens)
+        lp = logits.float().log_softmax(-1).numpy() - self.cfg.prior_scale * self.log_prior
+        return [lp[i, : int(n)] for i, n in enumerate(lens)]
+
+    def align(self, cuts) -> dict[str, dict | str]:
+        """utterance -> {"phone": [...], "word": [...]}, or why it could not be aligned."""
+        out: dict[str, dict | str] = {}
+        feats = [_feats(c, self.fbank) for c in cuts]
+        for cut, lp in zip(cuts, self.scores(feats), strict=True):
+            text = cut.supervisions[0].text
+            try:
+                graph = self.graph(text)
+                phones, words = segments(graph, viterbi(graph, lp), FRAME_SHIFT, cut.duration, text.split())
+                out[cut.id] = {"phone": phones, "word": words}
+            except AlignmentError as e:
+                out[cut.id] = f"utterance {cut.id}: {e}"
+        return out
+
+    def state_labels(self, cut, feats: np.ndarray, lp: np.ndarray | None) -> np.ndarray:
+        """(T,) class per frame: a flat start (``lp`` None) or the Viterbi path."""
+        graph = self.graph(cut.supervisions[0].text)
+        if lp is not None:
+            return graph.classes[viterbi(graph, lp)]
+        energy = feats.mean(1)
+        speech = np.flatnonzero(energy > energy.min() + self.cfg.speech_threshold * (energy.max() - energy.min()))
+        first, last = (speech[0], speech[-1] + 1) if len(speech) else (0, len(feats))
+        states = graph.classes[graph.word_states()]
+        if last - first < len(states):
+            first, last = 0, len(feats)
+        labels = np.full(len(feats), self.index[SIL] * self.cfg.states_per_phone, dtype=np.int64)
+        labels[first:last] = states[
+            np.minimum(np.arange(last - first) * len(states) // (last - first), len(states) - 1)
+        ]
+        return labels
+
+
+class AlignerTask(Task):
+    """Frame classification of the current round's state labels."""
+
+    kind = "frame-aligner-training"
+
+    def __init__(self, cfg: AlignerConfig, engine: Engine, model: FrameClassifier, cuts, labels: dict[str, np.ndarray]):
+        self.cfg, self.engine, self.model, self.cuts, self.labels = cfg, engine, model, cuts, labels
+        self.fbank = FbankExtractor()
+
+    def _sampler(self, epoch: int):
+        f = self.engine.fabric
+        sampler = make_sampler(self.cuts, self.cfg.max_duration, True, self.cfg.seed, 10, f.world_size, f.global_rank)
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def batches(self, epoch: int, skip: int):
+        for i, batch in enumerate(self._sampler(epoch)):
+            if i >= skip:
+                feats, lens = _pad([np.ascontiguousarray(_feats(c, self.fbank), dtype=np.float32) for c in batch])
+                labels, _ = _pad([self.labels[c.id][: int(n)] for c, n in zip(batch, lens, strict=True)], IGNORE)
+                yield feats, lens, labels
+
+    def num_batches(self) -> int:
+        return sum(1 for _ in self._sampler(0))
+
+    def step(self, model, batch):
+        feats, lens, labels = (x.to(self.engine.fabric.device) for x in batch)
+        logits, _ = model(feats, lens)
+        loss = frame_ce(logits, labels)
+        return loss, {"ce": float(loss.detach())}
+
+
+def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) -> Aligner:
+    """Flat start, then ``cfg.rounds`` rounds of training and re-alignment on ``cuts`` (their
+    transcripts only). Each finished round is kept under ``cfg.out_dir`` (``round{r}``), so
+    an interrupted training resumes there; returns the last round's aligner."""
+    out = Path(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
+    num_classes = len(PHONES) * cfg.states_per_phone
+    model = FrameClassifier(cfg.encoder, num_classes)
+    aligner = Aligner(model, cfg, np.zeros(num_classes))
+    feats = {
+        c.id: _feats(c, aligner.fbank)
+        for c in progress(cuts, total=len(cuts), desc="aligner features", enable=show_progress)
+    }
+    mean, std = feature_stats(feats.values())
+    model.feat_mean.copy_(mean)
+    model.feat_std.copy_(std)
+    flat = {c.id: _labels_or_none(aligner, c, feats[c.id], None) for c in cuts}
+    labels = {u: v for u, v in flat.items() if v is not None}
+    train = cuts.subset(cut_ids=list(labels))
+    history = []
+    for r in range(cfg.rounds):
+        prefix = out / f"round{r}"
+        if prefix.with_suffix(".json").exists():
+            aligner = Aligner.load(prefix)
+            history = json.loads(prefix.with_suffix(".json").read_text())["history"]
+        else:
+            engine = Engine(
+                from_dict(AlignerConfig, to_dict(cfg) | {"out_dir": str(out / f"train{r}"), "progress": show_progress})
+            )
+            state = engine.fit(AlignerTask(cfg, engine, aligner.model, train, labels))
+            counts = np.bincount(np.concatenate(list(labels.values())), minlength=num_classes) + 1.0
+            aligner.log_prior = np.log(counts / counts.sum())
+            history.append({"round": r, "train_ce": state["history"][-1]["ce"], "seconds": state["seconds_this_run"]})
+            aligner.save(prefix, {"history": history})
+        aligner.model.eval()
+        new = {}
+        ids = list(labels)
+        for i in range(0, len(ids), 16):  # re-align: the next round's labels
+            chunk = [train[u] for u in ids[i : i + 16]]
+            for c, lp in zip(chunk, aligner.scores([feats[c.id] for c in chunk]), strict=True):
+                new[c.id] = _labels_or_none(aligner, c, feats[c.id], lp)
+        changed = float(np.mean([np.mean(new[u] != labels[u]) for u in ids if new[u] is not None]))
+        log.info("aligner round %d: %.1f%% of frames changed state", r, 100 * changed)
+        history[-1]["frames_changed"] = round(changed, 4)
+        labels = {u: v if v is not None else labels[u] for u, v in new.items()}
+    aligner.save(out / "aligner", {"history": history, "train_utterances": len(train)})
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
+    return aligner
+
+
+def _labels_or_none(aligner: Aligner, cut, feats, lp) -> np.ndarray | None:
+    try:
+        return aligner.state_labels(cut, feats, lp)
+    except AlignmentError as e:
+        log.warning("aligner training skips utterance %s: %s", cut.id, e)
+        return None

@@ -1,0 +1,216 @@
+"""Forced alignment: the Viterbi graph on hand-made scores, scoring against hand-computed
+figures, CTM and TextGrid round trips, and an imported corpus (no timings) aligned by the
+project's own aligner and trained on end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from lhotse.supervision import AlignmentItem as A
+
+from speechdistill.align.formats import normalize_phone, read_ctm, read_textgrid, write_ctm, write_textgrid
+from speechdistill.align.score import edit_pairs, score_split
+from speechdistill.align.viterbi import AlignmentError, AlignmentGraph, segments, viterbi
+from speechdistill.units.phones import SIL
+
+INDEX = {SIL: 0, "AH": 1, "B": 2, "K": 3}
+
+
+def _scores(frames: list[str], S: int = 1) -> np.ndarray:
+    """Log-likelihoods that favour, frame by frame, the given phone's states."""
+    lp = np.full((len(frames), len(INDEX) * S), -10.0)
+    for t, p in enumerate(frames):
+        lp[t, INDEX[p] * S : (INDEX[p] + 1) * S] = -0.1
+    return lp
+
+
+def test_viterbi_places_phones_and_optional_silences():
+    graph = AlignmentGraph.build([["B", "AH"], ["K"]], 1, INDEX)
+    # silence, B B, AH, silence silence, K, silence: both optional silences taken
+    frames = [SIL, "B", "B", "AH", SIL, SIL, "K", SIL]
+    path = viterbi(graph, _scores(frames))
+    phones, words = segments(graph, path, 0.01, 0.08, ["BA", "K"])
+    assert [(a.symbol, a.start, a.duration) for a in phones] == [
+        (SIL, 0.0, 0.01),
+        ("B", 0.01, 0.02),
+        ("AH", 0.03, 0.01),
+        (SIL, 0.04, 0.02),
+        ("K", 0.06, 0.01),
+        (SIL, 0.07, 0.01),
+    ]
+    assert words == [A("BA", 0.01, 0.03), A("K", 0.06, 0.01)]
+    # no silence where the scores want none: the optional states are skipped
+    phones, _ = segments(graph, viterbi(graph, _scores(["B", "AH", "K"])), 0.01, 0.03, ["BA", "K"])
+    assert [a.symbol for a in phones] == ["B", "AH", "K"]
+
+
+def test_three_states_per_phone_and_too_short_audio():
+    graph = AlignmentGraph.build([["AH", "K"]], 3, INDEX)
+    assert graph.min_frames == 6 and list(graph.word_states()) == [3, 4, 5, 6, 7, 8]
+    path = viterbi(graph, _scores(["AH"] * 3 + ["K"] * 4, S=3))
+    assert [graph.symbols[graph.phone[s]] for s in path] == ["AH"] * 3 + ["K"] * 4
+    with pytest.raises(AlignmentError, match="5 frames are too few for the transcript's 6 states"):
+        viterbi(graph, _scores(["AH"] * 5, S=3))
+    with pytest.raises(AlignmentError, match="phone 'ZH' is not in the aligner's phone set"):
+        AlignmentGraph.build([["ZH"]], 1, INDEX)
+
+
+def test_score_by_hand():
+    ref = {"u": {"phone": [A(SIL, 0, 0.1), A("B", 0.1, 0.1), A("AH", 0.2, 0.1), A("K", 0.3, 0.1)]}}
+    # B 5 ms early, AH (spoken as AH) 30 ms late, K missing, an inserted AH
+    hyp = {"u": {"phone": [A("B", 0.095, 0.13), A("AH", 0.23, 0.05), A("AH", 0.28, 0.12)]}}
+    assert edit_pairs(["B", "AH", "K"], ["B", "AH", "AH"]) == [(0, 0), (1, 1), (2, 2)]
+    s = score_split(ref, hyp, {"v": "utterance v: too short"})
+    # pairs: B (5 ms), AH (30 ms), K~AH substitution (20 ms)
+    assert s["paired_phones"] == 3 and s["reference_phones"] == 3 and s["failed"] == 1
+    assert s["within_10ms"] == pytest.approx(100 / 3, abs=0.01) and s["within_20ms"] == pytest.approx(200 / 3, abs=0.01)
+    assert s["within_40ms"] == 100.0 and s["mean_abs_ms"] == pytest.approx(55 / 3, abs=0.01)
+    assert s["median_abs_ms"] == pytest.approx(20.0) and s["phone_agreement"] == pytest.approx(200 / 3, abs=0.01)
+    with pytest.raises(ValueError, match="cover different utterances .* e.g. w"):
+        score_split(ref | {"w": ref["u"]}, hyp)
+
+
+def test_ctm_and_textgrid_round_trips(tmp_path):
+    ali = {
+        "u1": {
+            "phone": [A(SIL, 0.0, 0.12), A("B", 0.12, 0.08), A("AH", 0.2, 0.1), A(SIL, 0.3, 0.05)],
+            "word": [A("BA", 0.12, 0.18)],
+        },
+        "u2": {"phone": [A("K", 0.0, 0.2), A("AH", 0.2, 0.2)], "word": [A("KA", 0.0, 0.4)]},
+    }
+    write_ctm(ali, tmp_path / "a.ctm")
+    back = read_ctm(tmp_path / "a.ctm")
+    assert back["u1"] == [(SIL, 0.0, 0.12), ("B", 0.12, 0.2), ("AH", 0.2, 0.3), (SIL, 0.3, 0.35)]
+    write_textgrid(ali["u1"], 0.35, tmp_path / "u1.TextGrid")
+    phones, words = read_textgrid(tmp_path / "u1.TextGrid")
+    assert [(p, round(a, 3), round(b, 3)) for p, a, b in phones] == [("B", 0.12, 0.2), ("AH", 0.2, 0.3)]
+    assert words == [("BA", 0.12, 0.3)]
+    assert [normalize_phone(p) for p in ("ah0_B", "sil", "SPN", "", "T_E", "er1")] == ["AH", SIL, SIL, SIL, "T", "ER"]
+
+
+def _kaldi_dir(src, split, out, n):
+    """A plain Kaldi data dir (wav.scp, text, utt2spk; no timings) of the first n utterances."""
+    sups = [json.loads(line) for line in (src / f"{split}_supervisions.jsonl").read_text().splitlines()[:n]]
+    recs = {
+        json.loads(line)["id"]: json.loads(line)
+        for line in (src / f"{split}_recordings.jsonl").read_text().splitlines()
+    }
+    out.mkdir(parents=True)
+    (out / "wav.scp").write_text("".join(f"{s['id']} {src / recs[s['id']]['sources'][0]['source']}\n" for s in sups))
+    (out / "text").write_text("".join(f"{s['id']} {s['text'].lower()}\n" for s in sups))
+    (out / "utt2spk").write_text("".join(f"{s['id']} {s['speaker']}\n" for s in sups))
+
+
+def test_imported_corpus_is_aligned_and_trained_end_to_end(tiny_units, tmp_path):
+    """Kaldi dirs in, own alignment, units with senones, LMs, soft labels, a short hier run, decoding."""
+    from speechdistill.align.run import align_corpus, score_alignments
+    from speechdistill.config import from_dict
+    from speechdistill.data.features import compute_features
+    from speechdistill.data.importers import import_kaldi_dir, import_lm_text
+    from speechdistill.data.layout import SoftLabelSpec
+    from speechdistill.data.units import build_units
+    from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
+    from speechdistill.evaluate import evaluate
+    from speechdistill.teachers.lm import LMConfig
+    from speechdistill.teachers.lm_train import train_lm
+    from speechdistill.train import TrainConfig, train
+    from speechdistill.units.inventory import UnitsConfig
+
+    src, corpus = tiny_units.parent, tmp_path / "mine"
+    for split, n in (("train", 48), ("dev", 8), ("test", 8)):
+        _kaldi_dir(src, split, tmp_path / "kaldi" / split, n)
+        import_kaldi_dir(tmp_path / "kaldi" / split, corpus, split)
+    import_lm_text(src / "lm_text.txt", corpus)
+    compute_features(corpus, show_progress=False)
+    units = UnitsConfig(vocab_size=96, num_senones=130, min_senone_frames=10)
+    info = build_units(corpus, units, show_progress=False)  # no alignment yet: no senones, and it says why
+    assert "senone" not in info["vocab"] and "align run" in info["senone"]
+    tiny = [
+        "rounds=1",
+        "train_hours=0",
+        "optim.max_epochs=3",
+        "encoder.num_blocks=2",
+        "encoder.d_model=48",
+        "encoder.ff_dim=96",
+        "encoder.num_heads=4",
+        "states_per_phone=1",
+        "max_duration=30",
+    ]
+    report = align_corpus(corpus, "own", overrides=tiny, show_progress=False)
+    assert report["train"]["aligned"] + report["train"]["failed"] == 48 and report["train"]["aligned"] >= 40
+    scores = score_alignments(tmp_path / "mine", "own", "own")  # an alignment against itself: perfect
+    assert scores["dev"]["within_10ms"] == 100.0 and scores["dev"]["mean_abs_ms"] == 0.0
+    info = build_units(corpus, units, show_progress=False, alignment="own")
+    assert info["vocab"]["senone"] > 100 and info["alignment"] == "own"
+    for unit in ("senone", "phone", "subword"):
+        train_lm(corpus, unit, LMConfig(d_model=16, num_layers=1), max_sentences=100, show_progress=False)
+        build_cache(corpus, SoftLabelSpec(unit, 4, 2.0, alignment="own"), show_progress=False)
+    with pytest.raises(FileNotFoundError, match="phone-k4-T2 is missing"):  # a cache of another alignment
+        SoftLabelCache.open_for(corpus, SoftLabelSpec("phone", 4, 2.0))
+    kd = {"kd": {"top_k": 4, "temperature": 2.0}, "ce_weight": 0.0}
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "out_dir": str(tmp_path / "hier"),
+            "progress": False,
+            "data": {"corpus": str(corpus), "max_duration": 30.0, "alignment": "own"},
+            "model": {
+                "encoder": {"preset": None, "num_blocks": 3, "d_model": 32, "num_heads": 2, "ff_dim": 64},
+                "taps": [
+                    {"layer": 1, "unit": "senone"} | kd,
+                    {"layer": 2, "unit": "phone"} | kd,
+                    {"layer": 3, "unit": "subword"} | kd,
+                ],
+            },
+            "optim": {"max_epochs": 1, "warmup_steps": 2},
+        },
+    )
+    summary = train(cfg)
+    assert summary["epochs"] == 1 and math.isfinite(summary["best_dev_error"])
+    scores = evaluate(tmp_path / "hier" / "best", corpus, "test")
+    assert scores["num_utterances"] == 8 and scores["words"]
+    # a stored alignment changed: the caches made from it are stale, never used
+    path = corpus / "alignments" / "own" / "train.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(StaleCacheError, match="is stale"):
+        SoftLabelCache.open_for(corpus, SoftLabelSpec("phone", 4, 2.0, alignment="own"))
+
+
+def test_failed_utterances_are_listed_and_training_goes_on(tiny_units, tmp_path):
+    """An alignment that lacks utterances: they are listed, their taps learn nothing, the
+    main CTC loss still trains on them, and the run finishes."""
+    from speechdistill.align.store import load_alignments, save_alignments
+    from speechdistill.config import from_dict
+    from speechdistill.data.corpus import load_split
+    from speechdistill.train import TrainConfig, train
+
+    corpus = tmp_path / "c"
+    shutil.copytree(tiny_units.parent, corpus, symlinks=True)
+    cuts = sorted(load_split(corpus, "train"), key=lambda c: c.id)
+    good = {c.id: c.supervisions[0].alignment for c in cuts[:40]}
+    failed = {c.id: f"utterance {c.id}: made up" for c in cuts[40:]}
+    save_alignments(corpus, "half", "train", good, failed)
+    assert load_alignments(corpus, "half", "train")[1] == failed
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "out_dir": str(tmp_path / "run"),
+            "progress": False,
+            "log_every": 1,
+            "data": {"corpus": str(corpus), "max_duration": 30.0, "alignment": "half"},
+            "model": {
+                "encoder": {"preset": None, "num_blocks": 2, "d_model": 32, "num_heads": 2, "ff_dim": 64},
+                "taps": [{"layer": 1, "unit": "phone"}],
+            },
+            "optim": {"max_epochs": 1, "warmup_steps": 2},
+        },
+    )
+    summary = train(cfg)
+    assert summary["epochs"] == 1 and summary["unaligned_utterances"] == len(failed)
+    rows = [line.split(",") for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert all(math.isfinite(float(r[2])) for r in rows if r[1] in ("phone@1", "ctc"))
