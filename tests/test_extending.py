@@ -1,7 +1,8 @@
 """docs/extending.md's worked examples, run: its code blocks form a plug-in module that
-registers a unit type, a tap loss, an encoder block and an SSL student and defines an
-importer; the command line (``--plugin``) builds units, trains an LM, caches soft labels
-and trains a model with all of them on a copy of the tiny corpus."""
+registers a unit type, a tap loss, an encoder block, an SSL student and an aligner
+backend and defines an importer; the command line (``--plugin``) builds units, trains an
+LM, caches soft labels, trains a model and aligns with all of them on a copy of the
+tiny corpus."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory) -> Path:
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(), re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     d = tmp_path_factory.mktemp("plugin")
     (d / "my_extensions.py").write_text("\n\n".join(blocks))
     return d
@@ -69,6 +70,9 @@ def test_the_worked_examples_train_through_the_command_line(plugin, tiny_units, 
     )
     keys = {line.split(",")[1] for line in (out / "log.csv").read_text().splitlines()[1:]}
     assert {"letter-frame-rkl@1.rkl", "letter-frame-rkl@1.ce", "phone@2.ce", "dev_error"} <= keys
+    _cli(plugin, "align", "run", corpus, "--backend", "uniform", "--split", "dev")
+    table = _cli(plugin, "align", "score", corpus, "--ref", "synth", "--hyp", "uniform").stdout
+    assert "| dev | 16 | 0 |" in table  # every dev utterance aligned, none failed
     scores = _cli(plugin, "evaluate", out / "best", "--data", corpus, "--split", "dev").stdout
     assert "WER" in scores
     rows = (out / "dev.hyp.tsv").read_text().splitlines()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speechdistill.ablate import ablate
+from speechdistill.align.run import align_corpus
 from speechdistill.compare import compare, markdown, probe_result_path, write_report
 from speechdistill.config import load_config
 from speechdistill.data.corpus import build_corpus
@@ -28,6 +29,7 @@ from speechdistill.distill.ssl_distill import DistillConfig, distill
 from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
+from speechdistill.units.inventory import Units
 from speechdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ class DemoPlan:
     # perplexity is ~1.8 either way, so the demo trains it on part of the text.
     lm_sentences: tuple[tuple[str, int], ...] = (("senone", 20000), ("phone", 0), ("subword", 0))
     soft_labels: tuple[int, float] = (8, 3.0)  # top-k, temperature: what configs/asr/demo.yaml's methods use
+    # The alignment that feeds the senone tree, the soft labels and the taps: the project's
+    # own aligner, trained on the corpus's transcripts (never the synthesiser's timings).
+    alignment: str = "own"
+    aligner: tuple[str, ...] = ()  # its options (align/own.py AlignerConfig), key=value
     overrides: tuple[str, ...] = ()
 
 
@@ -67,21 +73,26 @@ def _cache_usable(corpus: CorpusDir, spec: SoftLabelSpec) -> bool:
 
 
 def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small") -> None:
-    """Corpus, features, units, LMs and caches: whatever is missing."""
+    """Corpus, features, alignment, units, LMs and caches: whatever is missing."""
     corpus = CorpusDir(corpus)
     build_corpus(preset, corpus.root)
     compute_features(corpus)
-    if not (corpus.units / "units.json").exists():
-        build_units(corpus)
+    if plan.alignment:
+        align_corpus(corpus, "own", plan.alignment, overrides=list(plan.aligner), jobs=2)
+    info = corpus.units / "units.json"
+    if not info.exists() or json.loads(info.read_text()).get("alignment", "") != plan.alignment:
+        build_units(corpus, alignment=plan.alignment)
+    units_digest = Units(corpus.units).digest()
     for unit, sentences in plan.lm_sentences:
         meta_path = corpus.lm(unit).with_suffix(".json")
-        if meta_path.exists() and json.loads(meta_path.read_text()).get("max_sentences", 0) != sentences:
-            log.info("%s LM was trained on another amount of text than this demo plan; retraining", unit)
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if meta and (meta.get("max_sentences", 0), meta.get("units")) != (sentences, units_digest):
+            log.info("%s LM was trained on other text or units than this demo plan; retraining", unit)
             meta_path.unlink()
         if not meta_path.exists():
             meta = train_lm(corpus, unit, max_sentences=sentences)
             log.info("%s LM: dev perplexity %.2f (%d s)", unit, meta["dev_perplexity"], meta["train_seconds"])
-        spec = SoftLabelSpec(unit, *plan.soft_labels)
+        spec = SoftLabelSpec(unit, *plan.soft_labels, alignment=plan.alignment)
         if not _cache_usable(corpus, spec):
             build_cache(corpus, spec)
 
@@ -90,7 +101,8 @@ def run_demo(corpus: str | Path = "data/small", quick: bool = False, seeds: int 
     """Prepare everything, run the methods over seeds; returns the results table (Markdown)."""
     plan = QUICK if quick else FULL
     prepare(corpus, plan)
-    ablate(plan.ablation, seeds or plan.seeds, [f"data.corpus={corpus}", *plan.overrides], out_dir=plan.out_dir)
+    common = [f"data.corpus={corpus}", f"data.alignment={plan.alignment}", *plan.overrides]
+    ablate(plan.ablation, seeds or plan.seeds, common, out_dir=plan.out_dir)
     return Path(plan.out_dir) / "results.md"
 
 

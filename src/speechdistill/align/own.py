@@ -54,22 +54,16 @@ class AlignerConfig(EngineConfig):
         )
     )
     checkpoint_every: int = 0
+    # a time-delay network: 5 convolutions of 7 frames (a 310 ms receptive field) at 10 ms
     encoder: EncoderConfig = field(
         default_factory=lambda: EncoderConfig(
-            kind="conformer",
-            preset=None,
-            num_blocks=4,
-            d_model=128,
-            num_heads=4,
-            ff_dim=256,
-            subsampling=1,
-            dropout=0.1,
+            kind="tdnn", preset=None, num_blocks=5, d_model=192, conv_kernel=7, subsampling=1, dropout=0.1
         )
     )
     states_per_phone: int = 3
     rounds: int = 4  # train + re-align rounds after the flat start
     train_hours: float = 1.0  # the first hours of the training split train the aligner (0: all of it)
-    max_duration: float = 60.0  # seconds of audio per batch
+    max_duration: float = 20.0  # seconds of audio per batch
     prior_scale: float = 1.0  # scaled likelihood: log p(state | x) - prior_scale * log p(state)
     speech_threshold: float = 0.3  # flat start: speech where frame energy is above min + this * (max - min)
     g2p: bool = True

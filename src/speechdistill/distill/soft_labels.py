@@ -58,8 +58,7 @@ def fingerprint(
             h.update(f.read_bytes())
     else:
         h.update(Path(f"{lm_prefix}.safetensors").read_bytes())
-    for path in Units(units_dir).files():
-        h.update(path.read_bytes())
+    h.update(Units(units_dir).digest().encode())
     h.update(f"{unit}|{k}|{temperature:g}|{data}".encode())
     return h.hexdigest()
 

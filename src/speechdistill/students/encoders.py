@@ -216,6 +216,25 @@ class TransformerBlock(nn.Module):
         return (x + self.ff(x)).masked_fill(pad[..., None], 0.0)
 
 
+@ENCODER_BLOCKS.register("tdnn")
+class TDNNBlock(nn.Module):
+    """A 1-D convolution over time (``conv_kernel`` frames), LayerNorm, ReLU and a residual
+    connection: a time-delay layer (Waibel et al. 1989; Peddinti et al. 2015). Cheap and
+    quick to train; the own aligner's frame classifier."""
+
+    positional = attention = False
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.conv = nn.Conv1d(cfg.d_model, cfg.d_model, cfg.conv_kernel, padding=cfg.conv_kernel // 2)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.masked_fill(pad[..., None], 0.0).transpose(1, 2)).transpose(1, 2)  # (N, T, C)
+        return (x + self.dropout(F.relu(self.norm(y)))).masked_fill(pad[..., None], 0.0)
+
+
 @ENCODER_BLOCKS.register("blstm")
 class BLSTMBlock(nn.Module):
     positional = attention = False

@@ -149,6 +149,7 @@ def train_lm(
         "train_seconds": st["seconds_this_run"],
         "epochs": epochs,
         "lr": lr,
+        "units": units.digest(),
     }
     save_checkpoint(corpus.lm(unit), {f"lm.{k}": v for k, v in lm.state_dict().items()}, meta)
     return meta

@@ -18,6 +18,7 @@ Layout of ``{corpus}/units``::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -76,6 +77,13 @@ class Units:
 
     def phones(self, text: str) -> list[str]:
         return self.lexicon.phones(text.split())
+
+    def digest(self) -> str:
+        """A hash of ``files()``: what a model over these units depends on."""
+        h = hashlib.sha256()
+        for path in self.files():
+            h.update(path.read_bytes())
+        return h.hexdigest()
 
     def files(self) -> list[Path]:
         """The files that define the inventory's units (what a soft-label cache depends on)."""

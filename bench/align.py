@@ -1,0 +1,65 @@
+"""Forced aligners side by side: accuracy against the synthesiser's timings and speed.
+
+    python bench/align.py --corpus data/small            # the own aligner (trains it if needed)
+    python bench/align.py --corpus data/small --pocketsphinx
+
+For each backend: phone onsets within 10/20/40 ms of the synthesiser's exact timings on
+the dev and test voices (never seen in training), mean and median onset error, failed
+utterances; the own aligner's training time (from its history) and its alignment speed
+on one core (a forward pass and a Viterbi search per utterance, features read from
+disk), as a real-time factor. Needs the corpus with stored features
+(`speechdistill features compute`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from speechdistill.align.own import Aligner
+from speechdistill.align.run import align_corpus, score_alignments
+from speechdistill.data.features import load_cuts_with_features
+from speechdistill.data.layout import CorpusDir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default="data/small")
+    p.add_argument("--pocketsphinx", action="store_true", help="also align dev and test with pocketsphinx")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("overrides", nargs="*", help="own aligner options, key=value")
+    args = p.parse_args()
+    corpus = CorpusDir(args.corpus)
+    align_corpus(corpus, "own", overrides=args.overrides, jobs=args.jobs, show_progress=False)
+    model = corpus.root / "alignments" / "own" / "model"
+    history = json.loads((model / "history.json").read_text())
+    print(f"own aligner: {len(history)} rounds, {sum(h['seconds'] for h in history) / 60:.1f} min of training "
+          f"(frames changed per round: {[h.get('frames_changed') for h in history]})")  # fmt: skip
+    torch.set_num_threads(1)
+    aligner = Aligner.load(model / "aligner")
+    cuts = list(load_cuts_with_features(corpus, "test"))
+    t0 = time.perf_counter()
+    for i in range(0, len(cuts), 16):
+        aligner.align(cuts[i : i + 16])
+    seconds = time.perf_counter() - t0
+    audio = sum(c.duration for c in cuts)
+    print(f"own aligner, one core: {audio / seconds:.0f}x real time ({audio / 60:.1f} min of test audio in {seconds:.1f} s)")
+    rows = {"own": score_alignments(corpus, "synth", "own", ["dev", "test"])}
+    if args.pocketsphinx:
+        t0 = time.perf_counter()
+        align_corpus(corpus, "pocketsphinx", splits=["dev", "test"], jobs=args.jobs, show_progress=False)
+        print(f"pocketsphinx: dev + test in {time.perf_counter() - t0:.0f} s with {args.jobs} processes")
+        rows["pocketsphinx"] = score_alignments(corpus, "synth", "pocketsphinx", ["dev", "test"])
+    print("\n| aligner | split | utterances | failed | within 10 ms | within 20 ms | within 40 ms | mean abs ms | median ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, scores in rows.items():
+        for split, r in scores.items():
+            print(f"| {name} | {split} | {r['utterances']} | {r['failed']} | {r['within_10ms']:.1f}% | {r['within_20ms']:.1f}% "
+                  f"| {r['within_40ms']:.1f}% | {r['mean_abs_ms']:.1f} | {r['median_abs_ms']:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
