@@ -36,8 +36,10 @@ def main() -> None:
     align_corpus(corpus, "own", overrides=args.overrides, jobs=args.jobs, show_progress=False)
     model = corpus.root / "alignments" / "own" / "model"
     history = json.loads((model / "history.json").read_text())
-    print(f"own aligner: {len(history)} rounds, {sum(h['seconds'] for h in history) / 60:.1f} min of training "
-          f"(frames changed per round: {[h.get('frames_changed') for h in history]})")  # fmt: skip
+    print(
+        f"own aligner: {len(history)} rounds, {sum(h['seconds'] for h in history) / 60:.1f} min of training "
+        f"(frames changed per round: {[h.get('frames_changed') for h in history]})"
+    )
     torch.set_num_threads(1)
     aligner = Aligner.load(model / "aligner")
     cuts = list(load_cuts_with_features(corpus, "test"))
@@ -46,19 +48,25 @@ def main() -> None:
         aligner.align(cuts[i : i + 16])
     seconds = time.perf_counter() - t0
     audio = sum(c.duration for c in cuts)
-    print(f"own aligner, one core: {audio / seconds:.0f}x real time ({audio / 60:.1f} min of test audio in {seconds:.1f} s)")
+    print(
+        f"own aligner, one core: {audio / seconds:.0f}x real time ({audio / 60:.1f} min of test audio in {seconds:.1f} s)"
+    )
     rows = {"own": score_alignments(corpus, "synth", "own", ["dev", "test"])}
     if args.pocketsphinx:
         t0 = time.perf_counter()
         align_corpus(corpus, "pocketsphinx", splits=["dev", "test"], jobs=args.jobs, show_progress=False)
         print(f"pocketsphinx: dev + test in {time.perf_counter() - t0:.0f} s with {args.jobs} processes")
         rows["pocketsphinx"] = score_alignments(corpus, "synth", "pocketsphinx", ["dev", "test"])
-    print("\n| aligner | split | utterances | failed | within 10 ms | within 20 ms | within 40 ms | mean abs ms | median ms |")
+    print(
+        "\n| aligner | split | utterances | failed | within 10 ms | within 20 ms | within 40 ms | mean abs ms | median ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, scores in rows.items():
         for split, r in scores.items():
-            print(f"| {name} | {split} | {r['utterances']} | {r['failed']} | {r['within_10ms']:.1f}% | {r['within_20ms']:.1f}% "
-                  f"| {r['within_40ms']:.1f}% | {r['mean_abs_ms']:.1f} | {r['median_abs_ms']:.1f} |")  # fmt: skip
+            print(
+                f"| {name} | {split} | {r['utterances']} | {r['failed']} | {r['within_10ms']:.1f}% | {r['within_20ms']:.1f}% "
+                f"| {r['within_40ms']:.1f}% | {r['mean_abs_ms']:.1f} | {r['median_abs_ms']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ import torch
 from lhotse import CutSet
 from torch import nn
 
+from speechdistill.align.gmm import normalise, train_gmm
 from speechdistill.align.viterbi import AlignmentError, AlignmentGraph, segments, viterbi
 from speechdistill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from speechdistill.config import from_dict, to_dict
 from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.batching import make_sampler
-from speechdistill.data.features import FRAME_SHIFT, FbankExtractor, feature_stats
+from speechdistill.data.features import FRAME_SHIFT, FbankExtractor, feature_stats, mfcc_with_deltas
 from speechdistill.distill.losses import IGNORE, frame_ce
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.progress import progress
@@ -61,7 +62,8 @@ class AlignerConfig(EngineConfig):
         )
     )
     states_per_phone: int = 3
-    rounds: int = 4  # train + re-align rounds after the flat start
+    gmm_iterations: int = 12  # monophone GMM-HMM Viterbi training from the flat start (0: none)
+    rounds: int = 2  # then rounds of training the network and re-aligning with it
     train_hours: float = 1.0  # the first hours of the training split train the aligner (0: all of it)
     max_duration: float = 20.0  # seconds of audio per batch
     prior_scale: float = 1.0  # scaled likelihood: log p(state | x) - prior_scale * log p(state)
@@ -230,6 +232,20 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
     flat = {c.id: _labels_or_none(aligner, c, feats[c.id], None) for c in cuts}
     labels = {u: v for u, v in flat.items() if v is not None}
     train = cuts.subset(cut_ids=list(labels))
+    gmm_path = out / "gmm_labels.npz"
+    if cfg.gmm_iterations and gmm_path.exists():
+        labels = dict(np.load(gmm_path))
+    elif cfg.gmm_iterations:
+        mfcc = [
+            normalise(mfcc_with_deltas(load_cut_audio(c)))
+            for c in progress(train, total=len(train), desc="MFCC", enable=show_progress)
+        ]
+        graphs = [aligner.graph(c.supervisions[0].text) for c in train]
+        new = train_gmm(mfcc, graphs, [labels[c.id] for c in train], num_classes, cfg.gmm_iterations)
+        labels = {c.id: lab for c, lab in zip(train, new, strict=True)}
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "gmm_labels.tmp.npz", **labels)
+        (out / "gmm_labels.tmp.npz").replace(gmm_path)
     history = []
     for r in range(cfg.rounds):
         prefix = out / f"round{r}"

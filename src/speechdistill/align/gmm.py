@@ -1,0 +1,119 @@
+"""Monophone GMM-HMM training from a flat start: the own aligner's first stage.
+
+    >>> labels = train_gmm(feats, graphs, flat_labels, iterations=12)   # state per frame
+
+Classic Viterbi training (HTK's HERest in its Viterbi form; Kaldi's ``train_mono.sh``):
+per-utterance normalised MFCCs with deltas, one diagonal-covariance Gaussian mixture per
+HMM state, re-estimated from the frames the current alignment gives it, the alignment
+redone by Viterbi through each utterance's phone graph with the new likelihoods, and the
+mixtures split (each component's mean moved by +-0.2 standard deviations) every few
+iterations. GMMs learn from few frames and cannot memorise the flat start the way a
+network does, so they move the boundaries to where the acoustics change; the network of
+``own.py`` then refines them. Written by hand (NumPy): scikit-learn's GaussianMixture fits
+one mixture to unlabelled data, not 120 tied to an HMM's alignment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.special import logsumexp
+
+from speechdistill.align.viterbi import AlignmentGraph, viterbi
+
+log = logging.getLogger(__name__)
+VAR_FLOOR = 1e-3
+
+
+class StateGMMs:
+    """One diagonal GMM per state: means/variances (C, D), log weights (C,), state of each component (C,)."""
+
+    def __init__(self, num_states: int, dim: int):
+        self.means = np.zeros((num_states, dim))
+        self.vars = np.ones((num_states, dim))
+        self.log_w = np.zeros(num_states)
+        self.state = np.arange(num_states)
+        self.num_states = num_states
+
+    def log_likelihoods(self, x: np.ndarray) -> np.ndarray:
+        """(T, D) frames -> (T, states) log-likelihoods."""
+        inv = 1.0 / self.vars
+        comp = (
+            -0.5
+            * (
+                (x * x) @ inv.T
+                - 2 * x @ (self.means * inv).T
+                + (self.means**2 * inv).sum(1)
+                + np.log(2 * np.pi * self.vars).sum(1)
+            )
+            + self.log_w
+        )
+        # components are stored state-major within each copy: (T, copies, states)
+        return logsumexp(comp.reshape(len(x), -1, self.num_states), axis=1)
+
+    def estimate(self, x: np.ndarray, labels: np.ndarray, em_steps: int = 2) -> None:
+        """Re-estimate every state's mixture from its frames (``labels``: state per frame)."""
+        for s in range(self.num_states):
+            cols = np.flatnonzero(self.state == s)
+            xs = x[labels == s]
+            if len(xs) < 2 * len(cols):  # too few frames: keep the old mixture
+                continue
+            for _ in range(em_steps if len(cols) > 1 else 1):
+                inv = 1.0 / self.vars[cols]
+                ll = -0.5 * (
+                    (xs * xs) @ inv.T
+                    - 2 * xs @ (self.means[cols] * inv).T
+                    + (self.means[cols] ** 2 * inv).sum(1)
+                    + np.log(2 * np.pi * self.vars[cols]).sum(1)
+                )
+                ll += self.log_w[cols]
+                resp = np.exp(ll - logsumexp(ll, axis=1, keepdims=True))  # (n, k)
+                n = resp.sum(0) + 1e-6
+                self.means[cols] = (resp.T @ xs) / n[:, None]
+                self.vars[cols] = np.maximum((resp.T @ (xs * xs)) / n[:, None] - self.means[cols] ** 2, VAR_FLOOR)
+                self.log_w[cols] = np.log(n / n.sum())
+
+    def split(self) -> None:
+        """Double every state's mixture: each component becomes two, means +-0.2 std apart."""
+        d = 0.2 * np.sqrt(self.vars)
+        self.means = np.concatenate([self.means + d, self.means - d])
+        self.vars = np.concatenate([self.vars, self.vars])
+        self.log_w = np.concatenate([self.log_w, self.log_w]) - np.log(2)
+        self.state = np.concatenate([self.state, self.state])
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Per-utterance mean and variance normalisation."""
+    return (x - x.mean(0)) / (x.std(0) + 1e-5)
+
+
+def train_gmm(
+    feats: list[np.ndarray],
+    graphs: list[AlignmentGraph],
+    labels: list[np.ndarray],
+    num_states: int,
+    iterations: int = 12,
+    split_every: int = 3,
+    max_components: int = 8,
+):
+    """Viterbi training from ``labels`` (the flat start); returns the final state per frame of
+    every utterance and the mixtures. ``feats``: normalised MFCCs with deltas, (T, D) each."""
+    x = np.concatenate(feats)
+    gmm = StateGMMs(num_states, x.shape[1])
+    gmm.means[:] = x.mean(0)
+    gmm.vars[:] = np.maximum(x.var(0), VAR_FLOOR)
+    components = 1
+    for it in range(iterations):
+        gmm.estimate(x, np.concatenate(labels))
+        if it and it % split_every == 0 and components < max_components:
+            gmm.split()
+            components *= 2
+            gmm.estimate(x, np.concatenate(labels))
+        new = [g.classes[viterbi(g, gmm.log_likelihoods(f))] for f, g in zip(feats, graphs, strict=True)]
+        changed = float(np.mean(np.concatenate(new) != np.concatenate(labels)))
+        log.info(
+            "GMM iteration %d (%d components per state): %.1f%% of frames changed state", it, components, 100 * changed
+        )
+        labels = new
+    return labels, gmm
