@@ -241,7 +241,7 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
             for c in progress(train, total=len(train), desc="MFCC", enable=show_progress)
         ]
         graphs = [aligner.graph(c.supervisions[0].text) for c in train]
-        new = train_gmm(mfcc, graphs, [labels[c.id] for c in train], num_classes, cfg.gmm_iterations)
+        new, _ = train_gmm(mfcc, graphs, [labels[c.id] for c in train], num_classes, cfg.gmm_iterations)
         labels = {c.id: lab for c, lab in zip(train, new, strict=True)}
         out.mkdir(parents=True, exist_ok=True)
         np.savez(out / "gmm_labels.tmp.npz", **labels)
