@@ -22,7 +22,7 @@ from lhotse import CutSet
 from pocketsphinx import Decoder
 
 from speechdistill.align.formats import phones_to_alignment
-from speechdistill.align.own import Aligner, AlignerConfig, train_aligner
+from speechdistill.align.own import Aligner, AlignerConfig, train_aligner, training_subset
 from speechdistill.config import apply_override, from_dict, to_dict
 from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.layout import CorpusDir
@@ -60,13 +60,7 @@ class OwnBackend(AlignerBackend):
         cfg = from_dict(AlignerConfig, data)
         model = Path(cfg.out_dir) / "aligner"
         if not model.with_suffix(".json").exists():
-            kept, total = [], 0.0
-            for c in train:
-                if cfg.train_hours and total >= cfg.train_hours * 3600:
-                    break
-                kept.append(c)
-                total += c.duration
-            train_aligner(CutSet.from_cuts(kept), cfg, show_progress)
+            train_aligner(training_subset(train, cfg.train_hours, cfg.seed), cfg, show_progress)
         return {"model": str(model)}
 
     def __init__(self, options):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,9 @@ class FrameClassifier(nn.Module):
 
 
 def _feats(cut, fbank: FbankExtractor) -> np.ndarray:
-    return cut.load_features() if cut.has_features else fbank(load_cut_audio(cut))
+    """The cut's fbank, normalised over the utterance: a voice the aligner never heard looks
+    like the ones it did (as the GMM stage's per-utterance normalised MFCCs)."""
+    return normalise(cut.load_features() if cut.has_features else fbank(load_cut_audio(cut))).astype(np.float32)
 
 
 def _pad(arrays: list[np.ndarray], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,6 +214,20 @@ class AlignerTask(Task):
         logits, _ = model(feats, lens)
         loss = frame_ce(logits, labels)
         return loss, {"ce": float(loss.detach())}
+
+
+def training_subset(cuts: CutSet, hours: float, seed: int) -> CutSet:
+    """Utterances drawn at random (seeded) up to ``hours``: every voice is heard, not only the
+    first ones in the manifest's order (0: all)."""
+    order = sorted(cuts, key=lambda c: c.id)
+    random.Random(seed).shuffle(order)
+    kept, total = [], 0.0
+    for c in order:
+        if hours and total >= hours * 3600:
+            break
+        kept.append(c)
+        total += c.duration
+    return CutSet.from_cuts(sorted(kept, key=lambda c: c.id))
 
 
 def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) -> Aligner:
