@@ -73,7 +73,12 @@ class OwnBackend(AlignerBackend):
 
 @ALIGNERS.register("pocketsphinx")
 class PocketsphinxBackend(AlignerBackend):
-    BEAMS = ({}, {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80})  # pocketsphinx's defaults, then wider
+    # pocketsphinx's defaults, then wider beams, then (nearly) no pruning at all
+    BEAMS = (
+        {},
+        {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80},
+        {"beam": 1e-250, "wbeam": 1e-200, "pbeam": 1e-250, "maxhmmpf": -1, "maxwpf": -1},
+    )
 
     def __init__(self, options):
         super().__init__(options)

@@ -46,7 +46,7 @@ def phones_to_alignment(
     word_segs: list[tuple[str, float, float]] | None = None,
 ) -> dict:
     """(label, start, end) phone segments -> {"phone": tiled ARPAbet items, "word": spans}."""
-    segs = sorted((normalize_phone(p), a, b) for p, a, b in segs)
+    segs = sorted(((normalize_phone(p), a, b) for p, a, b in segs), key=lambda s: s[1])
     unknown = sorted({p for p, _, _ in segs if p != SIL and p not in ARPABET})
     if unknown:
         raise DataError(f"utterance {utt}: phones {unknown} are not ARPAbet; map them first")
