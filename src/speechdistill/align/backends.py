@@ -78,6 +78,7 @@ class PocketsphinxBackend(AlignerBackend):
         {},
         {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80},
         {"beam": 1e-250, "wbeam": 1e-200, "pbeam": 1e-250, "maxhmmpf": -1, "maxwpf": -1},
+        {"beam": 1e-300, "wbeam": 1e-300, "pbeam": 1e-300, "maxhmmpf": -1, "maxwpf": -1, "fsgusefiller": False},
     )
 
     def __init__(self, options):
