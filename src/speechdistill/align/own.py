@@ -64,8 +64,8 @@ class AlignerConfig(EngineConfig):
     )
     states_per_phone: int = 3
     gmm_iterations: int = 12  # monophone GMM-HMM Viterbi training from the flat start (0: none)
-    rounds: int = 2  # then rounds of training the network and re-aligning with it
-    train_hours: float = 1.0  # the first hours of the training split train the aligner (0: all of it)
+    rounds: int = 1  # then rounds of training the network and re-aligning with it (a 2nd gained nothing)
+    train_hours: float = 0.5  # hours of the training split, drawn across voices, train the aligner (0: all)
     max_duration: float = 20.0  # seconds of audio per batch
     prior_scale: float = 1.0  # scaled likelihood: log p(state | x) - prior_scale * log p(state)
     speech_threshold: float = 0.3  # flat start: speech where frame energy is above min + this * (max - min)
