@@ -146,7 +146,7 @@ def test_every_shipped_config_loads():
             "kind": "frame",
             "weight": 0.3,
             "ce_weight": 0.0,
-            "kd": {"unit": "subword", "top_k": 8, "temperature": 3.0},
+            "kd": {"unit": "subword", "top_k": 8, "temperature": 3.0, "alignment": ""},
         }
     ]
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
