@@ -241,7 +241,11 @@ def cmd_export(args):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # a help text that names its own default (in words) gets no second one
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Commands:
@@ -362,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     ar.add_argument("corpus", type=Path)
     ar.add_argument("--backend", default="own", help="own, pocketsphinx, or one a plug-in registers")
     ar.add_argument("--name", default=None, help="the alignment's name (default: the backend's)")
-    ar.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="default: every split")
+    ar.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="splits to align (default: every split)")
     ar.add_argument("--jobs", type=int, default=1, help="worker processes")
     ar.add_argument("overrides", nargs="*", help="backend options, key=value")
     example = "  speechdistill align score data/small --ref synth --hyp own"
@@ -370,7 +374,7 @@ def _parser() -> argparse.ArgumentParser:
     asc.add_argument("corpus", type=Path)
     asc.add_argument("--ref", required=True, help="alignment name; `synth`: the manifests' own")
     asc.add_argument("--hyp", required=True)
-    asc.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="default: every split the hyp has")
+    asc.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="splits to score (default: every split the hyp has)")
     for name, about, source in (
         ("import-ctm", "Kaldi phone CTM (ali-to-phones --ctm-output)", "the CTM file"),
         ("import-textgrid", "Montreal Forced Aligner TextGrids", "a directory of them"),
