@@ -94,7 +94,7 @@ class PocketsphinxBackend(AlignerBackend):
             why = ""
             for d in self.decoders:
                 try:
-                    segs, words = self._align(d, text, pcm)
+                    segs, words = self._align(d, text, pcm, cut.duration)
                     out[cut.id] = phones_to_alignment(cut.id, segs, text, cut.duration, self.lexicon, words)
                     break
                 except (RuntimeError, UnpronounceableWordError, DataError) as e:
@@ -103,7 +103,7 @@ class PocketsphinxBackend(AlignerBackend):
                 out[cut.id] = f"utterance {cut.id}: pocketsphinx could not align it ({why})"
         return out
 
-    def _align(self, d: Decoder, text: str, pcm: bytes):
+    def _align(self, d: Decoder, text: str, pcm: bytes, duration: float):
         for w in set(text.split()):
             if d.lookup_word(w.lower()) is None:
                 d.add_word(w.lower(), " ".join(self.lexicon.pronounce(w)), True)
@@ -115,10 +115,14 @@ class PocketsphinxBackend(AlignerBackend):
             if _ == 0:
                 d.set_alignment()
         ali = d.get_alignment()
-        phones = [(p.name, p.start / 100, (p.start + p.duration) / 100) for p in ali.phones()]
-        words = [
-            (w.name.split("(")[0], w.start / 100, (w.start + w.duration) / 100)
-            for w in ali
-            if w.name not in ("<sil>", "<s>", "</s>")
-        ]
+        # pocketsphinx's frame t covers [t / frate, t / frate + wlen) (no padding), so the boundary
+        # between frames t-1 and t is best placed halfway between their centres: (wlen - 1 / frate) / 2
+        # after t / frate (7.8 ms at its defaults). Our own features centre their frames (snip_edges=False).
+        frate, offset = d.config["frate"], (d.config["wlen"] - 1 / d.config["frate"]) / 2
+
+        def span(seg) -> tuple[float, float]:
+            return min(seg.start / frate + offset, duration), min((seg.start + seg.duration) / frate + offset, duration)
+
+        phones = [(p.name, *span(p)) for p in ali.phones()]
+        words = [(w.name.split("(")[0], *span(w)) for w in ali if w.name not in ("<sil>", "<s>", "</s>")]
         return phones, words
