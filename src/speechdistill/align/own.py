@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,6 +254,7 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
     if cfg.gmm_iterations and gmm_path.exists():
         labels = dict(np.load(gmm_path))
     elif cfg.gmm_iterations:
+        t0 = time.perf_counter()
         mfcc = [
             normalise(mfcc_with_deltas(load_cut_audio(c)))
             for c in progress(train, total=len(train), desc="MFCC", enable=show_progress)
@@ -263,6 +265,8 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
         out.mkdir(parents=True, exist_ok=True)
         np.savez(out / "gmm_labels.tmp.npz", **labels)
         (out / "gmm_labels.tmp.npz").replace(gmm_path)
+        gmm = {"iterations": cfg.gmm_iterations, "utterances": len(train), "seconds": time.perf_counter() - t0}
+        atomic_write_text(out / "gmm.json", json.dumps(gmm, indent=1) + "\n")
     history = []
     for r in range(cfg.rounds):
         prefix = out / f"round{r}"
