@@ -4,6 +4,7 @@ project's own aligner and trained on end to end."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -230,7 +231,47 @@ def test_pocketsphinx_aligns_unseen_voices_without_training(tiny_units, tmp_path
     for ali in alignments.values():
         phones = ali["phone"]
         assert phones[0].start == 0 and all(
-            math.isclose(a.start + a.duration, b.start, abs_tol=1e-4) for a, b in zip(phones, phones[1:])
+            math.isclose(a.start + a.duration, b.start, abs_tol=1e-4) for a, b in itertools.pairwise(phones)
         )
     scores = score_alignments(corpus, "synth", "pocketsphinx", ["dev"])["dev"]
     assert scores["phone_agreement"] > 80 and scores["within_40ms"] > 75, scores
+
+
+def test_bad_alignment_input_is_named_and_nothing_stored_is_overwritten(tiny_units, tmp_path):
+    """Utterances a CTM does not know, phones that run past the audio, a second import under a
+    taken name, a word with no pronunciation: each is refused or listed, naming the utterance."""
+    from lhotse.utils import fastcopy
+
+    from speechdistill.align.own import PHONES, Aligner, AlignerConfig, FrameClassifier
+    from speechdistill.align.run import import_ctm
+    from speechdistill.align.store import load_alignments
+    from speechdistill.data.corpus import load_split
+    from speechdistill.utils import DataError
+
+    corpus = tmp_path / "c"
+    shutil.copytree(tiny_units.parent, corpus, symlinks=True)
+    cuts = sorted(load_split(corpus, "dev"), key=lambda c: c.id)
+    good, late = cuts[0], cuts[1]
+    lines = [
+        f"{good.id} 1 {a.start:.3f} {a.duration:.3f} {a.symbol}\n" for a in good.supervisions[0].alignment["phone"]
+    ]
+    lines.append(f"{late.id} 1 0.000 {late.duration + 1.0:.3f} AH\n")  # one second past its audio
+    (tmp_path / "a.ctm").write_text("".join(lines) + "nobody 1 0.000 0.100 AH\n")
+    with pytest.raises(DataError, match=r"1 aligned utterances are not in .* dev \(e.g. nobody\)"):
+        import_ctm(corpus, tmp_path / "a.ctm", "kaldi", "dev")
+    (tmp_path / "a.ctm").write_text("".join(lines))
+    assert import_ctm(corpus, tmp_path / "a.ctm", "kaldi", "dev") == {"aligned": 1, "failed": len(cuts) - 1}
+    stored, failed = load_alignments(corpus, "kaldi", "dev")
+    assert list(stored) == [good.id] and "past the audio" in failed[late.id] and late.id in failed[late.id]
+    before = (corpus / "alignments" / "kaldi" / "dev.jsonl").read_bytes()
+    with pytest.raises(DataError, match="exists; import under another --name"):
+        import_ctm(corpus, tmp_path / "a.ctm", "kaldi", "dev")
+    assert (corpus / "alignments" / "kaldi" / "dev.jsonl").read_bytes() == before
+
+    cfg = AlignerConfig()
+    aligner = Aligner(FrameClassifier(cfg.encoder, len(PHONES) * cfg.states_per_phone), cfg, np.zeros(1))
+    odd = fastcopy(good, supervisions=[fastcopy(good.supervisions[0], text="IN THE 1234")])
+    assert aligner.align([odd]) == {
+        good.id: f"utterance {good.id}: word '1234' is not in CMUdict and grapheme-to-phoneme rules give no phones; "
+        "add it to a lexicon file or remove it from the transcript"
+    }
