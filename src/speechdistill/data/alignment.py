@@ -57,11 +57,6 @@ def phones_from_flite(phones: Sequence[tuple[str, float]], sample_rate: int, num
     return _tile(labels, starts, num_samples / sample_rate)
 
 
-def phone_sequence(alignment: Sequence[AlignmentItem]) -> list[str]:
-    """The phones of an alignment without silences."""
-    return [a.symbol for a in alignment if a.symbol != SIL]
-
-
 def align_words(
     words: Sequence[str], pronunciations: Sequence[Sequence[str]], phones: Sequence[AlignmentItem]
 ) -> list[AlignmentItem]:
