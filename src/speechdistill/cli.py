@@ -374,7 +374,9 @@ def _parser() -> argparse.ArgumentParser:
     asc.add_argument("corpus", type=Path)
     asc.add_argument("--ref", required=True, help="alignment name; `synth`: the manifests' own")
     asc.add_argument("--hyp", required=True)
-    asc.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="splits to score (default: every split the hyp has)")
+    asc.add_argument(
+        "--split", nargs="*", choices=SPLITS, default=None, help="splits to score (default: every split the hyp has)"
+    )
     for name, about, source in (
         ("import-ctm", "Kaldi phone CTM (ali-to-phones --ctm-output)", "the CTM file"),
         ("import-textgrid", "Montreal Forced Aligner TextGrids", "a directory of them"),
