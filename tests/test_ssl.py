@@ -425,3 +425,21 @@ def test_tinybert_terms_run_and_are_logged(ssl_run, tiny_units, tmp_path):
     assert {"hidden.0", "hidden.1", "attention.0", "attention.1"} <= set(terms)
     assert terms["attention.0"] > 0 and terms["hidden.0"] > 0 and not s["teacher_cached"]
     assert load_student(tmp_path / "tb" / "student").targets == [1, 3, 4]  # hidden projections not saved
+
+
+def test_a_partly_given_optim_section_keeps_the_ssl_defaults():
+    """`optim: {lr: ..., max_epochs: ...}` in an SSL config replaces those keys only: the
+    schedule, weight decay and clipping stay the SSL recipe's (linear, 0.01, 10), not
+    OptimConfig's own (noam, 0.001, 5), as the loop before the engine trained them."""
+    from speechdistill.config import from_dict
+    from speechdistill.teachers.pretrain import PretrainConfig
+
+    o = from_dict(PretrainConfig, {"optim": {"lr": 1e-3, "max_epochs": 4}}).optim
+    assert (o.lr, o.max_epochs, o.schedule, o.weight_decay, o.grad_clip, o.warmup_steps) == (
+        1e-3,
+        4,
+        "linear",
+        0.01,
+        10.0,
+        200,
+    )
