@@ -82,14 +82,15 @@ def _check(tp, value, key: str):
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a dict, checking keys and types recursively."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = [n for n, f in fields.items() if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]}; valid keys of "
             f"{prefix.rstrip('.') or cls.__name__}: {', '.join(names)}"
         )
-    data = {k: _with_factory_defaults(cls, k, v) for k, v in data.items()}
+    data = {k: _with_factory_defaults(fields[k], v) for k, v in data.items()}
     kwargs = {k: _check(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -99,22 +100,15 @@ def from_dict(cls, data: dict, prefix: str = ""):
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
-def _with_factory_defaults(cls, name: str, value):
+def _with_factory_defaults(field: dataclasses.Field, value):
     """A section given in part keeps the defaults its field's factory sets (e.g. the SSL
-    configs' ``optim``: a linear schedule, not OptimConfig's own noam), not the section
-    class's plain defaults: only the keys the YAML names are replaced."""
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if not isinstance(value, dict) or field.default_factory is dataclasses.MISSING:
-        return value
-    base = field.default_factory()
-    if not dataclasses.is_dataclass(base):
-        return value
-    try:
-        plain = to_dict(type(base)())
-    except TypeError:
-        return value
-    changed = {k: v for k, v in to_dict(base).items() if plain.get(k) != v}
-    return changed | value
+    configs' ``optim``: a linear schedule, not OptimConfig's own noam): only the keys the
+    YAML names are replaced."""
+    if isinstance(value, dict) and field.default_factory is not dataclasses.MISSING:
+        base = field.default_factory()
+        if dataclasses.is_dataclass(base):
+            return to_dict(base) | value
+    return value
 
 
 def to_dict(obj) -> Any:
