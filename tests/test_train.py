@@ -199,6 +199,29 @@ def test_learning_rate_schedules_hand_computed():
         from_dict(TrainConfig, {"optim": {"schedule": "cosine"}})
 
 
+def test_precision_auto_follows_the_cpu(tmp_path):
+    """bf16 autocast only on a CPU with native bf16; fp32 on an AVX2-only one (where bf16
+    is emulated and 8x slower); an explicit precision is kept."""
+    from speechdistill.engine import cpu_flags, resolve_precision
+
+    epyc_avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    epyc_bf16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    graviton = "processor\t: 0\nFeatures\t: fp asimd sve bf16\n"
+    flags = {}
+    for name, text in (("avx2", epyc_avx2), ("bf16", epyc_bf16), ("arm", graviton)):
+        (tmp_path / name).write_text(text)
+        flags[name] = cpu_flags(str(tmp_path / name))
+    assert "avx2" in flags["avx2"] and "avx512_bf16" in flags["bf16"]
+    assert cpu_flags(str(tmp_path / "absent")) == set()
+    assert resolve_precision("auto", "cpu", flags["avx2"])[0] == "32-true"
+    assert resolve_precision("auto", "cpu", flags["bf16"]) == ("bf16-mixed", "the CPU has native bf16 (avx512_bf16)")
+    assert resolve_precision("auto", "cpu", flags["arm"])[0] == "bf16-mixed"
+    assert resolve_precision("auto", "cpu", set())[0] == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu", flags["avx2"]) == ("bf16-mixed", "set in the config")
+    with pytest.raises(ValueError, match="precision='bf16'; valid: auto, 32-true"):
+        from_dict(TrainConfig, {"precision": "bf16"})
+
+
 def test_acoustic_model_is_an_upstream(trained):
     from speechdistill.teachers.ssl import AcousticModelUpstream
     from speechdistill.teachers.upstream import load_teacher

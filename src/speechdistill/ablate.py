@@ -100,6 +100,7 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
         "params": summary["params_without_taps"],
         "params_with_taps": summary["params"],
         "train_seconds": summary["train_seconds_this_run"],
+        "precision": summary["precision"],
         "epochs": summary["epochs"],
     }
     for split in ("dev", "test"):

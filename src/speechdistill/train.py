@@ -381,6 +381,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "skipped_utterances": task.skipped,
         "unaligned_utterances": len(task.unaligned),
         "train_seconds_this_run": st["seconds_this_run"],
+        "precision": engine.precision,
         "params": task.model.num_params(),
         "params_without_taps": task.model.num_params(with_taps=False),
     }
