@@ -15,6 +15,7 @@ import soundfile as sf
 from conftest import manifest_hash
 from speechdistill.data.corpus import PRESETS, build_corpus, load_split, plan_corpus
 from speechdistill.data.text import load_sentences
+from speechdistill.data.voices import ESPEAK_FEMALE
 from speechdistill.units.phones import ARPABET, SIL
 
 SPLITS = ("train", "dev", "test")
@@ -56,11 +57,36 @@ def test_splits_disjoint_in_voices_and_sentences_and_lm_text_excludes_them(tiny_
     assert summary["skipped"] == {}
 
 
-def test_small_preset_plan_has_12_plus_voices_and_10x_text():
+def _variant(speaker: str) -> str:
+    return speaker.rsplit("-", 1)[1]  # espeak-en-gb-scotland-f2 -> f2, flite-slt -> slt
+
+
+def test_held_out_variants_never_speak_in_training_and_the_card_lists_them(tiny_corpus):
+    card = json.loads((tiny_corpus / "voices.json").read_text())
+    variants = {s: set(card[s]["espeak_variants"]) | set(card[s]["flite_voices"]) for s in SPLITS}
+    assert not variants["dev"] & variants["test"]
+    assert not (variants["dev"] | variants["test"]) & variants["train"]
+    heard = {s: {_variant(c.supervisions[0].speaker) for c in load_split(tiny_corpus, s)} for s in SPLITS}
+    for split in SPLITS:
+        assert heard[split] <= variants[split], split
+    assert not heard["train"] & (variants["dev"] | variants["test"])
+    sheet = (tiny_corpus / "DATASHEET.md").read_text()
+    for split in ("dev", "test"):
+        assert f"- {split}: eSpeak variants {', '.join(sorted(variants[split]))}" in sheet
+
+
+def test_small_preset_plan_has_150_plus_training_voices_each_utterance_its_own_and_10x_text():
     sentences = load_sentences("kjv")
     utts, voices, lm = plan_corpus(PRESETS["small"], sentences, seed=0)
-    assert sum(len(v) for v in voices.values()) >= 12
-    assert {v.engine for v in voices["test"]} == {"espeak", "flite"}
+    train = [u for u in utts if u.split == "train"]
+    assert len({u.voice.speaker for u in train}) >= 150  # accent+variant speakers heard in training
+    assert len({u.voice for u in train}) >= 0.95 * len(train)  # prosody drawn per utterance
+    for split in ("dev", "test"):
+        assert {u.voice.engine for u in utts if u.split == split} == {"espeak", "flite"}
+        assert not set(voices[split].espeak_variants) & set(voices["train"].espeak_variants)
+        assert len(voices[split].espeak_variants) == 3
+        assert set(voices[split].espeak_variants) & ESPEAK_FEMALE, "a female variant in each held-out split"
+    assert plan_corpus(PRESETS["small"], sentences, seed=0)[0] == utts  # seeded
     train_words = sum(u.sentence.num_words for u in utts if u.split == "train")
     assert sum(s.num_words for s in lm) >= 10 * train_words
 
@@ -155,9 +181,8 @@ def test_build_from_a_user_text_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_preset_builds_three_hours_with_twelve_voices(tmp_path):
+def test_small_preset_builds_three_hours_with_150_training_voices(tmp_path):
     summary = build_corpus("small", tmp_path / "small", show_progress=False)
     hours = sum(s["hours"] for s in summary["splits"].values())
-    voices = sum(s["voices"] for s in summary["splits"].values())
-    assert hours >= 3.0 and voices >= 12 and summary["skipped"] == {}
+    assert hours >= 3.0 and summary["splits"]["train"]["voices"] >= 150 and summary["skipped"] == {}
     assert summary["lm_text"]["ratio_to_train_words"] >= 10

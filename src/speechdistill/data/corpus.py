@@ -39,7 +39,7 @@ from speechdistill.data.alignment import align_words, phones_from_espeak, phones
 from speechdistill.data.audio import SAMPLE_RATE
 from speechdistill.data.layout import SPLITS, CorpusDir
 from speechdistill.data.text import Sentence, load_sentences
-from speechdistill.data.voices import Voice, make_voices, split_voices
+from speechdistill.data.voices import ESPEAK_ACCENTS, Voice, draw_voice, plan_voices
 from speechdistill.progress import progress
 from speechdistill.synth.espeak import Espeak
 from speechdistill.synth.flite import MissingPackageError, flite_binary, flite_synthesize
@@ -54,19 +54,23 @@ class CorpusPreset:
     num_train: int
     num_dev: int
     num_test: int
-    num_espeak_voices: int
-    num_flite_voices: int
-    num_dev_voices: int
-    num_test_voices: int
+    num_dev_variants: int  # eSpeak voice variants heard only in dev (in every accent)
+    num_test_variants: int  # ... only in test
+    flite_share: float  # share of each split's utterances spoken by Flite (0: eSpeak only)
     min_words: int = 4
     max_words: int = 20
+
+    def __post_init__(self):
+        if not 0.0 <= self.flite_share < 1.0:
+            raise DataError(f"flite_share must be in [0, 1), not {self.flite_share}")
 
 
 PRESETS = {
     # tiny: for tests, eSpeak only (no Debian package needed), < 1 min on 2 cores.
-    "tiny": CorpusPreset(64, 16, 16, 6, 0, 1, 1, max_words=12),
-    "small": CorpusPreset(2700, 300, 300, 16, 4, 3, 3),
-    "medium": CorpusPreset(12000, 1000, 1000, 36, 4, 5, 5),
+    "tiny": CorpusPreset(64, 16, 16, 2, 2, 0.0, max_words=12),
+    # 23 training variants x 8 accents = 184 accent+variant speakers, plus 2 Flite voices
+    "small": CorpusPreset(2700, 300, 300, 3, 3, 0.2),
+    "medium": CorpusPreset(12000, 1000, 1000, 3, 3, 0.2),
 }
 
 
@@ -79,23 +83,24 @@ class Utterance:
 
 
 def plan_corpus(preset: CorpusPreset, sentences: list[Sentence], seed: int):
-    """Assign sentences and voices to splits. Returns (utterances, voices by split,
-    LM sentences). Sentences are disjoint across splits and never in the LM text."""
+    """Assign sentences and voices to splits. Returns (utterances, the speakers each split
+    may use, LM sentences). Sentences are disjoint across splits and never in the LM text;
+    every utterance has its own voice, drawn from its split's speakers (voices.py)."""
     needed = preset.num_train + preset.num_dev + preset.num_test
     if len(sentences) < needed:
         raise DataError(
             f"the text has {len(sentences)} usable sentences; the preset needs {needed} plus more for the LM text"
         )
-    voices = make_voices(preset.num_espeak_voices, preset.num_flite_voices, seed)
-    by_split = dict(zip(SPLITS, split_voices(voices, preset.num_dev_voices, preset.num_test_voices, seed), strict=True))
+    by_split = plan_voices(preset.num_dev_variants, preset.num_test_variants, preset.flite_share > 0, seed)
     order = list(range(len(sentences)))
     random.Random(seed).shuffle(order)
     counts = {"test": preset.num_test, "dev": preset.num_dev, "train": preset.num_train}
     utterances, cursor = [], 0
+    rng = random.Random(seed + 1)
     for split in ("test", "dev", "train"):
-        for k, idx in enumerate(order[cursor : cursor + counts[split]]):
-            voice = by_split[split][k % len(by_split[split])]
-            utterances.append(Utterance(f"{voice.id}-{idx:06d}", split, voice, sentences[idx]))
+        for idx in order[cursor : cursor + counts[split]]:
+            voice = draw_voice(by_split[split], rng, preset.flite_share)
+            utterances.append(Utterance(f"{voice.speaker}-{idx:06d}", split, voice, sentences[idx]))
         cursor += counts[split]
     lm_sentences = [sentences[i] for i in sorted(order[cursor:])]
     return sorted(utterances, key=lambda u: u.id), by_split, lm_sentences
@@ -114,10 +119,12 @@ def synthesize_utterance(utt: Utterance, out: Path) -> dict:
     atomically), and return the JSON record. Raises on any fault."""
     v = utt.voice
     if v.engine == "espeak":
-        audio, sr, events = Espeak.instance().synthesize(_spoken(utt.sentence), v.name, v.rate, v.pitch)
+        audio, sr, events = Espeak.instance().synthesize(
+            _spoken(utt.sentence), v.name, v.rate, v.pitch, v.pitch_range, v.word_gap
+        )
         phones = phones_from_espeak(events, sr, len(audio))
     else:
-        audio, sr, flite_phones = flite_synthesize(_spoken(utt.sentence), v.name, v.rate, v.pitch)
+        audio, sr, flite_phones = flite_synthesize(_spoken(utt.sentence), v.name, v.rate, v.pitch, v.pitch_range)
         phones = phones_from_flite(flite_phones, sr, len(audio))
     if len(audio) == 0:
         raise RuntimeError(f"{v.engine} produced no audio")
@@ -138,9 +145,8 @@ def synthesize_utterance(utt: Utterance, out: Path) -> dict:
     record = {
         "id": utt.id,
         "split": utt.split,
-        "voice": v.id,
-        "accent": v.accent,
-        "engine": v.engine,
+        "speaker": v.speaker,
+        "voice": v.to_dict(),
         "text": utt.sentence.text,
         "spoken": utt.sentence.spoken,
         "num_samples": num_samples,
@@ -235,7 +241,7 @@ def build_corpus(
     out = Path(out)
     sentences = load_sentences(text, cfg.min_words, cfg.max_words)
     utterances, voices, lm_sentences = plan_corpus(cfg, sentences, seed)
-    if any(v.engine == "flite" for vs in voices.values() for v in vs):
+    if any(u.voice.engine == "flite" for u in utterances):
         if flite_binary() is None:
             raise MissingPackageError(
                 "this preset uses Flite voices: run `apt-get install flite` (or `make demo`, which installs it)"
@@ -269,9 +275,7 @@ def build_corpus(
     for split in SPLITS:
         recs = [records[u.id] for u in utterances if u.split == split and u.id in records]
         _write_manifests(out, split, recs)
-    atomic_write_text(
-        corpus.voices, json.dumps({s: [v.to_dict() for v in vs] for s, vs in voices.items()}, indent=1) + "\n"
-    )
+    atomic_write_text(corpus.voices, json.dumps(voice_card(utterances, voices), indent=1) + "\n")
     summary = summarize(out, records, voices, lm_sentences, skipped, cfg, seed, str(text))
     atomic_write_text(corpus.summary, json.dumps(summary, indent=1) + "\n")
     atomic_write_text(corpus.datasheet, datasheet(summary))
@@ -299,13 +303,13 @@ def _write_manifests(out: Path, split: str, recs: list[dict]) -> None:
                 duration=duration,
                 channel=0,
                 text=r["text"],
-                speaker=r["voice"],
+                speaker=r["speaker"],
                 language="English",
                 alignment={
                     "phone": [AlignmentItem(*a) for a in r["phones"]],
                     "word": [AlignmentItem(*a) for a in r["words"]],
                 },
-                custom={"accent": r["accent"], "engine": r["engine"]},
+                custom={k: r["voice"][k] for k in ("accent", "engine", "rate", "pitch", "pitch_range", "word_gap")},
             )
         )
     write_manifests(CorpusDir(out), split, recordings, supervisions)
@@ -360,6 +364,21 @@ def load_split(corpus: str | Path | CorpusDir, split: str) -> CutSet:
     return cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
 
 
+def voice_card(utterances: list[Utterance], voices) -> dict:
+    """Per split: the eSpeak variants and Flite voices it may use, and the speakers
+    (accent+variant) and utterances per engine its plan drew."""
+    card = {}
+    for split in SPLITS:
+        utts = [u for u in utterances if u.split == split]
+        card[split] = {
+            "espeak_variants": list(voices[split].espeak_variants),
+            "flite_voices": list(voices[split].flite_voices),
+            "speakers": len({u.voice.speaker for u in utts}),
+            "utterances_by_engine": {e: sum(u.voice.engine == e for u in utts) for e in ("espeak", "flite")},
+        }
+    return card
+
+
 def summarize(out, records, voices, lm_sentences, skipped, cfg, seed, text) -> dict:
     splits = {}
     for split in SPLITS:
@@ -367,7 +386,9 @@ def summarize(out, records, voices, lm_sentences, skipped, cfg, seed, text) -> d
         splits[split] = {
             "utterances": len(recs),
             "hours": round(sum(r["num_samples"] for r in recs) / SAMPLE_RATE / 3600, 3),
-            "voices": len(voices[split]),
+            "voices": len({r["speaker"] for r in recs}),
+            "variants": list(voices[split].espeak_variants),
+            "flite_voices": list(voices[split].flite_voices),
             "words": sum(len(r["text"].split()) for r in recs),
         }
     lm_words = sum(s.num_words for s in lm_sentences)
@@ -391,6 +412,11 @@ def datasheet(summary: dict) -> str:
         for s, d in summary["splits"].items()
     )
     lm = summary["lm_text"]
+    held = "\n".join(
+        f"- {s}: eSpeak variants {', '.join(d['variants'])}"
+        + (f"; Flite {', '.join(d['flite_voices'])}" if d["flite_voices"] else "")
+        for s, d in summary["splits"].items()
+    )
     return f"""# Datasheet: speechdistill built-in corpus
 
 **What it is.** English sentences from a public-domain text ({summary["text_source"]}),
@@ -398,18 +424,26 @@ spoken by synthetic voices (eSpeak NG accents and variants; Flite voices built f
 recordings where installed), 16 kHz mono FLAC, with exact phone alignments taken
 from the synthesiser's own timing and word spans derived from them.
 
+**Voices.** Every utterance has its own voice: an accent (eSpeak NG's {len(ESPEAK_ACCENTS)}
+English accents) and a voice variant, or a Flite voice ({summary["preset"]["flite_share"]:.0%} of
+utterances where installed), at a rate, pitch, pitch range and word gap drawn per
+utterance (seeded; in `supervision.custom`). The speaker (`supervision.speaker`) is the
+accent+variant. Dev and test voices are unseen: the variants below are each used in one
+split only, in every accent, so no training utterance has a dev or test variant's timbre.
+{held}
+
 **Why.** To run and test speech distillation end to end on a laptop with no download.
 It is not a substitute for recorded speech: voices are synthetic, prosody is
 rule-based, there is no noise or reverberation.
 
-| split | utterances | hours | voices | words |
+| split | utterances | hours | speakers | words |
 |---|---|---|---|---|
 {rows}
 
 Text-only corpus (`lm_text.txt`): {lm["sentences"]} sentences, {lm["words"]} words,
 {lm["ratio_to_train_words"]}x the training transcripts' words.
 
-**Splits.** Voices are disjoint across train/dev/test; sentences are disjoint across
+**Splits.** Speakers and variants are disjoint across train/dev/test; sentences are disjoint across
 all splits and the text-only corpus (duplicate sentences are removed before splitting).
 
 **Labels.** `text`: upper-case words. `alignment.phone`: ARPAbet-39 phones plus `SIL`,

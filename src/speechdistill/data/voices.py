@@ -1,8 +1,17 @@
-"""The built-in corpus's voices: eSpeak NG accents x voice variants x speaking
-rate x pitch, and Flite's voices built from recordings.
+"""The built-in corpus's voices: every utterance has its own, drawn per utterance.
 
-A voice is a speaker in every manifest (``supervision.speaker``), so splits
-with disjoint voices test generalisation to unseen speakers.
+A voice is an engine's speaker (eSpeak NG: an accent + a voice variant; Flite: a voice
+built from recordings) spoken at a rate, pitch, pitch range and word gap drawn for the
+utterance. The speaker in every manifest (``supervision.speaker``) is the engine's
+speaker, e.g. ``espeak-en-gb-scotland-f2``; the prosody is in ``supervision.custom``.
+
+Dev and test are unseen at the variant level: the variants of each held-out split are
+never used in training in any accent, nor in the other held-out split (likewise Flite
+voices), so test voices differ from every training voice in timbre, not only in accent
+or prosody.
+
+    >>> plan = plan_voices(3, 3, use_flite=True, seed=0)  # which variants each split may use
+    >>> voice = draw_voice(plan["train"], random.Random(0), flite_share=0.2)
 """
 
 from __future__ import annotations
@@ -19,7 +28,20 @@ ESPEAK_VARIANTS = tuple(
     linda belinda aunty grandma grandpa quincy shelby zac
 """.split()
 )
+# Variants with a female voice; each held-out split gets at least one.
+ESPEAK_FEMALE = frozenset("f1 f2 f3 f4 f5 steph linda belinda aunty grandma shelby".split())
 FLITE_F0 = {"slt": 170.0, "rms": 100.0, "awb": 110.0, "kal16": 105.0}
+
+# Per-utterance prosody ranges (uniform draws). eSpeak: words per minute, pitch and pitch
+# range on its 0-100 scales, extra pause between words in units of 10 ms. Flite: duration
+# stretch, and mean F0 and its standard deviation as factors of the voice's own mean.
+ESPEAK_RATE = (130, 200)
+ESPEAK_PITCH = (25, 75)
+ESPEAK_RANGE = (20, 80)
+ESPEAK_WORD_GAP = (0, 2)
+FLITE_STRETCH = (0.85, 1.15)
+FLITE_F0_FACTOR = (0.85, 1.15)
+FLITE_F0_STD_FACTOR = (0.08, 0.2)
 
 
 @dataclass(frozen=True)
@@ -28,11 +50,17 @@ class Voice:
     name: str  # eSpeak "accent+variant" or a Flite voice
     rate: float  # eSpeak words per minute; Flite duration stretch
     pitch: float  # eSpeak pitch 0-100; Flite mean F0 in Hz
+    pitch_range: float = 50.0  # eSpeak pitch range 0-100; Flite F0 standard deviation in Hz
+    word_gap: int = 0  # eSpeak extra pause between words, units of 10 ms (Flite: unused)
 
     @property
-    def id(self) -> str:
-        name = self.name.replace("+", "-")
-        return f"{self.engine}-{name}-r{self.rate:g}-p{self.pitch:g}"
+    def speaker(self) -> str:
+        """The engine's speaker (accent + variant), without the utterance's prosody."""
+        return f"{self.engine}-{self.name.replace('+', '-')}"
+
+    @property
+    def variant(self) -> str:
+        return self.name.split("+")[1] if self.engine == "espeak" else self.name
 
     @property
     def accent(self) -> str:
@@ -40,56 +68,73 @@ class Voice:
         return ("en-gb" if accent == "en" else accent) if self.engine == "espeak" else "en-us (flite)"
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"id": self.id, "accent": self.accent}
+        return asdict(self) | {"speaker": self.speaker, "accent": self.accent}
 
 
-def make_voices(num_espeak: int, num_flite: int, seed: int) -> list[Voice]:
-    """A deterministic voice inventory: every accent is used before any repeats,
-    and no (accent, variant) pair is used twice."""
-    if num_flite > len(FLITE_F0):
-        raise ValueError(f"flite has only {len(FLITE_F0)} voices ({', '.join(FLITE_F0)})")
-    rng = random.Random(seed)
-    variants = list(ESPEAK_VARIANTS)
-    rng.shuffle(variants)
-    voices = []
-    for i in range(num_espeak):
-        accent = ESPEAK_ACCENTS[i % len(ESPEAK_ACCENTS)]
-        variant = variants[i % len(variants)]
-        voices.append(
-            Voice(
-                "espeak",
-                f"{accent}+{variant}",
-                rate=rng.choice((140, 155, 170, 185)),
-                pitch=rng.choice((30, 40, 50, 60, 70)),
-            )
+@dataclass(frozen=True)
+class SplitVoices:
+    """The speakers one split may use."""
+
+    espeak_variants: tuple[str, ...]
+    flite_voices: tuple[str, ...]
+
+    def speakers(self) -> int:
+        """Distinct accent+variant (and Flite) speakers available to the split."""
+        return len(self.espeak_variants) * len(ESPEAK_ACCENTS) + len(self.flite_voices)
+
+
+def plan_voices(num_dev_variants: int, num_test_variants: int, use_flite: bool, seed: int) -> dict[str, SplitVoices]:
+    """Hold out eSpeak variants (each held-out split gets at least one female variant) and,
+    with Flite, one Flite voice each for dev and test; training gets the rest."""
+    held = num_dev_variants + num_test_variants
+    if num_dev_variants < 1 or num_test_variants < 1 or held > len(ESPEAK_VARIANTS) - 8:
+        raise DataError(
+            f"hold out 1 to {len(ESPEAK_VARIANTS) - 8} eSpeak variants in all for dev and test, "
+            f"not {num_dev_variants} + {num_test_variants}"
         )
-    for name in list(FLITE_F0)[:num_flite]:
-        stretch = rng.choice((0.9, 1.0, 1.1))
-        voices.append(Voice("flite", name, rate=stretch, pitch=FLITE_F0[name]))
-    return voices
+    rng = random.Random(seed)
+    female = sorted(v for v in ESPEAK_VARIANTS if v in ESPEAK_FEMALE)
+    others = sorted(v for v in ESPEAK_VARIANTS if v not in ESPEAK_FEMALE)
+    rng.shuffle(female)
+    rng.shuffle(others)
+    dev = [female.pop()]
+    test = [female.pop()]
+    rest = female + others
+    rng.shuffle(rest)
+    while len(dev) < num_dev_variants:
+        dev.append(rest.pop())
+    while len(test) < num_test_variants:
+        test.append(rest.pop())
+    flite = sorted(FLITE_F0) if use_flite else []
+    rng.shuffle(flite)
+    flite_dev, flite_test = (flite[:1], flite[1:2]) if flite else ([], [])
+    return {
+        "train": SplitVoices(tuple(sorted(rest)), tuple(sorted(flite[2:]))),
+        "dev": SplitVoices(tuple(sorted(dev)), tuple(flite_dev)),
+        "test": SplitVoices(tuple(sorted(test)), tuple(flite_test)),
+    }
 
 
-def split_voices(voices: list[Voice], num_dev: int, num_test: int, seed: int):
-    """Disjoint train/dev/test voices. Each engine is represented in each
-    held-out split when it has enough voices, so a test speaker can be a
-    natural-sounding Flite voice, not only eSpeak."""
-    rng = random.Random(seed + 1)
-    by_engine: dict[str, list[Voice]] = {}
-    for v in voices:
-        by_engine.setdefault(v.engine, []).append(v)
-    dev, test = [], []
-    for pool in by_engine.values():
-        rng.shuffle(pool)
-    flite = by_engine.get("flite", [])
-    if len(flite) >= 3:
-        dev.append(flite.pop())
-        test.append(flite.pop())
-    espeak = by_engine.get("espeak", [])
-    while len(dev) < num_dev and espeak:
-        dev.append(espeak.pop())
-    while len(test) < num_test and espeak:
-        test.append(espeak.pop())
-    train = sorted(espeak + flite, key=lambda v: v.id)
-    if not train or len(dev) < num_dev or len(test) < num_test:
-        raise DataError(f"{len(voices)} voices are too few for {num_dev} dev + {num_test} test")
-    return train, sorted(dev, key=lambda v: v.id), sorted(test, key=lambda v: v.id)
+def draw_voice(split: SplitVoices, rng: random.Random, flite_share: float) -> Voice:
+    """One utterance's voice: Flite with probability ``flite_share`` (when the split has
+    Flite voices), else eSpeak with a uniform accent and variant; prosody drawn uniformly."""
+    if split.flite_voices and rng.random() < flite_share:
+        name = rng.choice(split.flite_voices)
+        f0 = round(FLITE_F0[name] * rng.uniform(*FLITE_F0_FACTOR))
+        return Voice(
+            "flite",
+            name,
+            rate=round(rng.uniform(*FLITE_STRETCH), 2),
+            pitch=f0,
+            pitch_range=round(f0 * rng.uniform(*FLITE_F0_STD_FACTOR), 1),
+        )
+    accent = rng.choice(ESPEAK_ACCENTS)
+    variant = rng.choice(split.espeak_variants)
+    return Voice(
+        "espeak",
+        f"{accent}+{variant}",
+        rate=rng.randint(*ESPEAK_RATE),
+        pitch=rng.randint(*ESPEAK_PITCH),
+        pitch_range=rng.randint(*ESPEAK_RANGE),
+        word_gap=rng.randint(*ESPEAK_WORD_GAP),
+    )

@@ -27,7 +27,7 @@ _INITIALIZE_PHONEME_EVENTS = 0x0001
 _CHARS_UTF8 = 1
 _EVENT_LIST_TERMINATED = 0
 _EVENT_PHONEME = 7
-_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
+_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 2, 3, 4, 7
 
 
 class _EventId(ctypes.Union):
@@ -87,19 +87,22 @@ class Espeak:
             i += 1
         return 0
 
-    def _set_voice(self, name: str, rate: int = 175, pitch: int = 50) -> None:
+    def _set_voice(self, name: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50, word_gap: int = 0) -> None:
         if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
             raise DataError(f"eSpeak NG has no voice {name!r}")
         self._lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
         self._lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
+        self._lib.espeak_SetParameter(_PARAM_RANGE, int(pitch_range), 0)
+        self._lib.espeak_SetParameter(_PARAM_WORDGAP, int(word_gap), 0)
 
     def synthesize(
-        self, text: str, voice: str, rate: int = 175, pitch: int = 50
+        self, text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50, word_gap: int = 0
     ) -> tuple[np.ndarray, int, list[tuple[str, int]]]:
         """Speak ``text`` with ``voice`` (a language plus optional variant, e.g.
-        ``en-gb-scotland+f2``). Returns (int16 samples, sample rate,
-        [(phoneme mnemonic, start sample), ...])."""
-        self._set_voice(voice, rate, pitch)
+        ``en-gb-scotland+f2``) at ``rate`` words per minute, ``pitch`` and ``pitch_range``
+        (0-100) and ``word_gap`` x 10 ms of extra pause between words. Returns (int16
+        samples, sample rate, [(phoneme mnemonic, start sample), ...])."""
+        self._set_voice(voice, rate, pitch, pitch_range, word_gap)
         self._chunks.clear()
         self._events.clear()
         data = text.encode()

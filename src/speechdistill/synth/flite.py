@@ -30,9 +30,10 @@ def flite_binary() -> str | None:
 
 
 def flite_synthesize(
-    text: str, voice: str, stretch: float = 1.0, f0_mean: float | None = None
+    text: str, voice: str, stretch: float = 1.0, f0_mean: float | None = None, f0_std: float | None = None
 ) -> tuple[np.ndarray, int, list[tuple[str, float]]]:
-    """Return (int16 samples, sample rate, [(flite phone, end time in s), ...])."""
+    """Return (int16 samples, sample rate, [(flite phone, end time in s), ...]); the
+    voice's own mean F0 and its spread unless ``f0_mean`` / ``f0_std`` (Hz) are given."""
     binary = flite_binary()
     if binary is None:
         raise MissingPackageError("flite is not installed: run `apt-get install flite`")
@@ -41,6 +42,8 @@ def flite_synthesize(
         cmd = [binary, "-voice", voice, "-psdur", "--setf", f"duration_stretch={stretch}"]
         if f0_mean is not None:
             cmd += ["--setf", f"int_f0_target_mean={f0_mean}"]
+        if f0_std is not None:
+            cmd += ["--setf", f"int_f0_target_stddev={f0_std}"]
         # "-t" would let flite read a leading "-" of the text as an option; a file cannot.
         txt = Path(tmp) / "in.txt"
         txt.write_text(text)
