@@ -22,6 +22,7 @@ from speechdistill.align.store import MANIFEST, with_alignment
 from speechdistill.checkpoint import save_checkpoint
 from speechdistill.config import to_dict
 from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.augment import AugmentConfig, WaveAugment
 from speechdistill.data.batching import AsrDataset, Batch, make_sampler
 from speechdistill.data.corpus import load_split
 from speechdistill.data.features import FbankExtractor, feature_stats, load_cuts_with_features
@@ -64,6 +65,22 @@ class SpecAugConfig:
     freq_width: int = 15
     time_masks: int = 2
     time_width: float = 0.05  # fraction of the utterance, per mask
+    # schedule: no masks before start_step, then mask widths grow linearly to the above over
+    # ramp_steps, so masking does not hold CTC on its blank plateau at the start
+    start_step: int = 0
+    ramp_steps: int = 0
+
+    def __post_init__(self):
+        if min(self.freq_masks, self.freq_width, self.time_masks, self.start_step, self.ramp_steps) < 0:
+            raise ValueError("specaug: masks, widths, start_step and ramp_steps must be >= 0")
+        if not 0.0 <= self.time_width <= 0.5:
+            raise ValueError(f"specaug.time_width must be in [0, 0.5], not {self.time_width}")
+
+    def strength(self, step: int) -> float:
+        """The fraction of the mask widths in force at ``step``."""
+        if step < self.start_step:
+            return 0.0
+        return min(1.0, (step - self.start_step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
 
 
 @dataclass
@@ -93,6 +110,7 @@ class TrainConfig(EngineConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     specaug: SpecAugConfig = field(default_factory=SpecAugConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     interp: InterpConfig = field(default_factory=InterpConfig)
 
     def __post_init__(self):
@@ -109,20 +127,24 @@ class TrainConfig(EngineConfig):
         return replace(self.interp.soft, unit=self.model.main_unit)
 
 
-def spec_augment(feats: torch.Tensor, lens: torch.Tensor, cfg: SpecAugConfig) -> torch.Tensor:
+def spec_augment(feats: torch.Tensor, lens: torch.Tensor, cfg: SpecAugConfig, step: int = 10**9) -> torch.Tensor:
     """Frequency and time masks (Park et al. 2019) drawn from torch's global RNG, so
-    they are reproduced on resume. (N, T, F) -> (N, T, F). Written here rather than
-    lhotse's because lhotse's draws from Python's ``random`` per worker."""
+    they are reproduced on resume, at the schedule's strength for ``step``. (N, T, F) ->
+    (N, T, F). Written here rather than lhotse's because lhotse's draws from Python's
+    ``random`` per worker and has no schedule."""
+    scale = cfg.strength(step)
+    if scale == 0.0:
+        return feats
     feats = feats.clone()
     N, T, F = feats.shape
     for n in range(N):
         for _ in range(cfg.freq_masks):
-            w = int(torch.randint(0, cfg.freq_width + 1, ()))
+            w = int(torch.randint(0, int(cfg.freq_width * scale) + 1, ()))
             f0 = int(torch.randint(0, max(1, F - w), ()))
             feats[n, :, f0 : f0 + w] = 0.0
         t_len = int(lens[n])
         for _ in range(cfg.time_masks):
-            w = int(torch.randint(0, int(cfg.time_width * t_len) + 1, ()))
+            w = int(torch.randint(0, int(cfg.time_width * scale * t_len) + 1, ()))
             t0 = int(torch.randint(0, max(1, t_len - w), ()))
             feats[n, t0 : t0 + w, :] = 0.0
     return feats
@@ -214,7 +236,7 @@ class AsrTask(Task):
         )
         caches = {s: SoftLabelCache.open_for(corpus, replace(s, alignment=cfg.data.alignment)) for s in specs}
 
-        def dataset(soft_frames=None, soft_positions=None):
+        def dataset(soft_frames=None, soft_positions=None, augment=None):
             return AsrDataset(
                 self.units,
                 cfg.model.main_unit,
@@ -224,18 +246,23 @@ class AsrTask(Task):
                 on_the_fly=cfg.data.on_the_fly_features,
                 soft_frames=soft_frames,
                 soft_positions=soft_positions,
+                augment=augment,
             )
 
         self.dataset = dataset(
             {t.kd: caches[t.kd] for t in cfg.model.taps if t.kd is not None},
             {cfg.interp_soft: caches[cfg.interp_soft]} if cfg.interp.enabled else None,
+            WaveAugment(cfg.augment, cfg.seed) if cfg.augment.enabled else None,
         )
-        self.dev_dataset = dataset()  # soft labels exist for training utterances only
+        # dev: clean speech, no soft labels (they exist for training utterances only)
+        self.dev_dataset = dataset()
 
     def _load_cuts(self):
         d, corpus = self.cfg.data, CorpusDir(self.cfg.data.corpus)
         load = load_split if d.on_the_fly_features else load_cuts_with_features
-        train = with_alignment(load(corpus, d.train_split), corpus, d.alignment, d.train_split)
+        # augmented audio needs features on the fly: the stored ones are of the clean audio
+        load_train = load_split if self.cfg.augment.enabled else load
+        train = with_alignment(load_train(corpus, d.train_split), corpus, d.alignment, d.train_split)
         dev = load(corpus, d.dev_split)
         if d.alignment in MANIFEST or corpus.alignment(d.alignment, d.dev_split).exists():
             dev = with_alignment(dev, corpus, d.alignment, d.dev_split)
@@ -293,6 +320,7 @@ class AsrTask(Task):
         )
 
     def batches(self, epoch: int, skip: int):
+        self.dataset.epoch = epoch  # before the loader copies the dataset into its workers
         return self._loader(self.train_cuts, True, epoch, skip)
 
     def num_batches(self) -> int:
@@ -301,7 +329,7 @@ class AsrTask(Task):
     def step(self, model, batch: Batch):
         batch = batch.to(self.engine.fabric.device)
         if self.cfg.specaug.enabled:
-            batch.feats = spec_augment(batch.feats, batch.feat_lens, self.cfg.specaug)
+            batch.feats = spec_augment(batch.feats, batch.feat_lens, self.cfg.specaug, self.engine.state.step)
         loss, terms, info = compute_loss(model, batch, self.cfg, self.engine.state.step)
         self.skipped += len(info["skipped"])
         for utt in info["skipped"]:

@@ -24,6 +24,7 @@ from lhotse.dataset import DynamicBucketingSampler
 from torch import nn
 
 from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.augment import WaveAugment
 from speechdistill.data.corpus import load_split
 from speechdistill.data.features import FbankExtractor
 from speechdistill.data.layout import SoftLabelSpec
@@ -82,13 +83,16 @@ class AsrDataset(torch.utils.data.Dataset):
         on_the_fly: bool = False,
         soft_frames=None,
         soft_positions=None,
+        augment: WaveAugment | None = None,
     ):
         self.units = units
         self.main_unit = main_unit
         self.taps = list(taps)
         self.frames_fn = frames_fn
         self.frame_shift = frame_shift
-        self.fbank = FbankExtractor() if on_the_fly else None
+        self.augment = augment  # waveform augmentation (features on the fly); None: off
+        self.epoch = 0  # the augmentation's draws depend on it: set before each epoch
+        self.fbank = FbankExtractor() if on_the_fly or augment is not None else None
         self.seq_units = {main_unit} | {t.unit for t in self.taps if TAP_LOSSES[t.kind].sequence}
         self.soft_frames = soft_frames or {}
         self.soft_positions = soft_positions or {}
@@ -102,10 +106,20 @@ class AsrDataset(torch.utils.data.Dataset):
         return self.units[unit].frame_labels(ali, self.frame_shift, T)
 
     def __getitem__(self, cuts: CutSet) -> Batch:
+        speed, audio = {}, {}  # utterance -> speed factor, augmented samples
+        if self.augment is not None:
+            perturbed = []
+            for cut in cuts:
+                cut, audio[cut.id], speed[cut.id] = self.augment.load(cut, self.epoch)
+                perturbed.append(cut)
+            cuts = CutSet.from_cuts(perturbed)
         cuts = cuts.sort_by_duration(ascending=False)
         feats = []
         for cut in cuts:
-            x = self.fbank(load_cut_audio(cut)) if self.fbank else cut.load_features()
+            if cut.id in audio:
+                x = self.fbank(audio.pop(cut.id))
+            else:
+                x = self.fbank(load_cut_audio(cut)) if self.fbank else cut.load_features()
             feats.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         feat_lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
         padded = nn.utils.rnn.pad_sequence(feats, batch_first=True)  # (N, T, F)
@@ -120,7 +134,7 @@ class AsrDataset(torch.utils.data.Dataset):
                 lab[i, :t] = torch.from_numpy(self.frame_labels(cut, tap.unit, t))
             frame_targets[tap.name] = lab
         soft_frames = {
-            spec: self._soft_frames(cache, cuts, T_out, spec.unit) for spec, cache in self.soft_frames.items()
+            spec: self._soft_frames(cache, cuts, T_out, spec.unit, speed) for spec, cache in self.soft_frames.items()
         }
         soft_positions = {
             spec: self._soft_positions(cache, cuts, spec.unit, targets[spec.unit][0].shape[1])
@@ -137,7 +151,7 @@ class AsrDataset(torch.utils.data.Dataset):
             soft_positions,
         )
 
-    def _soft_frames(self, cache, cuts, T_out: list[int], unit: str):
+    def _soft_frames(self, cache, cuts, T_out: list[int], unit: str, speed: dict[str, float]):
         k, N, T = cache.k, len(cuts), max(T_out)
         values, indices = torch.zeros(N, T, k), torch.zeros(N, T, k, dtype=torch.long)
         mask = torch.zeros(N, T, dtype=torch.bool)
@@ -145,7 +159,7 @@ class AsrDataset(torch.utils.data.Dataset):
         for i, (cut, t) in enumerate(zip(cuts, T_out, strict=True)):
             if not _aligned(cut):
                 continue  # no soft labels for it: masked out
-            v, ix, m = cache.frames(cut.id, self.frame_shift, t)
+            v, ix, m = cache.frames(cut.id, self.frame_shift, t, time_scale=1.0 / speed.get(cut.id, 1.0))
             values[i, :t], indices[i, :t], mask[i, :t] = v, ix + offset * m[:, None], m
         return values, indices, mask
 

@@ -201,10 +201,12 @@ class SoftLabelCache:
             )
         return self.tensors[f"{utt}/values"].float(), self.tensors[f"{utt}/indices"].long()
 
-    def frames(self, utt: str, frame_shift: float, num_frames: int):
-        """-> (T, k) float32 probabilities, (T, k) int64 unit ids, (T,) bool mask."""
+    def frames(self, utt: str, frame_shift: float, num_frames: int, time_scale: float = 1.0):
+        """-> (T, k) float32 probabilities, (T, k) int64 unit ids, (T,) bool mask. ``time_scale``
+        stretches the stored spans (1 / the speed factor of a speed-perturbed utterance)."""
         values, indices = self.positions(utt)
-        owner = torch.from_numpy(spread_to_frames(self.tensors[f"{utt}/spans"].numpy(), frame_shift, num_frames))
+        spans = self.tensors[f"{utt}/spans"].numpy() * time_scale
+        owner = torch.from_numpy(spread_to_frames(spans, frame_shift, num_frames))
         mask = owner >= 0
         idx = owner.clamp(min=0)
         return values[idx] * mask[:, None], indices[idx] * mask[:, None], mask
