@@ -145,7 +145,7 @@ def test_demo_variants_are_the_baseline_plus_their_method():
     for variant, overrides in written_out.items():
         data = to_dict(load_config(TrainConfig, root / "baseline.yaml"))
         for o in [
-            "precision=bf16-mixed",
+            "precision=auto",
             "optim.max_epochs=3",
             "data.alignment=own",
             *overrides,
