@@ -115,7 +115,9 @@ def test_ddp_two_processes_match_one(tiny_units, tmp_path):
     ga, gb = load_file(one / "grads.safetensors"), load_file(two / "grads.safetensors")
     assert ga.keys() == gb.keys() and len(ga) > 10
     for k in ga:
-        torch.testing.assert_close(ga[k], gb[k], rtol=1e-3, atol=1e-6, msg=k)
+        # float32 sums in another order: tolerance relative to the tensor's largest gradient
+        # (a missing or doubled all-reduce is off by 2x, a wrong batch split by far more)
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-3, atol=1e-4 * float(ga[k].abs().max()), msg=k)
 
 
 def test_evaluate_writes_hypotheses(trained, tiny_units):
