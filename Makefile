@@ -13,9 +13,10 @@ setup:
 # The main job: corpus -> features -> units -> three unit LMs -> soft-label caches ->
 # baseline, interp, aux and hier x 2 seeds -> the results table (configs/asr/demo.yaml).
 # Finished work is kept, so a second `make demo` only re-prints the table.
-# `make demo QUICK=1`: 1 seed, 2 epochs, LMs on part of the text (a first look).
+# `make demo QUICK=1`: a first look in minutes: the `quick` corpus (data/quick, 600
+# training utterances), 1 seed, 2 epochs, LMs on part of the text.
 demo: setup
-	$(BIN)/speechdistill demo --corpus $(DEMO_DIR) $(if $(QUICK),--quick,)
+	$(BIN)/speechdistill demo $(if $(QUICK),--quick,--corpus $(DEMO_DIR))
 
 # The SSL part: pre-train a small HuBERT-style teacher on the corpus, distil it into a
 # DistilHuBERT and a FitHuBERT student, probe all three (PR, SID), print the comparison.

@@ -166,7 +166,10 @@ def cmd_ablate(args):
 def cmd_demo(args):
     from speechdistill.demo import run_demo, run_ssl_demo
 
-    print(run_ssl_demo(args.corpus) if args.ssl else run_demo(args.corpus, args.quick, args.seeds).read_text())
+    if args.ssl:
+        print(run_ssl_demo(args.corpus or "data/small"))
+    else:
+        print(run_demo(args.corpus, args.quick, args.seeds).read_text())
 
 
 def cmd_pretrain(args):
@@ -413,13 +416,13 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, default=3)
     example = (
         "  speechdistill demo            # what `make demo` runs\n"
-        "  speechdistill demo --quick    # 1 seed, 2 epochs: a first look\n"
+        "  speechdistill demo --quick    # a first look: the quick corpus, 1 seed, 2 epochs\n"
         "Builds what is missing (corpus, features, units, LMs, soft labels), then runs\n"
         "configs/asr/demo.yaml (baseline, interp, aux, hier) and prints the table."
     )
     de = top.add("demo", cmd_demo, "the whole distillation study on the built-in corpus", example)
-    de.add_argument("--corpus", type=Path, default=Path("data/small"))
-    de.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, LMs on part of the text")
+    de.add_argument("--corpus", type=Path, default=None, help="default: data/small (data/quick with --quick)")
+    de.add_argument("--quick", action="store_true", help="the quick corpus, 1 seed, 2 epochs, LMs on part of the text")
     de.add_argument("--seeds", type=int, default=None, help="seeds per method (default 2; 1 with --quick)")
     de.add_argument("--ssl", action="store_true", help="the SSL part instead (make demo-ssl)")
 

@@ -1,7 +1,7 @@
 """The demo: the whole cross-modal distillation study on the built-in corpus.
 
     speechdistill demo            # `small` corpus, 4 methods x 2 seeds (what `make demo` runs)
-    speechdistill demo --quick    # 1 seed, 2 epochs, LMs on part of the text: a first look
+    speechdistill demo --quick    # a first look: `quick` corpus (data/quick), 1 seed, 2 epochs
 
 Steps, each kept when already done (so a second run only re-prints the table):
 corpus -> features -> units -> one LM per unit -> soft-label caches ->
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoPlan:
+    preset: str = "small"  # the built-in corpus's preset
+    corpus: str = "data/small"  # its directory unless the command names one
     ablation: str = "configs/asr/demo.yaml"
     out_dir: str = "exp/demo"
     seeds: int = 2
@@ -54,10 +56,15 @@ class DemoPlan:
 
 
 FULL = DemoPlan()
+# A first look in minutes: the whole pipeline on the `quick` preset (600 training
+# utterances of the same voices), the aligner on 0.15 h, LMs on part of the text.
 QUICK = DemoPlan(
+    preset="quick",
+    corpus="data/quick",
     out_dir="exp/demo-quick",
     seeds=1,
-    lm_sentences=(("senone", 5000), ("phone", 10000), ("subword", 10000)),
+    lm_sentences=(("senone", 3000), ("phone", 5000), ("subword", 5000)),
+    aligner=("train_hours=0.15",),
     overrides=("optim.max_epochs=2",),
 )
 
@@ -98,10 +105,12 @@ def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small") -> None:
             build_cache(corpus, spec)
 
 
-def run_demo(corpus: str | Path = "data/small", quick: bool = False, seeds: int | None = None) -> Path:
-    """Prepare everything, run the methods over seeds; returns the results table (Markdown)."""
+def run_demo(corpus: str | Path | None = None, quick: bool = False, seeds: int | None = None) -> Path:
+    """Prepare everything, run the methods over seeds; returns the results table (Markdown).
+    ``corpus``: its directory (default: the plan's, data/small or data/quick)."""
     plan = QUICK if quick else FULL
-    prepare(corpus, plan)
+    corpus = corpus or plan.corpus
+    prepare(corpus, plan, plan.preset)
     ablate(plan.ablation, seeds or plan.seeds, [f"data.corpus={corpus}", *plan.overrides], out_dir=plan.out_dir)
     return Path(plan.out_dir) / "results.md"
 
