@@ -117,7 +117,7 @@ def test_shipped_ablation_variants_all_build_configs():
     for variant in abl.variants:
         cfg = run_config(abl, variant, seed=1)
         assert cfg.seed == 1 and cfg.out_dir.endswith(f"{variant}/seed1")
-    assert len(run_config(abl, "hier", 0).model.taps) == 3
+    assert len(run_config(abl, "hier", 0).model.taps) == 4  # the phone CTC head + 3 KD taps
 
 
 def test_demo_variants_are_the_baseline_plus_their_method():
@@ -133,12 +133,13 @@ def test_demo_variants_are_the_baseline_plus_their_method():
     root = Path(__file__).parent.parent / "configs" / "asr"
     demo = load_ablation(root / "demo.yaml")
     kd = "kd: {top_k: 8, temperature: 3.0}, ce_weight: 0.0"
+    head = "{layer: 3, unit: phone, kind: ctc, weight: 0.3}"  # the baseline's phone CTC head
     written_out = {
         "baseline": [],
         "interp": ["interp.enabled=true"],
-        "aux": [f"model.taps=[{{layer: 4, unit: subword, {kd}}}]"],
+        "aux": [f"model.taps=[{head}, {{layer: 4, unit: subword, {kd}}}]"],
         "hier": [
-            f"model.taps=[{{layer: 2, unit: senone, {kd}}}, {{layer: 3, unit: phone, {kd}}}, "
+            f"model.taps=[{head}, {{layer: 2, unit: senone, {kd}}}, {{layer: 3, unit: phone, {kd}}}, "
             f"{{layer: 4, unit: subword, {kd}}}]"
         ],
     }
