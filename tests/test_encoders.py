@@ -127,7 +127,13 @@ def test_every_shipped_config_loads():
     root = Path(__file__).parent.parent / "configs"
     configs = sorted((root / "asr").glob("*.yaml"))
     ablations = [p for p in configs if "variants" in yaml.safe_load(p.read_text())]
-    assert {p.name for p in ablations} == {"ablation.yaml", "demo.yaml", "demo_controls.yaml"}
+    assert {p.name for p in ablations} == {
+        "ablation.yaml",
+        "augment_ablation.yaml",
+        "demo.yaml",
+        "demo_controls.yaml",
+        "recipe_sweep.yaml",
+    }
     assert len(configs) - len(ablations) >= 6
     for path in configs:
         if path in ablations:
@@ -139,7 +145,8 @@ def test_every_shipped_config_loads():
     # a recipe is its base plus what it says: aux.yaml differs from baseline.yaml in name, out_dir and taps only
     base, aux = (to_dict(load_config(TrainConfig, root / "asr" / f"{n}.yaml")) for n in ("baseline", "aux"))
     assert {k for k in base if base[k] != aux[k]} == {"name", "out_dir", "model"}
-    assert aux["model"]["taps"] == [
+    assert aux["model"]["taps"][0] == base["model"]["taps"][0]  # the baseline's phone CTC head, kept
+    assert aux["model"]["taps"][1:] == [
         {
             "layer": 4,
             "unit": "subword",
