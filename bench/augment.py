@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-seconds", type=float, default=40.0)
     args = p.parse_args()
-    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=", "data.alignment="]
+    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=/tmp/bench_augment", "data.alignment=own"]
     runs = {
         "stored_features": setup(load_config(TrainConfig, "configs/asr/baseline.yaml", common)),
         "on_the_fly": setup(
