@@ -2,8 +2,8 @@
 
     python bench/augment.py --corpus data/small --steps 30
 
-The baseline recipe (configs/asr/baseline.yaml) three ways on the same batches, alternating
-so that machine noise hits all alike: stored features (the default, no augmentation);
+The baseline recipe (configs/asr/baseline.yaml) three ways on the same batches, one after
+the other in one process: stored features (the default, no augmentation);
 features computed on the fly from clean audio; and the recipe with every augmentation on
 at its configured probability (configs/asr/augment.yaml: speed, reverb, noise, gain,
 band-limiting, SpecAugment). Each step is data preparation + forward + backward +
@@ -39,49 +39,53 @@ def main() -> None:
     p.add_argument("--batch-seconds", type=float, default=40.0)
     args = p.parse_args()
     common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=/tmp/bench_augment", "data.alignment=own"]
-    runs = {
-        "stored_features": setup(load_config(TrainConfig, "configs/asr/baseline.yaml", common)),
-        "on_the_fly": setup(
-            load_config(TrainConfig, "configs/asr/baseline.yaml", [*common, "data.on_the_fly_features=true"])
-        ),
-        "augmented": setup(load_config(TrainConfig, "configs/asr/augment.yaml", common)),
+    recipes = {
+        "stored_features": ("configs/asr/baseline.yaml", []),
+        "on_the_fly": ("configs/asr/baseline.yaml", ["data.on_the_fly_features=true"]),
+        "augmented": ("configs/asr/augment.yaml", []),
     }
-    print(f"CPU: {cpu_name()}; precision {runs['stored_features'][0].precision}")
-    cuts = sorted(runs["augmented"][1].train_cuts, key=lambda c: c.id)
+    chunks = None
+    med = {}
+    for name, (recipe, extra) in recipes.items():  # one engine at a time, the same batches
+        engine, task = setup(load_config(TrainConfig, recipe, [*common, *extra]))
+        if chunks is None:
+            print(f"CPU: {cpu_name()}; precision {engine.precision}")
+            chunks = _chunks(sorted(task.train_cuts, key=lambda c: c.id), args.batch_seconds, args.steps)
+        times = []
+        for chunk in chunks:
+            t0 = time.perf_counter()
+            engine.forward_backward(task.dataset[chunk])
+            engine.optimizer_step()
+            times.append(time.perf_counter() - t0)
+        med[name] = statistics.median(times[3:])  # the first steps warm up
+        if name != "on_the_fly":  # the data work in a worker process, overlapped with training
+            loader = torch.utils.data.DataLoader(task.dataset, sampler=chunks, batch_size=None, num_workers=1)
+            walls, t0 = [], time.perf_counter()
+            for batch in loader:
+                engine.forward_backward(batch)
+                engine.optimizer_step()
+                walls.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+            med[f"worker_{name}"] = statistics.median(walls[3:])
+    for k in recipes:
+        print(f"in process   {k:16s} median step {med[k] * 1000:7.1f} ms   ratio {med[k] / med['stored_features']:.3f}")
+    for k in ("stored_features", "augmented"):
+        print(f"1 worker     {k:16s} median step {med[f'worker_{k}'] * 1000:7.1f} ms")
+    ratio = med["worker_augmented"] / med["worker_stored_features"]
+    print(f"augmentation / stored features, 1 loader worker: {ratio:.3f}")
+
+
+def _chunks(cuts, seconds: float, n: int) -> list[CutSet]:
     chunks, cur, dur = [], [], 0.0
     for c in cuts:
         cur.append(c)
         dur += c.duration
-        if dur >= args.batch_seconds:
+        if dur >= seconds:
             chunks.append(CutSet.from_cuts(cur))
             cur, dur = [], 0.0
-        if len(chunks) == args.steps:
+        if len(chunks) == n:
             break
-    times = {k: [] for k in runs}
-    for chunk in chunks:
-        for name, (engine, task) in runs.items():
-            t0 = time.perf_counter()
-            batch = task.dataset[chunk]
-            engine.forward_backward(batch)
-            engine.optimizer_step()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v[3:]) for k, v in times.items()}  # the first steps warm up
-    for k, v in med.items():
-        print(f"in process   {k:16s} median step {v * 1000:7.1f} ms   ratio {v / med['stored_features']:.3f}")
-    for name in ("stored_features", "augmented"):  # the data work in a worker, overlapped
-        engine, task = runs[name]
-        loader = torch.utils.data.DataLoader(task.dataset, sampler=chunks, batch_size=None, num_workers=1)
-        walls, t0 = [], time.perf_counter()
-        for batch in loader:
-            engine.forward_backward(batch)
-            engine.optimizer_step()
-            walls.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-        med[f"worker_{name}"] = statistics.median(walls[3:])
-    ratio = med["worker_augmented"] / med["worker_stored_features"]
-    for name in ("stored_features", "augmented"):
-        print(f"1 worker     {name:16s} median step {med[f'worker_{name}'] * 1000:7.1f} ms")
-    print(f"augmentation / stored features, 1 loader worker: {ratio:.3f}")
+    return chunks
 
 
 if __name__ == "__main__":
