@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 
 import torch
 from lhotse import CutSet
 
 from speechdistill.config import load_config
+from speechdistill.engine import cpu_model
 from speechdistill.train import TrainConfig, setup
 
 
 def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

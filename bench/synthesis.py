@@ -11,12 +11,12 @@ on 2 cores.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from dataclasses import replace
 
 from speechdistill.data.corpus import PRESETS, build_corpus
+from speechdistill.engine import cpu_model
 
 
 def main() -> None:
@@ -26,8 +26,7 @@ def main() -> None:
     args = p.parse_args()
     n = args.utterances
     preset = replace(PRESETS["small"], num_train=n, num_dev=max(10, n // 10), num_test=max(10, n // 10))
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    cpu = cpu_model()
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         summary = build_corpus(preset, out, jobs=args.jobs, show_progress=False)

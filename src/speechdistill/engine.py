@@ -46,18 +46,28 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The instruction-set flags of the first CPU (x86 ``flags``, Arm ``Features``); empty
-    where the file is absent (macOS, Windows)."""
+def _cpuinfo_field(keys: tuple[str, ...], cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The first CPU's value of the first of ``keys`` in /proc/cpuinfo; "" where the file
+    or the key is absent (macOS, Windows)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return set()
+        return ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+        if key.strip() in keys:
+            return value.strip()
+    return ""
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The instruction-set flags of the first CPU (x86 ``flags``, Arm ``Features``)."""
+    return set(_cpuinfo_field(("flags", "Features"), cpuinfo).split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (as `lscpu` prints it), for timings; "?" where unknown."""
+    return _cpuinfo_field(("model name",)) or "?"
 
 
 def resolve_precision(precision: str, accelerator: str, flags: set[str] | None = None) -> tuple[str, str]:

@@ -78,10 +78,6 @@ class SplitVoices:
     espeak_variants: tuple[str, ...]
     flite_voices: tuple[str, ...]
 
-    def speakers(self) -> int:
-        """Distinct accent+variant (and Flite) speakers available to the split."""
-        return len(self.espeak_variants) * len(ESPEAK_ACCENTS) + len(self.flite_voices)
-
 
 def plan_voices(num_dev_variants: int, num_test_variants: int, use_flite: bool, seed: int) -> dict[str, SplitVoices]:
     """Hold out eSpeak variants (each held-out split gets at least one female variant) and,
