@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-seconds", type=float, default=40.0)
     args = p.parse_args()
-    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=/tmp/bench_augment", "data.alignment=own"]
+    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=''", "data.alignment=own"]
     recipes = {
         "stored_features": ("configs/asr/baseline.yaml", []),
         "on_the_fly": ("configs/asr/baseline.yaml", ["data.on_the_fly_features=true"]),

@@ -58,7 +58,7 @@ def main() -> None:
             frames += int(batch.feat_lens.sum())
         return frames / (time.perf_counter() - t0)
 
-    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=/tmp/bench_data"]
+    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=''"]
     engine, stored = setup(load_config(TrainConfig, "configs/asr/baseline.yaml", common))
     _, fly = setup(load_config(TrainConfig, "configs/asr/baseline.yaml", [*common, "data.on_the_fly_features=true"]))
     # what training consumes: frames per second of forward + backward + update

@@ -39,7 +39,7 @@ def main() -> None:
     args = p.parse_args()
     if args.ssl_teacher:
         ssl_steps(args)
-    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=/tmp/kd_overhead"]
+    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=''"]
     base = setup(load_config(TrainConfig, "configs/asr/baseline.yaml", common))
     hier = setup(load_config(TrainConfig, "configs/asr/hier.yaml", common))
     from speechdistill.distill.soft_labels import reference_positions

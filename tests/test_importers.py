@@ -112,7 +112,7 @@ def test_lhotse_import_and_lm_text_without_dev_test(kaldi_dir, tmp_path):
     assert [c.supervisions[0].text for c in load_split(out, "test")] == ["LET THERE BE LIGHT", "AND THERE WAS LIGHT"]
     lm = tmp_path / "lm.txt"
     lm.write_text("Let there be light.\nThe firmament was made.\n\nAnd there was light\n")
-    assert import_lm_text(lm, out) == {"sentences": 1, "dropped_dev_test": 2}
+    assert import_lm_text(lm, out) == {"sentences": 1, "dropped_dev_test": 2, "backup": None}
     assert (out / "lm_text.txt").read_text() == "THE FIRMAMENT WAS MADE\n"
 
 

@@ -93,7 +93,7 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    summary = train(cfg, resume=True)
+    summary = train(cfg, start="auto")
     result = {
         "variant": variant,
         "seed": seed,

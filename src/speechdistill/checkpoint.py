@@ -3,15 +3,20 @@
     >>> save_checkpoint("exp/run/last", tensors, meta)     # last.safetensors + last.json
     >>> tensors, meta = load_checkpoint("exp/run/last")
 
-The JSON is written after the tensors and holds their SHA-256, so a truncated
-or mismatched pair is detected and named. Both files are written atomically.
-Nothing is unpickled: safetensors holds only tensors.
+The JSON holds the tensors' SHA-256, so a truncated or mismatched pair is detected and
+named. Both files are written atomically, and the pair switches as one: the new JSON
+is first written as ``{name}.json.next``, then the tensors replace the old ones, then
+``.next`` becomes the JSON. A kill or a full disk at any point leaves the old pair
+(the write fails before the tensors are replaced) or the new one (a reader that finds
+the new tensors beside the old JSON takes the matching ``.next`` and completes the
+switch). Nothing is unpickled: safetensors holds only tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -39,14 +44,48 @@ def _paths(prefix: str | Path) -> tuple[Path, Path]:
 def save_checkpoint(prefix: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     st_path, json_path = _paths(prefix)
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
-    atomic_write_bytes(st_path, data)
     meta = {"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(data).hexdigest(), **meta}
-    atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
+    pending = _pending(json_path)
+    atomic_write_text(pending, json.dumps(meta, indent=1) + "\n")
+    try:
+        atomic_write_bytes(st_path, data)
+    except BaseException:
+        pending.unlink(missing_ok=True)  # the old pair is untouched; nothing pending
+        raise
+    os.replace(pending, json_path)
     return st_path
+
+
+def finish_interrupted_save(prefix: str | Path) -> None:
+    """If a save of ``prefix`` was stopped after its tensors were replaced, complete it
+    (``load_checkpoint`` does this too; call it before asking whether the JSON exists)."""
+    st_path, json_path = _paths(prefix)
+    if st_path.exists() and _pending(json_path).exists():
+        _switch_if_pending(st_path, json_path, st_path.read_bytes())
+
+
+def _pending(json_path: Path) -> Path:
+    return json_path.with_name(json_path.name + ".next")
+
+
+def _switch_if_pending(st_path: Path, json_path: Path, data: bytes) -> bool:
+    """Completes a save that was stopped between replacing the tensors and the JSON: True
+    when the tensors match the pending JSON (which then becomes the JSON)."""
+    pending = _pending(json_path)
+    try:
+        meta = json.loads(pending.read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        return False
+    os.replace(pending, json_path)
+    return True
 
 
 def load_checkpoint(prefix: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     st_path, json_path = _paths(prefix)
+    if st_path.exists() and not json_path.exists():
+        finish_interrupted_save(prefix)
     for p in (st_path, json_path):
         if not p.exists():
             raise CheckpointError(
@@ -59,6 +98,8 @@ def load_checkpoint(prefix: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{json_path} is not a speechdistill checkpoint")
     data = st_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256") and _switch_if_pending(st_path, json_path, data):
+        meta = json.loads(json_path.read_text())
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise CheckpointError(
             f"{st_path} is truncated or does not belong to {json_path.name} "

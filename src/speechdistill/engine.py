@@ -18,7 +18,9 @@ reaches the log. Resuming continues a killed run to the weights of an uninterrup
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import logging
 import math
 import os
@@ -34,9 +36,9 @@ from lightning_fabric import Fabric
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from speechdistill.checkpoint import load_training_state, save_training_state
-from speechdistill.config import save_config
-from speechdistill.utils import UsageError
+from speechdistill.checkpoint import finish_interrupted_save, load_training_state, save_training_state
+from speechdistill.config import read_yaml, save_config, to_dict
+from speechdistill.utils import DirLock, UsageError
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("noam", "linear", "constant")
@@ -135,6 +137,11 @@ class EngineConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; valid: {', '.join(PRECISIONS)}")
+
+
+RUN_STARTS = ("auto", "new", "resume", "overwrite")
+# what makes a directory hold a run (config.yaml alone is written before any work)
+RUN_FILES = ("last.json", "last.safetensors", "log.csv", "best.json", "best.safetensors", "train_summary.json")
 
 
 class NonFiniteLossError(UsageError, RuntimeError):
@@ -237,22 +244,49 @@ class Engine:
         self.out = Path(cfg.out_dir) if cfg.out_dir else None
         self.state = State()
         self._tb = None
+        self._lock: DirLock | None = None
 
     @property
     def is_main(self) -> bool:
         return self.fabric.is_global_zero
 
     # -- set-up ---------------------------------------------------------------------
-    def fit(self, task: Task, resume: bool = True) -> dict:
-        """Train ``task`` (continuing from ``{out_dir}/last`` when ``resume`` and it exists;
-        without ``resume`` an earlier run's state and log are removed). Returns the state,
-        with the seconds this call trained."""
-        self.setup(task, resume)
-        return self.run()
+    def fit(self, task: Task, start: str = "auto") -> dict:
+        """Train ``task`` (``start``: see ``setup``). Returns the state, with the seconds
+        this call trained."""
+        self.setup(task, start)
+        try:
+            return self.run()
+        finally:
+            self.close()
 
-    def setup(self, task: Task, resume: bool = True) -> None:
-        """Optimizer, schedule, restored state and the Fabric-wrapped model of ``task``."""
+    def setup(self, task: Task, start: str = "auto") -> None:
+        """Optimizer, schedule, restored state and the Fabric-wrapped model of ``task``.
+
+        ``start`` says what to do with ``{out_dir}``: ``"auto"`` continues from its
+        ``last`` checkpoint when there is one, else starts (pipelines that resume by
+        themselves); ``"new"`` starts and refuses a directory that holds a run;
+        ``"resume"`` continues and refuses a directory without ``last.json``;
+        ``"overwrite"`` moves a run that is there aside (``{out_dir}.old-{time}``) and
+        starts. The main process holds ``{out_dir}/.lock`` until ``close()``: a second
+        process into the same directory is refused."""
+        if start not in RUN_STARTS:
+            raise ValueError(f"start must be one of {RUN_STARTS}, not {start!r}")
         cfg, o, fabric = self.cfg, self.cfg.optim, self.fabric
+        if self.out is not None:
+            refused = ""
+            if self.is_main:
+                try:
+                    self._lock = DirLock(self.out).acquire()
+                    finish_interrupted_save(self.out / "last")
+                    self._prepare_out_dir(start)
+                except UsageError as e:
+                    self.close()
+                    refused = str(e)
+            if fabric.world_size > 1:  # every rank stops, not only the one that checked
+                refused = fabric.broadcast(refused, src=0)
+            if refused:
+                raise UsageError(refused)
         self.task, self.raw = task, task.model
         optimizer = torch.optim.AdamW(
             [p for p in task.model.parameters() if p.requires_grad], lr=o.lr, weight_decay=o.weight_decay
@@ -265,7 +299,7 @@ class Engine:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(o.warmup_steps, o.schedule, total, o.final_lr_ratio)
         )
-        if self.out is not None and resume and (self.out / "last.json").exists():
+        if self.out is not None and start in ("auto", "resume") and (self.out / "last.json").exists():
             meta = load_training_state(self.out / "last", task.model, "model.", optimizer, scheduler)
             self.state = State(**meta["state"])
             task.load_state_dict(meta.get("task_state", {}))
@@ -276,9 +310,6 @@ class Engine:
                 self.state.epoch,
                 self.state.batch_in_epoch,
             )
-        elif self.out is not None and not resume and self.is_main:
-            for name in ("last.json", "last.safetensors", "log.csv"):
-                (self.out / name).unlink(missing_ok=True)
         self.model, self.optimizer = fabric.setup(task.model, optimizer)
         self.scheduler = scheduler
         for name in task.forward_methods:
@@ -286,6 +317,62 @@ class Engine:
         if self.out is not None and self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
+
+    def _prepare_out_dir(self, start: str) -> None:
+        """Checks ``start`` against what ``{out_dir}`` holds; moves a run aside for
+        ``"overwrite"``. Nothing is ever deleted."""
+        held = sorted(p.name for p in self.out.iterdir() if p.name != ".lock")
+        has_run = any(n in held for n in RUN_FILES)
+        if start == "resume" and "last.json" not in held:
+            what = f"it holds {', '.join(held[:8])}" if held else "it is empty"
+            raise UsageError(
+                f"--resume: {self.out} has no last.json to continue from ({what}); run without --resume "
+                "to start a new run there (add --overwrite to move what is there aside)"
+            )
+        if start in ("resume", "auto") and "last.json" in held and "config.yaml" in held:
+            self._warn_config_changes(read_yaml(self.out / "config.yaml"))
+        if start == "new" and has_run:
+            step = ""
+            if (self.out / "last.json").exists():
+                with contextlib.suppress(ValueError, KeyError, OSError):
+                    step = f" (stopped at step {json.loads((self.out / 'last.json').read_text())['state']['step']})"
+            raise UsageError(
+                f"{self.out} already holds a run{step}: {', '.join(n for n in held if n in RUN_FILES)}. "
+                "Continue it with --resume, or start again with --overwrite (the old run is moved aside, "
+                "not deleted), or set out_dir to another directory"
+            )
+        if start == "overwrite" and held:
+            aside = self.out.with_name(f"{self.out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while aside.exists():
+                aside, n = aside.with_name(f"{self.out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+            aside.mkdir()
+            for name in held:
+                os.replace(self.out / name, aside / name)
+            log.warning("--overwrite: the run that was in %s was moved to %s", self.out, aside)
+
+    def _warn_config_changes(self, before: dict) -> None:
+        """A resumed run continues under the config it is given now; say what differs from
+        the one it started with (a larger max_steps also stretches a linear schedule, so
+        the weights will not be those of a run given that budget from the start)."""
+        now = to_dict(self.cfg)
+
+        def flat(d, prefix=""):
+            for k, v in d.items():
+                yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+        old, new = dict(flat(before)), dict(flat(now))
+        changed = [
+            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        ]
+        if changed:
+            log.warning("resuming %s with a config that differs from the run's own: %s", self.out, "; ".join(changed))
+
+    def close(self) -> None:
+        """Release ``{out_dir}``'s lock (the end of ``fit``; call it after ``setup`` + ``run``)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     # -- the loop -------------------------------------------------------------------
     def run(self) -> dict:

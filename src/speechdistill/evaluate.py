@@ -27,7 +27,7 @@ from speechdistill.students.model import load_inference_model
 from speechdistill.units.inventory import Units
 from speechdistill.units.lexicon import UnpronounceableWordError
 from speechdistill.units.phones import UnknownPhoneError
-from speechdistill.utils import atomic_write_text
+from speechdistill.utils import DataError, atomic_write_text, check_split_name
 
 
 @torch.no_grad()
@@ -75,6 +75,21 @@ def _phones(text: str, units: Units) -> str:
     return " ".join(out)
 
 
+def check_units(units: Units, unit: str, meta: dict, ckpt) -> None:
+    """Refuse to decode ``ckpt`` with an inventory other than the one it was trained on
+    (its ids would map to other pieces: wrong words, and no error anywhere else)."""
+    want = meta.get("units")
+    have = units.digest(unit) if unit in units.names() else "(none)"
+    size = units.vocab_size(unit) if unit in units.names() else 0
+    if (want and want != have) or size != meta["vocab"].get(unit):
+        raise DataError(
+            f"{ckpt} was trained on other {unit} units than {units.root} holds (fingerprint "
+            f"{str(want)[:12]}, vocabulary {meta['vocab'].get(unit)}; there: {have[:12]}, {size}): its ids would "
+            f"decode into wrong words. Pass --units the inventory it was trained with "
+            f"({CorpusDir(meta['config']['data']['corpus']).units})"
+        )
+
+
 def evaluate(
     ckpt: str | Path,
     data: str | Path,
@@ -88,14 +103,17 @@ def evaluate(
     model, meta = load_inference_model(ckpt)
     main_unit = meta["config"]["model"]["main_unit"]
     data = Path(data)
+    check_split_name(split)
     units = Units(units_dir or CorpusDir(meta["config"]["data"]["corpus"]).units)
-    if (data / "wav.scp").exists():
-        tmp = Path(tempfile.mkdtemp())
-        import_kaldi_dir(data, tmp, split=split)
-        data = tmp
-    cuts = load_split(data, split)
+    check_units(units, main_unit, meta, ckpt)
     dataset = AsrDataset(units, main_unit, frames_fn=lambda t: t, on_the_fly=True)
-    result = decode_cuts(model, dataset, cuts, main_unit, units, beam=beam)
+    # a Kaldi dir is imported into a temporary corpus (its converted audio too), removed after
+    with tempfile.TemporaryDirectory(prefix="speechdistill-eval-") as tmp:
+        if (data / "wav.scp").exists():
+            import_kaldi_dir(data, tmp, split=split)
+            result = decode_cuts(model, dataset, load_split(tmp, split), main_unit, units, beam=beam)
+        else:
+            result = decode_cuts(model, dataset, load_split(data, split), main_unit, units, beam=beam)
     out = Path(out or Path(ckpt).parent)
     atomic_write_text(out / f"{split}.hyp.tsv", "".join(f"{u}\t{r}\t{h}\n" for u, r, h in result["rows"]))
     scores = {k: v for k, v in result.items() if k != "rows"} | {

@@ -364,7 +364,9 @@ class AsrTask(Task):
         return result
 
     def meta(self) -> dict:
-        return {"kind": self.kind, "config": to_dict(self.cfg), "vocab": self.vocab}
+        # the fingerprint of the main unit's inventory: decoding with another one is refused
+        main = self.cfg.model.main_unit
+        return {"kind": self.kind, "config": to_dict(self.cfg), "vocab": self.vocab, "units": self.units.digest(main)}
 
     def state_dict(self) -> dict:
         return {"skipped_utterances": self.skipped}
@@ -387,19 +389,28 @@ class AsrTask(Task):
             save_checkpoint(engine.out / "best", tensors, self.meta() | {"state": asdict(engine.state)})
 
 
-def setup(cfg: TrainConfig, resume: bool = False) -> tuple[Engine, AsrTask]:
+def setup(cfg: TrainConfig, start: str = "new") -> tuple[Engine, AsrTask]:
     """The engine and the task, set up (optimizer, restored state) but not run: for a
-    step by hand (tests, benchmarks) or ``engine.run()``."""
+    step by hand (tests, benchmarks) or ``engine.run()``; ``engine.close()`` after.
+    ``start``: ``"new"``, ``"resume"``, ``"overwrite"`` or ``"auto"`` (Engine.setup)."""
     engine = Engine(cfg)
     task = AsrTask(cfg, engine)
-    engine.setup(task, resume)
+    engine.setup(task, start)
     return engine, task
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, start: str = "new") -> dict:
     """Train an acoustic model; writes ``{out_dir}/best``, ``last``, ``log.csv`` and
-    ``train_summary.json``, and returns the summary."""
-    engine, task = setup(cfg, resume)
+    ``train_summary.json``, and returns the summary. A directory that holds a run is
+    refused unless ``start`` is ``"resume"``, ``"overwrite"`` or ``"auto"``."""
+    engine, task = setup(cfg, start)
+    try:
+        return _train(engine, task)
+    finally:
+        engine.close()
+
+
+def _train(engine: Engine, task: AsrTask) -> dict:
     st = engine.run()
     summary = {
         "best_dev_error": st["best"],

@@ -61,11 +61,11 @@ def load_alignments(corpus, name: str, split: str) -> tuple[dict[str, dict], dic
 
 
 def alignment_digest(corpus, name: str, split: str) -> str:
-    """What a cache made from this alignment depends on: the alignment file's bytes (the
-    manifests' text and alignment fields for the manifests' own)."""
+    """What a cache made from this alignment depends on: the supervisions' bytes (their
+    transcripts, and the manifests' own alignment) and a named alignment file's."""
     c = CorpusDir(corpus)
     h = hashlib.sha256(name.encode())
-    for path in [c.supervisions(split)] if name in MANIFEST else [c.alignment(name, split)]:
+    for path in [c.supervisions(split)] + ([] if name in MANIFEST else [c.alignment(name, split)]):
         h.update(path.read_bytes())
     return h.hexdigest()
 

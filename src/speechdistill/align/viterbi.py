@@ -21,9 +21,10 @@ import numpy as np
 from lhotse.supervision import AlignmentItem
 
 from speechdistill.units.phones import SIL
+from speechdistill.utils import DataError
 
 
-class AlignmentError(ValueError):
+class AlignmentError(DataError):
     """An utterance that cannot be aligned; the message says why."""
 
 

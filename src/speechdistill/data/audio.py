@@ -7,6 +7,8 @@ checked for the faults that otherwise surface as NaN losses hours later.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +52,23 @@ def to_mono_16k(samples: np.ndarray, sampling_rate: int, what: str) -> np.ndarra
     return samples
 
 
-def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> AudioReport:
+def check_regular_file(path: str | Path, what: str) -> None:
+    """A FIFO, device or directory would hang or fail deep inside a reader: named here,
+    before anything opens it (a missing file is left to the reader's own message)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise BadAudioError(f"{what} {path} is {kind}; give a regular file")
+
+
+def inspect_audio(path: str | Path, utt: str, check_samples: bool = True, segmented: bool = False) -> AudioReport:
     """Check that an audio file is readable, non-empty and finite; note stereo and
-    sample-rate conversions that loading will do."""
+    sample-rate conversions that loading will do. A ``segmented`` recording (cut into
+    utterances by a ``segments`` file) may be of any length and is read in blocks."""
+    check_regular_file(path, f"utterance {utt}: audio file")
     try:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
@@ -67,7 +83,7 @@ def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> Aud
             f"utterance {utt}: audio file {path} is {info.frames} samples ({seconds * 1000:.1f} ms) "
             f"long, shorter than {MIN_SECONDS * 1000:.0f} ms: too short to recognise"
         )
-    if seconds > MAX_SECONDS:
+    if seconds > MAX_SECONDS and not segmented:
         raise BadAudioError(
             f"utterance {utt}: audio file {path} is {seconds / 60:.1f} minutes long (more than "
             f"{MAX_SECONDS / 60:.0f}); cut it into utterances with a Kaldi `segments` file"
@@ -77,16 +93,20 @@ def inspect_audio(path: str | Path, utt: str, check_samples: bool = True) -> Aud
         report.notes.append(f"{info.channels} channels, averaged to mono")
     if info.samplerate != SAMPLE_RATE:
         report.notes.append(f"sample rate {info.samplerate} Hz, resampled to {SAMPLE_RATE} Hz")
-    if check_samples:
-        samples, _ = sf.read(str(path), dtype="float32", always_2d=True)
-        if not np.isfinite(samples).all():
-            raise BadAudioError(f"utterance {utt}: audio file {path} contains NaN or infinite samples; re-export it")
-        peak = float(np.abs(samples).max())
+    if check_samples:  # in blocks of a minute: an hour-long recording is never held whole
+        peak, at_full_scale = 0.0, 0
+        for block in sf.blocks(str(path), blocksize=60 * info.samplerate, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise BadAudioError(
+                    f"utterance {utt}: audio file {path} contains NaN or infinite samples; re-export it"
+                )
+            peak = max(peak, float(np.abs(block).max()))
+            at_full_scale += int((np.abs(block) >= 0.999).sum())
         if peak < SILENCE_PEAK:
             raise BadAudioError(
                 f"utterance {utt}: audio file {path} is silent (peak {peak:.1e}); check the recording or its channel"
             )
-        clipped = float((np.abs(samples) >= 0.999).mean())
+        clipped = at_full_scale / (info.frames * info.channels)
         if clipped > CLIPPED_FRACTION:
             report.notes.append(f"clipped ({100 * clipped:.1f}% of samples at full scale)")
     return report

@@ -328,12 +328,12 @@ def write_manifests(corpus: CorpusDir, split: str, recordings, supervisions) -> 
 
 def check_count(corpus: CorpusDir, split: str, path: Path, found: int) -> None:
     """A manifest cut at a line boundary parses fine: compare with the count recorded
-    when the corpus was built (summary.json) or imported (import_{split}.json)."""
+    when the split was imported (import_{split}.json) or else built (summary.json)."""
     want = None
-    if corpus.summary.exists():
-        want = json.loads(corpus.summary.read_text())["splits"].get(split, {}).get("utterances")
-    elif corpus.import_report(split).exists():
+    if corpus.import_report(split).exists():  # an import replaces what a build made
         want = json.loads(corpus.import_report(split).read_text()).get("kept")
+    elif corpus.summary.exists():
+        want = json.loads(corpus.summary.read_text())["splits"].get(split, {}).get("utterances")
     if want is not None and found != want:
         raise ManifestError(
             f"{path} holds {found} utterances but the corpus recorded {want}: the manifest "

@@ -22,7 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechdistill.utils import check_split_name
+
 SPLITS = ("train", "dev", "test")
+
+
+def _split(name: str) -> str:
+    return check_split_name(name, "split")
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class SoftLabelSpec:
     alignment: str = ""
 
     def __post_init__(self):
-        if self.top_k < 1 or not self.temperature > 0:
+        if self.top_k < 1 or not 0 < self.temperature < float("inf"):
             raise ValueError(f"soft labels need top_k >= 1 and temperature > 0, got {self.top_k}, {self.temperature}")
 
     @property
@@ -67,17 +73,17 @@ class CorpusDir:
         return str(self.root)
 
     def recordings(self, split: str) -> Path:
-        return self.root / f"{split}_recordings.jsonl"
+        return self.root / f"{_split(split)}_recordings.jsonl"
 
     def supervisions(self, split: str) -> Path:
-        return self.root / f"{split}_supervisions.jsonl"
+        return self.root / f"{_split(split)}_supervisions.jsonl"
 
     def cuts(self, split: str) -> Path:
         """The cut manifest of the stored features."""
-        return self.root / f"{split}_cuts.jsonl"
+        return self.root / f"{_split(split)}_cuts.jsonl"
 
     def features_archive(self, split: str) -> Path:
-        return self.root / "feats" / f"{split}.lca"
+        return self.root / "feats" / f"{_split(split)}.lca"
 
     def splits(self) -> list[str]:
         """The splits that have manifests."""
@@ -97,10 +103,10 @@ class CorpusDir:
 
     def alignment(self, name: str, split: str) -> Path:
         """A named alignment of a split (one JSON line per utterance)."""
-        return self.root / "alignments" / name / f"{split}.jsonl"
+        return self.root / "alignments" / check_split_name(name, "alignment") / f"{_split(split)}.jsonl"
 
     def import_report(self, split: str) -> Path:
-        return self.root / f"import_{split}.json"
+        return self.root / f"import_{_split(split)}.json"
 
     def audio(self, split: str, utt: str) -> Path:
         return self.root / "audio" / split / f"{utt}.flac"

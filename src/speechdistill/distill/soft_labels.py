@@ -97,6 +97,11 @@ def build_cache(
     own_lm = lm_prefix is None  # the corpus's own LM: found again wherever the corpus moves
     lm_prefix = Path(lm_prefix or corpus.lm(unit))
     units = Units(corpus.units)
+    if k > units.vocab_size(unit):
+        raise DataError(
+            f"top_k {k} is more than the {units.vocab_size(unit)} {unit} units there are; "
+            f"choose at most {units.vocab_size(unit)} (8 is the usual)"
+        )
     lm, lm_meta = load_lm_teacher(lm_prefix, unit, units)
     if lm_meta["unit"] != unit:
         raise DataError(f"{lm_prefix} is a {lm_meta['unit']} LM, not a {unit} LM")

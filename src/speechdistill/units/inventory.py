@@ -78,10 +78,11 @@ class Units:
     def phones(self, text: str) -> list[str]:
         return self.lexicon.phones(text.split())
 
-    def digest(self) -> str:
-        """A hash of ``files()``: what a model over these units depends on."""
+    def digest(self, unit: str | None = None) -> str:
+        """A hash of ``files()`` (of one unit type's files when ``unit`` is given): what a
+        model or a cache over these units depends on."""
         h = hashlib.sha256()
-        for path in self.files():
+        for path in self.files() if unit is None else [self.root / f for f in UNIT_TYPES[unit].files]:
             h.update(path.read_bytes())
         return h.hexdigest()
 
