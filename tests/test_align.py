@@ -20,6 +20,19 @@ from speechdistill.units.phones import SIL
 
 INDEX = {SIL: 0, "AH": 1, "B": 2, "K": 3}
 
+# the own aligner at a size that trains in seconds (tests only)
+TINY_ALIGNER = [
+    "rounds=1",
+    "train_hours=0",
+    "optim.max_epochs=3",
+    "encoder.num_blocks=2",
+    "encoder.d_model=48",
+    "encoder.ff_dim=96",
+    "encoder.num_heads=4",
+    "states_per_phone=1",
+    "max_duration=30",
+]
+
 
 def _scores(frames: list[str], S: int = 1) -> np.ndarray:
     """Log-likelihoods that favour, frame by frame, the given phone's states."""
@@ -130,18 +143,7 @@ def test_imported_corpus_is_aligned_and_trained_end_to_end(tiny_units, tmp_path)
     units = UnitsConfig(vocab_size=96, num_senones=130, min_senone_frames=10)
     info = build_units(corpus, units, show_progress=False)  # no alignment yet: no senones, and it says why
     assert "senone" not in info["vocab"] and "align run" in info["senone"]
-    tiny = [
-        "rounds=1",
-        "train_hours=0",
-        "optim.max_epochs=3",
-        "encoder.num_blocks=2",
-        "encoder.d_model=48",
-        "encoder.ff_dim=96",
-        "encoder.num_heads=4",
-        "states_per_phone=1",
-        "max_duration=30",
-    ]
-    report = align_corpus(corpus, "own", overrides=tiny, show_progress=False)
+    report = align_corpus(corpus, "own", overrides=TINY_ALIGNER, show_progress=False)
     assert report["train"]["aligned"] + report["train"]["failed"] == 48 and report["train"]["aligned"] >= 40
     scores = score_alignments(tmp_path / "mine", "own", "own")  # an alignment against itself: perfect
     assert scores["dev"]["within_10ms"] == 100.0 and scores["dev"]["mean_abs_ms"] == 0.0

@@ -34,6 +34,21 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "speechdistill.cli", *map(str, args)], capture_output=True, text=True)
 
 
+def _corpus_with_cache(tiny_units: Path, tmp_path: Path):
+    """A copy of the tiny corpus with a small phone LM and its soft-label cache (k 4, T 2)."""
+    from speechdistill.data.layout import SoftLabelSpec
+    from speechdistill.distill.soft_labels import build_cache
+    from speechdistill.teachers.lm import LMConfig
+    from speechdistill.teachers.lm_train import train_lm
+
+    corpus = tmp_path / "c"
+    shutil.copytree(tiny_units.parent, corpus, symlinks=True)
+    train_lm(corpus, "phone", LMConfig(d_model=16, num_layers=1), max_sentences=50, show_progress=False)
+    spec = SoftLabelSpec("phone", 4, 2.0)
+    build_cache(corpus, spec, show_progress=False)
+    return corpus, spec
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """A Kaldi data dir holding one of every hostile input the issue lists, plus two good ones."""
@@ -140,16 +155,8 @@ def test_truncated_manifests_are_named(tiny_corpus, tmp_path):
 
 def test_truncated_soft_label_cache_is_refused_and_kept(tiny_units, tmp_path):
     from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError
-    from speechdistill.teachers.lm import LMConfig
-    from speechdistill.teachers.lm_train import train_lm
 
-    corpus = tmp_path / "c"
-    shutil.copytree(tiny_units.parent, corpus, symlinks=True)
-    train_lm(corpus, "phone", LMConfig(d_model=16, num_layers=1), max_sentences=50, show_progress=False)
-    from speechdistill.data.layout import SoftLabelSpec
-    from speechdistill.distill.soft_labels import build_cache
-
-    build_cache(corpus, SoftLabelSpec("phone", 4, 2.0), show_progress=False)
+    corpus, _ = _corpus_with_cache(tiny_units, tmp_path)
     shard = corpus / "soft_labels" / "phone-k4-T2.safetensors"
     shard.write_bytes(shard.read_bytes()[:1000])
     damaged = shard.read_bytes()
@@ -394,7 +401,7 @@ def test_import_lm_text_refuses_empty_or_binary_input_and_backs_up_what_it_repla
     binary.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(DataError, match="empty.txt holds no sentence to train LMs on.*left as it was"):
         import_lm_text(empty, out)
-    with pytest.raises(DataError, match="model.bin holds NUL bytes: it is a binary file"):
+    with pytest.raises(DataError, match="model.bin:1: holds a NUL byte: it is a binary file"):
         import_lm_text(binary, out)
     assert (out / "lm_text.txt").read_text() == "THE OLD TEXT\n"
     new = tmp_path / "new.txt"
@@ -487,16 +494,9 @@ def test_a_fifo_in_wav_scp_is_skipped_not_waited_on(tmp_path):
 
 
 def test_soft_label_caches_go_stale_when_transcripts_or_alignments_change(tiny_units, tmp_path):
-    from speechdistill.data.layout import SoftLabelSpec
-    from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
-    from speechdistill.teachers.lm import LMConfig
-    from speechdistill.teachers.lm_train import train_lm
+    from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError
 
-    corpus = tmp_path / "c"
-    shutil.copytree(tiny_units.parent, corpus, symlinks=True)
-    train_lm(corpus, "phone", LMConfig(d_model=16, num_layers=1), max_sentences=50, show_progress=False)
-    spec = SoftLabelSpec("phone", 4, 2.0)
-    build_cache(corpus, spec, show_progress=False)
+    corpus, spec = _corpus_with_cache(tiny_units, tmp_path)
     SoftLabelCache.open_for(corpus, spec)  # fresh: opens
     sups = corpus / "train_supervisions.jsonl"
     rows = [json.loads(line) for line in sups.read_text().splitlines()]
@@ -561,7 +561,7 @@ def test_kaldi_files_with_bom_tabs_crlf_and_trailing_spaces_read_as_kaldi_reads_
     texts = sorted(c.supervisions[0].text for c in load_split(tmp_path / "c", "dev"))
     assert texts == ["AND THERE WAS LIGHT", "LET THERE BE LIGHT"]
     (d / "wav.scp").write_bytes(b"a " + str(tmp_path / "a.wav").encode() + b"\nb\x00 x\n")
-    with pytest.raises(DataError, match=r"wav.scp:2: holds a NUL byte"):
+    with pytest.raises(DataError, match=r"wav.scp:2: holds a NUL byte: it is a binary file, not a Kaldi table"):
         import_kaldi_dir(d, tmp_path / "c2", split="dev")
     (d / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\nb\n")
     with pytest.raises(DataError, match=r"wav.scp:2: 'b' has no value"):
@@ -655,16 +655,9 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint(run
 
 
 def test_a_full_disk_during_a_cache_write_keeps_the_previous_cache(tiny_units, tmp_path):
-    from speechdistill.data.layout import SoftLabelSpec
-    from speechdistill.distill.soft_labels import SoftLabelCache, build_cache
-    from speechdistill.teachers.lm import LMConfig
-    from speechdistill.teachers.lm_train import train_lm
+    from speechdistill.distill.soft_labels import SoftLabelCache
 
-    corpus = tmp_path / "c"
-    shutil.copytree(tiny_units.parent, corpus, symlinks=True)
-    train_lm(corpus, "phone", LMConfig(d_model=16, num_layers=1), max_sentences=50, show_progress=False)
-    spec = SoftLabelSpec("phone", 4, 2.0)
-    build_cache(corpus, spec, show_progress=False)
+    corpus, spec = _corpus_with_cache(tiny_units, tmp_path)
     before = _snapshot(corpus / "soft_labels")
     size = len(before["phone-k4-T2.safetensors"])
     proc = _cli_limited(size // 2, "teach", corpus, "--unit", "phone", "--top-k", "4", "--temperature", "2")

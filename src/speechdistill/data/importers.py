@@ -57,6 +57,25 @@ class ImportReport:
         }
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file's content, without a leading byte-order mark. Refused, naming the
+    line: a file that is not regular (a FIFO would hang), holds a NUL byte (binary) or is
+    not UTF-8."""
+    check_regular_file(path, what)
+    data = path.read_bytes()
+    if b"\0" in data:
+        n = data[: data.index(b"\0")].count(b"\n") + 1
+        raise DataError(f"{path}:{n}: holds a NUL byte: it is a binary file, not a {what}")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        n = data[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{n}: not UTF-8 (byte 0x{e.object[e.start]:02x}); convert the file, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name}`"
+        ) from None
+
+
 def _read_table(path: Path, required: bool = True, values: bool = True) -> dict[str, str]:
     """Kaldi ``key value...`` lines -> dict, read as Kaldi reads them: fields split on any
     whitespace (spaces or tabs), a line's leading and trailing whitespace (a CRLF line
@@ -67,21 +86,8 @@ def _read_table(path: Path, required: bool = True, values: bool = True) -> dict[
         if required:
             raise FileNotFoundError(f"{path} is missing: a Kaldi data dir needs wav.scp and text")
         return {}
-    check_regular_file(path, "Kaldi table")
-    data = path.read_bytes()
+    content = read_text_file(path, "Kaldi table")
     table: dict[str, str] = {}
-    try:
-        content = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        n = data[: e.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{n}: not UTF-8 (byte 0x{e.object[e.start]:02x}); convert the file, "
-            f"e.g. `iconv -f latin1 -t utf-8 {path.name}`"
-        ) from None
-    if "\0" in content:
-        n = content[: content.index("\0")].count("\n") + 1
-        raise DataError(f"{path}:{n}: holds a NUL byte: this is not a Kaldi text table")
-    content = content.removeprefix("\ufeff")
     for n, line in enumerate(content.split("\n"), 1):
         fields = line.split(None, 1)
         if not fields:
@@ -348,24 +354,14 @@ def import_lm_text(path: str | Path, out: str | Path) -> dict:
     non-text input is refused; a different ``lm_text.txt`` already there is kept as
     ``lm_text.old-{time}.txt`` before the new one replaces it (atomically)."""
     path, corpus = Path(path), CorpusDir(out)
-    check_regular_file(path, "text file")
-    data = path.read_bytes()
-    if b"\0" in data[:65536]:
-        raise DataError(f"{path} holds NUL bytes: it is a binary file, not text; give a UTF-8 text file")
-    try:
-        content = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        n = data[: e.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{n}: not UTF-8 (byte 0x{e.object[e.start]:02x}); convert it, e.g. with iconv"
-        ) from None
+    content = read_text_file(path, "text file")
     held_out = set()
     for split in ("dev", "test"):
         p = corpus.supervisions(split)
         if p.exists():
             held_out |= {s.text for s in SupervisionSet.from_file(p)}
     kept, dropped = [], 0
-    for line in content.removeprefix("\ufeff").splitlines():
+    for line in content.splitlines():
         text = normalize(line)
         if not text:
             continue
