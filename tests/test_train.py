@@ -87,6 +87,24 @@ def test_killed_run_resumes_to_the_same_weights(trained, tiny_units, tmp_path):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} (killed at step {kill})")
 
 
+def test_a_run_killed_at_its_last_step_does_not_take_one_more(trained, tiny_units, tmp_path):
+    """Killed right after the checkpoint at max_steps (before the end of its epoch was
+    saved): the resumed run validates and stops, it does not train a step past max_steps."""
+    out, _ = trained
+    killed = tmp_path / "killed"
+    from speechdistill.config import save_config
+
+    save_config(tiny_config(tiny_units.parent, killed, max_steps=16), tmp_path / "cfg.yaml")
+    proc = _cli("train", tmp_path / "cfg.yaml", "debug_kill_at_step=16", check=False)
+    assert proc.returncode == -9
+    _cli("train", tmp_path / "cfg.yaml", "--resume")
+    assert json.loads((killed / "last.json").read_text())["state"]["step"] == 16
+    a, b = load_file(out / "last.safetensors"), load_file(killed / "last.safetensors")
+    for k in a:
+        if k.startswith("model."):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
 def test_ddp_two_processes_match_one(tiny_units, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for d in (one, two):

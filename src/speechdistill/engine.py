@@ -437,6 +437,10 @@ class Engine:
         with self._progress() as bar:
             job = bar.add_task(f"epoch {st.epoch}", total=None, completed=st.batch_in_epoch, loss="")
             while True:
+                if cfg.optim.max_steps and st.step >= cfg.optim.max_steps:
+                    # (a run resumed from its checkpoint at max_steps, killed before the end of
+                    # its epoch was saved, must not take one more step)
+                    return False, {k: v / max(1, n) for k, v in sums.items()}
                 batch = next(it, None)
                 # Every rank continues only while all have data (uneven bucketing under DDP).
                 ready = fabric.all_reduce(torch.tensor(float(batch is not None)), reduce_op="sum")
@@ -458,8 +462,6 @@ class Engine:
                     self.save()
                 if cfg.debug_kill_at_step and st.step == cfg.debug_kill_at_step:
                     os.kill(os.getpid(), signal.SIGKILL)
-                if cfg.optim.max_steps and st.step >= cfg.optim.max_steps:
-                    return False, {k: v / n for k, v in sums.items()}
         return True, {k: v / max(1, n) for k, v in sums.items()}
 
     def optimizer_step(self) -> None:
