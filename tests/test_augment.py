@@ -27,7 +27,7 @@ from speechdistill.data.augment import (
 )
 from speechdistill.data.batching import AsrDataset
 from speechdistill.data.corpus import load_split
-from speechdistill.data.features import FbankExtractor
+from speechdistill.data.features import FbankExtractor, load_cuts_with_features
 from speechdistill.data.layout import SoftLabelSpec
 from speechdistill.students.model import TapConfig
 from speechdistill.train import SpecAugConfig, TrainConfig, spec_augment, train
@@ -93,6 +93,33 @@ def test_noise_is_mixed_at_the_drawn_snr_and_coloured_as_named():
         f = np.fft.rfftfreq(2**16)
         lo, hi = p[(f > 0.002) & (f < 0.004)].mean(), p[(f > 0.02) & (f < 0.04)].mean()
         assert 10 * np.log10(hi / lo) == pytest.approx(slope, abs=2.0)
+
+
+def test_coloured_noise_comes_from_a_seeded_pool_in_stretches():
+    """Each utterance takes its own stretch of the process's minute of noise; the pool
+    is the seed's, and its colour is the one named."""
+    x = np.zeros(16000, np.float32)
+    x[::50] = 0.5  # not silent: noise is mixed relative to the signal's power
+    cfg = AugmentConfig(noise=NoiseConfig(True, prob=1.0, snr_db=[0.0, 0.0], colours=["brown"]))
+    a, b = WaveAugment(cfg, 0), WaveAugment(cfg, 0)
+    n1, n2 = a(x, "u1", 0) - x, a(x, "u2", 0) - x
+    assert np.array_equal(n1, b(x, "u1", 0) - x) and not np.allclose(n1, n2)
+    assert np.array_equal(a.coloured_pool["brown"], b.coloured_pool["brown"])
+    assert not np.array_equal(a.coloured_pool["brown"], WaveAugment(cfg, 1).coloured_pool["brown"])
+    assert len(a.coloured_pool["brown"]) == 60 * SAMPLE_RATE
+    p = np.abs(np.fft.rfft(n1)) ** 2
+    f = np.fft.rfftfreq(len(n1))
+    assert p[(f > 0.002) & (f < 0.004)].mean() > 30 * p[(f > 0.02) & (f < 0.04)].mean(), "brown: -20 dB/decade"
+
+
+def test_speed_perturbation_leaves_the_callers_cut_alone(tiny_units):
+    """lhotse's perturb_speed detaches a cut's features in place; the augmentation must
+    not do that to the cut it was given (a loader's or a stored-feature task's)."""
+    cut = load_cuts_with_features(tiny_units.parent, "dev")[0]
+    aug = WaveAugment(AugmentConfig(speed=SpeedConfig(True, factors=[1.1])), 0)
+    perturbed, samples, factor = aug.load(cut, epoch=0)
+    assert factor == 1.1 and cut.has_features and not perturbed.has_features
+    assert perturbed.duration == pytest.approx(cut.duration / 1.1, abs=1e-3)
 
 
 def test_band_limiting_removes_the_band_above_the_cutoff():

@@ -32,6 +32,27 @@ def test_both_extractors_give_the_same_frame_count():
         FbankExtractor("mfcc")
 
 
+def test_fast_extractor_is_kaldi_native_fbank_to_2e_3(tiny_corpus):
+    """The torch path used on the fly computes the stored features' filterbank: same
+    frames, same values to 2e-3 in log-mel on speech, digital silence and a whisper; a
+    signal shorter than one window falls back to kaldi-native-fbank itself."""
+    from speechdistill.data.corpus import load_split
+
+    ref, fast = FbankExtractor(), FbankExtractor(fast=True)
+    signals = [load_audio(c.recording) for c in load_split(tiny_corpus, "dev").subset(first=3)]
+    rng = np.random.default_rng(0)
+    signals += [np.zeros(4000, np.float32), (1e-6 * rng.standard_normal(4001)).astype(np.float32)]
+    signals += [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (0, 100, 399, 400, 16001)]
+    for x in signals:
+        a, b = ref(x), fast(x)
+        assert a.shape == b.shape == (ref.num_frames(len(x)), 80)
+        if len(a):
+            assert np.abs(a - b).max() < 2e-3
+    assert fast(signals[0]) is not None and not np.array_equal(ref(signals[0]), fast(signals[0])), (
+        "the fast path must be the torch layers, not kaldi-native-fbank again"
+    )
+
+
 def _subcommands(parser, prefix=()):
     for action in parser._actions:
         if hasattr(action, "choices") and isinstance(action.choices, dict):

@@ -13,7 +13,8 @@ pyroomacoustics (image source method, a seeded pool of shoebox rooms), then drop
 direct path's delay so the alignment still holds. Band-limiting goes down to a lower
 sampling rate and back up with soxr, whose anti-aliasing filter is the low-pass.
 Coloured noise (white, pink, brown: power ~ 1/f^a, a = 0, 1, 2) is shaped in the
-frequency domain here, by hand: no maintained library makes it without torchaudio.
+frequency domain here, by hand (no maintained library makes it without torchaudio), once
+per process into a seeded minute of each colour that utterances take stretches of.
 Every draw comes from ``numpy.random.default_rng((seed, epoch, crc32(utterance)))``:
 the same for any number of workers, ranks or a resumed run.
 """
@@ -37,6 +38,7 @@ from speechdistill.utils import DataError
 log = logging.getLogger(__name__)
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+NOISE_POOL_SECONDS = 60.0  # of each colour
 
 
 def _check_range(name: str, lo_hi, lo: float, hi: float) -> None:
@@ -138,6 +140,11 @@ def coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndar
     return (x / max(np.sqrt(np.mean(x**2)), 1e-12)).astype(np.float32)
 
 
+def _stretch(noise: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) of ``noise`` from a random offset, looped to length."""
+    return np.take(noise, np.arange(n) + int(rng.integers(len(noise))), mode="wrap")
+
+
 def add_noise(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """x + noise scaled so that 10 log10(P_x / P_noise) = snr_db."""
     p_x, p_n = float(np.mean(x**2)), float(np.mean(noise**2))
@@ -168,6 +175,8 @@ class WaveAugment:
         samples = load_cut_audio(cut)
         factor = self.speed_factor(cut.id, epoch)
         if factor != 1.0:
+            if cut.has_features:  # lhotse's perturb_speed would detach them from the caller's cut
+                cut = cut.drop_features()
             cut = cut.perturb_speed(factor, affix_id=False)
             n = cut.num_samples
             samples = soxr.resample(samples, SAMPLE_RATE, SAMPLE_RATE / factor)
@@ -205,9 +214,18 @@ class WaveAugment:
             )
         return files
 
+    @cached_property
+    def coloured_pool(self) -> dict[str, np.ndarray]:
+        """``NOISE_POOL_SECONDS`` of each colour, made once per process from the seed: an
+        utterance takes a stretch at a random offset, as from a noise recording (one FFT
+        per utterance cost as much as the fbank itself)."""
+        rng = np.random.default_rng((self.seed, 0x4E, 0x15))
+        n = int(NOISE_POOL_SECONDS * SAMPLE_RATE)
+        return {c: coloured_noise(n, NOISE_COLOURS[c], rng) for c in self.cfg.noise.colours}
+
     def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if not self.cfg.noise.noise_dir:
-            return coloured_noise(n, NOISE_COLOURS[rng.choice(self.cfg.noise.colours)], rng)
+            return _stretch(self.coloured_pool[rng.choice(self.cfg.noise.colours)], n, rng)
         import soundfile as sf
 
         path = self.noise_files[int(rng.integers(len(self.noise_files)))]
@@ -220,8 +238,7 @@ class WaveAugment:
             noise = soxr.resample(noise, sr, SAMPLE_RATE)
         if len(noise) == 0:
             raise DataError(f"noise file {path} is empty; remove it from augment.noise.noise_dir")
-        start = int(rng.integers(len(noise)))
-        return np.resize(np.roll(noise, -start), n)  # a random offset, looped to length
+        return _stretch(noise, n, rng)
 
     def __call__(self, x: np.ndarray, utt: str, epoch: int) -> np.ndarray:
         """The utterance's (S,) float32 samples after reverb, noise, gain and band-limiting

@@ -92,7 +92,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.frame_shift = frame_shift
         self.augment = augment  # waveform augmentation (features on the fly); None: off
         self.epoch = 0  # the augmentation's draws depend on it: set before each epoch
-        self.fbank = FbankExtractor() if on_the_fly or augment is not None else None
+        self.fbank = FbankExtractor(fast=True) if on_the_fly or augment is not None else None
         self.seq_units = {main_unit} | {t.unit for t in self.taps if TAP_LOSSES[t.kind].sequence}
         self.soft_frames = soft_frames or {}
         self.soft_positions = soft_positions or {}

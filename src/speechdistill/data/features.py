@@ -9,12 +9,19 @@ Two extractors, selectable because they differ (lhotse's has a
 torchaudio-compatible mel scale; kaldi-native-fbank follows Kaldi): a model must
 be trained and decoded with the same one, so the choice is recorded in
 ``features.json`` and checked when features are loaded.
+
+``FbankExtractor(fast=True)`` computes kaldi-native-fbank's features with lhotse's torch
+layers set to Kaldi's mel range (``high_freq=0``, the Nyquist frequency): within 2e-3 of
+kaldi-native-fbank in log-mel on speech (tested), 3-5x faster, so training on the fly
+(augmentation) costs little more than reading stored features. Stored features keep the
+reference implementation.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import kaldi_native_fbank as knf
@@ -22,6 +29,7 @@ import numpy as np
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, Features
 from lhotse.features.io import LilcomChunkyWriter
+from lhotse.features.kaldi.layers import Wav2LogFilterBank
 
 from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
 from speechdistill.data.corpus import check_count, load_split
@@ -31,12 +39,14 @@ from speechdistill.utils import atomic_write_text, read_jsonl
 
 EXTRACTORS = ("kaldi-native", "lhotse")
 FRAME_SHIFT = 0.01
+WINDOW = 400  # 25 ms at 16 kHz; lhotse's layer needs a whole window of samples
 
 
 @dataclass(frozen=True)
 class FbankExtractor:
     kind: str = "kaldi-native"
     num_mel_bins: int = 80
+    fast: bool = False  # kaldi-native's features through lhotse's torch layers
 
     def __post_init__(self):
         if self.kind not in EXTRACTORS:
@@ -50,6 +60,9 @@ class FbankExtractor:
         """(S,) float32 in [-1, 1] at 16 kHz -> (T, C) log-mel, T = num_frames(S)."""
         if self.kind == "lhotse":
             return Fbank(FbankConfig(num_mel_bins=self.num_mel_bins, dither=0.0)).extract(samples, SAMPLE_RATE)
+        if self.fast and len(samples) >= WINDOW:
+            with torch.inference_mode():
+                return self._torch_kaldi(torch.from_numpy(np.ascontiguousarray(samples, np.float32))[None])[0].numpy()
         opts = knf.FbankOptions()
         opts.frame_opts.dither = 0.0
         opts.frame_opts.snip_edges = False  # matches lhotse's frame count
@@ -61,6 +74,14 @@ class FbankExtractor:
         if n == 0:
             return np.zeros((0, self.num_mel_bins), np.float32)
         return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32)
+
+    @cached_property
+    def _torch_kaldi(self) -> Wav2LogFilterBank:
+        # the same options as __call__'s kaldi-native-fbank: no dither, Kaldi's high_freq=0
+        # (lhotse defaults to -400), snip_edges=False, povey window, pre-emphasis 0.97
+        return Wav2LogFilterBank(
+            sampling_rate=SAMPLE_RATE, num_filters=self.num_mel_bins, snip_edges=False, dither=0.0, high_freq=0.0
+        ).eval()
 
 
 def compute_features(
