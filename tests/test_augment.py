@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from speechdistill.data.corpus import load_split
 from speechdistill.data.features import FbankExtractor, load_cuts_with_features
 from speechdistill.data.layout import SoftLabelSpec
 from speechdistill.students.model import TapConfig
-from speechdistill.train import SpecAugConfig, TrainConfig, spec_augment, train
+from speechdistill.train import SpecAugConfig, TrainConfig, setup, spec_augment, train
 from speechdistill.units.inventory import Units
 from speechdistill.utils import DataError
 
@@ -164,6 +165,32 @@ def test_speed_perturbation_moves_frames_and_alignment_together(tiny_units):
         got = batch.frame_targets[tap.name][i, :T].numpy()
         assert (got == want).mean() >= 0.98
         assert torch.equal(batch.targets["subword"][0][i], clean.targets["subword"][0][j]), "same transcript"
+
+
+def test_batches_are_bucketed_on_the_perturbed_durations(tiny_units):
+    """Slowed down 0.5x, every utterance doubles: the sampler must see that, so a batch
+    holds at most max_duration seconds of the audio it trains on; the dataset still loads
+    (and perturbs once) the clean cut of each id."""
+    from speechdistill.config import load_config
+
+    max_duration = 20.0
+    cfg = load_config(
+        TrainConfig,
+        "configs/asr/baseline.yaml",
+        [f"data.corpus={tiny_units.parent}", f"data.max_duration={max_duration}", "data.alignment=''"],
+    )
+    cfg.augment.speed = SpeedConfig(True, factors=[0.5])
+    engine, task = setup(replace(cfg, out_dir=""))
+    clean = {c.id: c.duration for c in task.train_cuts}
+    n = 0
+    for batch in task.batches(epoch=0, skip=0):
+        seconds = batch.feat_lens.sum().item() * 0.01
+        assert seconds <= max_duration + 0.01 * len(batch.ids)  # a frame of rounding each
+        for utt, T in zip(batch.ids, batch.feat_lens.tolist(), strict=True):
+            assert T == pytest.approx(clean[utt] / 0.5 * 100, abs=1), "perturbed once, from the clean cut"
+        n += 1
+    assert n >= math.ceil(2 * sum(clean.values()) / max_duration)
+    engine.close()
 
 
 def test_speed_perturbed_soft_labels_are_stretched_with_the_audio(tiny_units):

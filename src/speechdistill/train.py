@@ -254,6 +254,8 @@ class AsrTask(Task):
             {cfg.interp_soft: caches[cfg.interp_soft]} if cfg.interp.enabled else None,
             WaveAugment(cfg.augment, cfg.seed) if cfg.augment.enabled else None,
         )
+        if cfg.augment.speed.enabled:  # the sampler buckets perturbed durations; the dataset loads these
+            self.dataset.clean = {c.id: c for c in self.train_cuts}
         # dev: clean speech, no soft labels (they exist for training utterances only)
         self.dev_dataset = dataset()
 
@@ -321,7 +323,8 @@ class AsrTask(Task):
 
     def batches(self, epoch: int, skip: int):
         self.dataset.epoch = epoch  # before the loader copies the dataset into its workers
-        return self._loader(self.train_cuts, True, epoch, skip)
+        aug = self.dataset.augment
+        return self._loader(aug.bucketing_cuts(self.train_cuts, epoch) if aug else self.train_cuts, True, epoch, skip)
 
     def num_batches(self) -> int:
         return sum(1 for _ in self._sampler(self.train_cuts, True, 0))

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 import soxr
+from lhotse import CutSet
+from lhotse.utils import fastcopy
 from scipy.signal import fftconvolve
 
 from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
@@ -168,6 +170,16 @@ class WaveAugment:
         if not self.cfg.speed.enabled:
             return 1.0
         return float(self.rng(utt, epoch, 1).choice(self.cfg.speed.factors))
+
+    def bucketing_cuts(self, cuts: CutSet, epoch: int) -> CutSet:
+        """``cuts`` as the sampler should see them in ``epoch``: each with the duration that
+        its drawn speed gives it, so a length bucket and ``max_duration`` hold the audio a
+        batch will really have (bucketing on clean durations padded batches 15% instead of
+        8%; docs/benchmarks.md). Only durations change: the dataset loads the clean cut of
+        the same id and perturbs it (``load``)."""
+        if not self.cfg.speed.enabled:
+            return cuts
+        return CutSet.from_cuts(fastcopy(c, duration=c.duration / self.speed_factor(c.id, epoch)) for c in cuts)
 
     def load(self, cut, epoch: int):
         """(the cut at its drawn speed, its augmented (S,) float32 samples, the speed factor).
