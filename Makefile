@@ -14,7 +14,7 @@ setup:
 # baseline, interp, aux and hier x 2 seeds -> the results table (configs/asr/demo.yaml).
 # Finished work is kept, so a second `make demo` only re-prints the table.
 # `make demo QUICK=1`: a first look in minutes: the `quick` corpus (data/quick, 600
-# training utterances), 1 seed, 2 epochs, LMs on part of the text.
+# training utterances), 1 seed, 1 epoch, LMs on part of the text.
 demo: setup
 	$(BIN)/speechdistill demo $(if $(QUICK),--quick,--corpus $(DEMO_DIR))
 
