@@ -35,11 +35,12 @@ def main() -> None:
     p.add_argument("--corpus", default="data/small")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-utterances", type=int, default=12)
+    p.add_argument("--alignment", default="own", help="the named alignment the caches were built on (data.alignment)")
     p.add_argument("--ssl-teacher", default=None, help="also time SSL student steps with this teacher")
     args = p.parse_args()
     if args.ssl_teacher:
         ssl_steps(args)
-    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=''"]
+    common = [f"data.corpus={args.corpus}", "progress=false", "out_dir=''", f"data.alignment={args.alignment}"]
     base = setup(load_config(TrainConfig, "configs/asr/baseline.yaml", common))
     hier = setup(load_config(TrainConfig, "configs/asr/hier.yaml", common))
     from speechdistill.distill.soft_labels import reference_positions
@@ -47,7 +48,8 @@ def main() -> None:
     from speechdistill.teachers.lm_train import load_lm
 
     hier_task = hier[1]
-    lms = {t.unit: load_lm(CorpusDir(args.corpus).lm(t.unit))[0] for t in hier_task.cfg.model.taps}
+    kd_taps = [t for t in hier_task.cfg.model.taps if t.kd is not None]  # not the phone CTC head
+    lms = {t.unit: load_lm(CorpusDir(args.corpus).lm(t.unit))[0] for t in kd_taps}
     cuts = sorted(base[1].train_cuts, key=lambda c: c.id)
     times = {"baseline": [], "hier_cached": [], "hier_online_lm": []}
     for i in range(args.steps):
@@ -60,7 +62,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
         t0 = time.perf_counter()  # online: the LMs score every reference sequence of the batch
         with torch.no_grad():
-            for tap in hier_task.cfg.model.taps:
+            for tap in kd_taps:
                 for cut in chunk:
                     ids, _ = reference_positions(cut, tap.unit, hier_task.units)
                     top_k_soft_labels(
