@@ -323,11 +323,15 @@ class AsrTask(Task):
 
     def batches(self, epoch: int, skip: int):
         self.dataset.epoch = epoch  # before the loader copies the dataset into its workers
-        aug = self.dataset.augment
-        return self._loader(aug.bucketing_cuts(self.train_cuts, epoch) if aug else self.train_cuts, True, epoch, skip)
+        return self._loader(self._epoch_cuts(epoch), True, epoch, skip)
 
     def num_batches(self) -> int:
-        return sum(1 for _ in self._sampler(self.train_cuts, True, 0))
+        return sum(1 for _ in self._sampler(self._epoch_cuts(0), True, 0))
+
+    def _epoch_cuts(self, epoch: int):
+        """The training cuts as the sampler sees them (speed-perturbed durations)."""
+        aug = self.dataset.augment
+        return aug.bucketing_cuts(self.train_cuts, epoch) if aug else self.train_cuts
 
     def step(self, model, batch: Batch):
         batch = batch.to(self.engine.fabric.device)
