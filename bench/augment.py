@@ -10,8 +10,8 @@ step is what training does: the next batch of the task's own epoch-0 loader (the
 length-bucketed sampler, speed-perturbed durations included; the data work in the
 training process) + forward + backward + optimizer step. The three take turns step by
 step, so drift of the machine hits them alike. Then, from fresh engines and one after the
-other, stored features and augmentation with the data work in one loader worker process. Prints median step
-times and the ratios to stored features.
+other, stored features and augmentation with the data work in one loader worker process.
+Prints median step times and the ratios to stored features.
 """
 
 from __future__ import annotations

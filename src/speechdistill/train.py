@@ -254,8 +254,6 @@ class AsrTask(Task):
             {cfg.interp_soft: caches[cfg.interp_soft]} if cfg.interp.enabled else None,
             WaveAugment(cfg.augment, cfg.seed) if cfg.augment.enabled else None,
         )
-        if cfg.augment.speed.enabled:  # the sampler buckets perturbed durations; the dataset loads these
-            self.dataset.clean = {c.id: c for c in self.train_cuts}
         # dev: clean speech, no soft labels (they exist for training utterances only)
         self.dev_dataset = dataset()
 

@@ -160,6 +160,7 @@ class WaveAugment:
 
     def __init__(self, cfg: AugmentConfig, seed: int):
         self.cfg, self.seed = cfg, seed
+        self.clean = {}  # id -> clean cut, of the cuts bucketing_cuts gave the sampler
         if cfg.noise.enabled and cfg.noise.noise_dir:
             self.noise_files  # noqa: B018 - fail at set-up, not mid-training
 
@@ -179,11 +180,14 @@ class WaveAugment:
         the same id and perturbs it (``load``)."""
         if not self.cfg.speed.enabled:
             return cuts
+        self.clean = {c.id: c for c in cuts}
         return CutSet.from_cuts(fastcopy(c, duration=c.duration / self.speed_factor(c.id, epoch)) for c in cuts)
 
     def load(self, cut, epoch: int):
         """(the cut at its drawn speed, its augmented (S,) float32 samples, the speed factor).
-        The cut keeps its id (soft labels are looked up by it); S is its num_samples."""
+        The cut keeps its id (soft labels are looked up by it); S is its num_samples. A cut
+        from ``bucketing_cuts`` is replaced by its clean original first."""
+        cut = self.clean.get(cut.id, cut)
         samples = load_cut_audio(cut)
         factor = self.speed_factor(cut.id, epoch)
         if factor != 1.0:

@@ -92,8 +92,6 @@ class AsrDataset(torch.utils.data.Dataset):
         self.frame_shift = frame_shift
         self.augment = augment  # waveform augmentation (features on the fly); None: off
         self.epoch = 0  # the augmentation's draws depend on it: set before each epoch
-        # id -> clean cut, when the sampler sees speed-perturbed durations (bucketing_cuts)
-        self.clean: dict[str, object] = {}
         self.fbank = FbankExtractor(fast=True) if on_the_fly or augment is not None else None
         self.seq_units = {main_unit} | {t.unit for t in self.taps if TAP_LOSSES[t.kind].sequence}
         self.soft_frames = soft_frames or {}
@@ -112,7 +110,6 @@ class AsrDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             perturbed = []
             for cut in cuts:
-                cut = self.clean.get(cut.id, cut)
                 cut, audio[cut.id], speed[cut.id] = self.augment.load(cut, self.epoch)
                 perturbed.append(cut)
             cuts = CutSet.from_cuts(perturbed)

@@ -7,8 +7,8 @@ chunked archives) or on the fly.
 
 Two extractors, selectable because they differ (lhotse's defaults end the mel range
 400 Hz below the Nyquist frequency, Kaldi's at it: a mean difference of 0.7 in
-log-mel on speech): a model must be trained and decoded with the same one, so the choice is recorded in
-``features.json`` and checked when features are loaded.
+log-mel on speech): a model must be trained and decoded with the same one, so the
+choice is recorded in ``features.json`` and checked when features are loaded.
 
 ``FbankExtractor(fast=True)`` computes kaldi-native-fbank's features with lhotse's torch
 layers set to Kaldi's mel range (``high_freq=0``, the Nyquist frequency): within 2e-3 of
