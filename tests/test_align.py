@@ -20,9 +20,9 @@ from speechdistill.units.phones import SIL
 
 INDEX = {SIL: 0, "AH": 1, "B": 2, "K": 3}
 
-# the own aligner at a size that trains in seconds (tests only)
+# the own aligner at a size that trains in seconds (tests only); the network's sizes
+# matter where a test adds rounds=1
 TINY_ALIGNER = [
-    "rounds=1",
     "train_hours=0",
     "optim.max_epochs=3",
     "encoder.num_blocks=2",
@@ -182,6 +182,33 @@ def test_imported_corpus_is_aligned_and_trained_end_to_end(tiny_units, tmp_path)
     path.write_text("\n".join(lines[1:]) + "\n")
     with pytest.raises(StaleCacheError, match="is stale"):
         SoftLabelCache.open_for(corpus, SoftLabelSpec("phone", 4, 2.0, alignment="own"))
+
+
+def test_gmm_and_network_aligners_save_load_and_agree_with_training(tiny_units, tmp_path):
+    """rounds=0 (the default) keeps the GMMs as the aligner, rounds=1 a network trained on
+    their alignment; each reloads to the same alignments, and a second call resumes."""
+    from speechdistill.align.own import Aligner, AlignerConfig, train_aligner
+    from speechdistill.config import apply_override, from_dict, to_dict
+    from speechdistill.data.corpus import load_split
+
+    cuts = load_split(tiny_units.parent, "train")
+    dev = sorted(load_split(tiny_units.parent, "dev"), key=lambda c: c.id)[:6]
+    for rounds, kind in ((0, "gmm-aligner"), (1, "frame-aligner")):
+        data = to_dict(AlignerConfig(out_dir=str(tmp_path / f"r{rounds}"), progress=False))
+        for o in [*TINY_ALIGNER, "gmm_iterations=4", f"rounds={rounds}"]:
+            apply_override(data, o)
+        cfg = from_dict(AlignerConfig, data)
+        aligner = train_aligner(cuts, cfg, show_progress=False)
+        meta = json.loads((tmp_path / f"r{rounds}" / "aligner.json").read_text())
+        assert meta["kind"] == kind and len(meta["history"]) == rounds
+        first = aligner.align(dev)
+        assert all(isinstance(v, dict) for v in first.values())
+        assert Aligner.load(tmp_path / f"r{rounds}" / "aligner").align(dev) == first
+        stamp = (tmp_path / f"r{rounds}" / "gmm-aligner.safetensors").stat().st_mtime_ns
+        assert train_aligner(cuts, cfg, show_progress=False).align(dev) == first  # resumed, not retrained
+        assert (tmp_path / f"r{rounds}" / "gmm-aligner.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="gmm_iterations must be at least 1"):
+        AlignerConfig(rounds=0, gmm_iterations=0)
 
 
 def test_failed_utterances_are_listed_and_training_goes_on(tiny_units, tmp_path):

@@ -184,7 +184,7 @@ def test_killed_teaching_resumes_to_the_same_cache(tiny_units, tmp_path):
     _chains("teach", lambda d: ["teach", d, *args], outputs, _copy(src), _digest(outputs(ref)), duration, 3)
 
 
-ALIGNER = [*TINY_ALIGNER, "optim.max_epochs=2", "gmm_iterations=4"]  # the later override wins
+ALIGNER = [*TINY_ALIGNER, "rounds=1", "optim.max_epochs=2", "gmm_iterations=4"]  # the later override wins
 
 
 def test_killed_alignment_resumes_to_the_same_alignment(tiny_units, tmp_path):

@@ -8,8 +8,9 @@ HMM state, re-estimated from the frames the current alignment gives it, the alig
 redone by Viterbi through each utterance's phone graph with the new likelihoods, and the
 mixtures split (each component's mean moved by +-0.2 standard deviations) every few
 iterations. GMMs learn from few frames and cannot memorise the flat start the way a
-network does, so they move the boundaries to where the acoustics change; the network of
-``own.py`` then refines them. Written by hand (NumPy): scikit-learn's GaussianMixture fits
+network does, so they move the boundaries to where the acoustics change. The trained
+mixtures are the own aligner by default; ``own.py`` can train a network on their
+alignment (``rounds``), which was worse on the dev voices (docs/notes.md, #13). Written by hand (NumPy): scikit-learn's GaussianMixture fits
 one mixture to unlabelled data, not 120 tied to an HMM's alignment.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
 
 from speechdistill.align.viterbi import AlignmentGraph, viterbi
@@ -36,21 +38,26 @@ class StateGMMs:
         self.state = np.arange(num_states)
         self.num_states = num_states
 
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"means": self.means, "vars": self.vars, "log_w": self.log_w, "state": self.state}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray]) -> StateGMMs:
+        gmm = cls(int(t["state"].max()) + 1, t["means"].shape[1])
+        gmm.means, gmm.vars, gmm.log_w = (np.asarray(t[k], np.float64) for k in ("means", "vars", "log_w"))
+        gmm.state = np.asarray(t["state"], np.int64)
+        return gmm
+
     def log_likelihoods(self, x: np.ndarray) -> np.ndarray:
         """(T, D) frames -> (T, states) log-likelihoods."""
-        inv = 1.0 / self.vars
-        comp = (
-            -0.5
-            * (
-                (x * x) @ inv.T
-                - 2 * x @ (self.means * inv).T
-                + (self.means**2 * inv).sum(1)
-                + np.log(2 * np.pi * self.vars).sum(1)
-            )
-            + self.log_w
-        )
+        # torch in float64: NumPy + scipy's logsumexp to float64 rounding (1e-8 relative), 5x faster
+        inv = torch.from_numpy(1.0 / self.vars)
+        means = torch.from_numpy(self.means)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        const = (means**2 * inv).sum(1) + torch.log(2 * torch.pi * torch.from_numpy(self.vars)).sum(1)
+        comp = -0.5 * ((xt * xt) @ inv.T - 2 * xt @ (means * inv).T + const) + torch.from_numpy(self.log_w)
         # components are stored state-major within each copy: (T, copies, states)
-        return logsumexp(comp.reshape(len(x), -1, self.num_states), axis=1)
+        return torch.logsumexp(comp.reshape(len(x), -1, self.num_states), dim=1).numpy()
 
     def estimate(self, x: np.ndarray, labels: np.ndarray, em_steps: int = 2) -> None:
         """Re-estimate every state's mixture from its frames (``labels``: state per frame)."""

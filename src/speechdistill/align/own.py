@@ -3,16 +3,18 @@
     speechdistill align data/small --backend own          # trains it, then aligns every split
     >>> aligner = train_aligner("data/small", AlignerConfig(out_dir="data/small/alignments/own/model"))
 
-A hybrid HMM aligner, trained flat-start (Young et al.'s HTK book; Kaldi's
-``train_mono.sh`` does the same with GMMs): every phone is ``states_per_phone``
-left-to-right states, silence may stand between words. Round 0's frame labels are a
-flat start: the utterance's speech (frames above an energy threshold) is cut into equal
-parts, one per state of its lexicon phones. Each round trains a frame classifier (the
-project's encoder at 10 ms, no subsampling) on the labels, then re-aligns the training
-utterances by Viterbi through their phone graph with the classifier's scaled
-likelihoods (log posterior - prior_scale * log prior), giving the next round's labels.
-The synthesiser's timings are never read. The model is saved with its phone set and
-class priors, so aligning is a forward pass and a Viterbi search per utterance.
+A monophone HMM aligner, trained flat-start (Young et al.'s HTK book; Kaldi's
+``train_mono.sh``): every phone is ``states_per_phone`` left-to-right states, silence may
+stand between words. The flat start cuts the utterance's speech (frames above an energy
+threshold) into equal parts, one per state of its lexicon phones; Viterbi training of one
+Gaussian mixture per state (gmm.py) on per-utterance normalised MFCCs moves the
+boundaries to where the acoustics change. Those mixtures are the aligner (``rounds: 0``,
+the default). With ``rounds: N`` a frame classifier (the project's encoder at 10 ms, no
+subsampling) is trained on the GMM's alignment and re-aligns with scaled likelihoods (log
+posterior - prior_scale * log prior), N times: it was worse on the dev voices (71.0 ->
+69.9% of onsets within 20 ms; docs/notes.md, #13). The synthesiser's timings are never
+read. The model is saved with its phone set, so aligning is a likelihood computation and
+a Viterbi search per utterance.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from lhotse import CutSet
 from torch import nn
 
-from speechdistill.align.gmm import normalise, train_gmm
+from speechdistill.align.gmm import StateGMMs, normalise, train_gmm
 from speechdistill.align.viterbi import AlignmentError, AlignmentGraph, segments, viterbi
 from speechdistill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from speechdistill.config import from_dict, to_dict
@@ -65,7 +67,9 @@ class AlignerConfig(EngineConfig):
     )
     states_per_phone: int = 3
     gmm_iterations: int = 12  # monophone GMM-HMM Viterbi training from the flat start (0: none)
-    rounds: int = 1  # then rounds of training the network and re-aligning with it (a 2nd gained nothing)
+    # then rounds of training a network on the alignment and re-aligning with it (0: the GMMs
+    # align; one round was worse on dev, 69.9 against 71.0% within 20 ms, and a 2nd no better)
+    rounds: int = 0
     train_hours: float = 0.5  # hours of the training split, drawn across voices, train the aligner (0: all)
     max_duration: float = 20.0  # seconds of audio per batch
     prior_scale: float = 1.0  # scaled likelihood: log p(state | x) - prior_scale * log p(state)
@@ -76,8 +80,10 @@ class AlignerConfig(EngineConfig):
         super().__post_init__()
         if self.encoder.subsampling != 1:
             raise ValueError("the aligner works at 10 ms: encoder.subsampling must be 1")
-        if self.states_per_phone < 1 or self.rounds < 1 or not 0 < self.speech_threshold < 1:
-            raise ValueError("states_per_phone >= 1, rounds >= 1 and 0 < speech_threshold < 1 are required")
+        if self.states_per_phone < 1 or self.rounds < 0 or not 0 < self.speech_threshold < 1:
+            raise ValueError("states_per_phone >= 1, rounds >= 0 and 0 < speech_threshold < 1 are required")
+        if self.rounds == 0 and self.gmm_iterations < 1:
+            raise ValueError("rounds=0 aligns with the GMMs: gmm_iterations must be at least 1")
 
 
 class FrameClassifier(nn.Module):
@@ -101,6 +107,10 @@ def _feats(cut, fbank: FbankExtractor) -> np.ndarray:
     return normalise(cut.load_features() if cut.has_features else fbank(load_cut_audio(cut))).astype(np.float32)
 
 
+def _mfcc(cut) -> np.ndarray:
+    return normalise(mfcc_with_deltas(load_cut_audio(cut)))
+
+
 def _pad(arrays: list[np.ndarray], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     lens = torch.tensor([len(a) for a in arrays])
     out = torch.full(
@@ -112,10 +122,11 @@ def _pad(arrays: list[np.ndarray], value: float = 0.0) -> tuple[torch.Tensor, to
 
 
 class Aligner:
-    """A trained frame classifier with its phone set and priors: aligns utterances."""
+    """A trained frame classifier with its priors, or the state GMMs (``gmm``), with the phone
+    set: aligns utterances."""
 
-    def __init__(self, model: FrameClassifier, cfg: AlignerConfig, log_prior: np.ndarray):
-        self.model, self.cfg, self.log_prior = model.eval(), cfg, log_prior
+    def __init__(self, model: FrameClassifier, cfg: AlignerConfig, log_prior: np.ndarray, gmm: StateGMMs | None = None):
+        self.model, self.cfg, self.log_prior, self.gmm = model.eval(), cfg, log_prior, gmm
         self.index = {p: i for i, p in enumerate(PHONES)}
         self.lexicon = Lexicon(g2p=cfg.g2p)
         self.fbank = FbankExtractor()
@@ -125,18 +136,29 @@ class Aligner:
         tensors, meta = load_checkpoint(prefix)
         cfg = from_dict(AlignerConfig, meta["config"])
         model = FrameClassifier(cfg.encoder, len(PHONES) * cfg.states_per_phone)
+        if meta["kind"] == "gmm-aligner":
+            gmm = StateGMMs.from_tensors({k[4:]: v.numpy() for k, v in tensors.items() if k.startswith("gmm.")})
+            return cls(model, cfg, np.zeros(model.out.out_features), gmm)
         load_model_state(model, tensors, "model.", prefix)
         return cls(model, cfg, np.array(meta["log_prior"]))
 
     def save(self, prefix: str | Path, extra: dict | None = None) -> None:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        meta = {
-            "kind": "frame-aligner",
-            "config": to_dict(self.cfg),
-            "phones": list(PHONES),
-            "log_prior": self.log_prior.tolist(),
-        } | (extra or {})
-        save_checkpoint(prefix, tensors, meta)
+        if self.gmm is not None:
+            tensors = {f"gmm.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.gmm.tensors().items()}
+            meta = {"kind": "gmm-aligner", "config": to_dict(self.cfg), "phones": list(PHONES)}
+        else:
+            tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            meta = {
+                "kind": "frame-aligner",
+                "config": to_dict(self.cfg),
+                "phones": list(PHONES),
+                "log_prior": self.log_prior.tolist(),
+            }
+        save_checkpoint(prefix, tensors, meta | (extra or {}))
+
+    def features(self, cut) -> np.ndarray:
+        """What the aligner scores: normalised MFCCs with deltas (GMMs) or normalised fbank."""
+        return _mfcc(cut) if self.gmm is not None else _feats(cut, self.fbank)
 
     def graph(self, text: str) -> AlignmentGraph:
         try:
@@ -147,7 +169,9 @@ class Aligner:
 
     @torch.no_grad()
     def scores(self, feats: list[np.ndarray]) -> list[np.ndarray]:
-        """Scaled log-likelihoods (T, states) of each utterance's frames."""
+        """(Scaled) log-likelihoods (T, states) of each utterance's frames (``features``)."""
+        if self.gmm is not None:
+            return [self.gmm.log_likelihoods(f) for f in feats]
         x, lens = _pad([np.ascontiguousarray(f, dtype=np.float32) for f in feats])
         logits, lens = self.model(x, lens)
         lp = logits.float().log_softmax(-1).numpy() - self.cfg.prior_scale * self.log_prior
@@ -156,7 +180,7 @@ class Aligner:
     def align(self, cuts) -> dict[str, dict | str]:
         """utterance -> {"phone": [...], "word": [...]}, or why it could not be aligned."""
         out: dict[str, dict | str] = {}
-        feats = [_feats(c, self.fbank) for c in cuts]
+        feats = [self.features(c) for c in cuts]
         for cut, lp in zip(cuts, self.scores(feats), strict=True):
             text = cut.supervisions[0].text
             try:
@@ -251,22 +275,25 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
     labels = {u: v for u, v in flat.items() if v is not None}
     train = cuts.subset(cut_ids=list(labels))
     gmm_path = out / "gmm_labels.npz"
-    if cfg.gmm_iterations and gmm_path.exists():
+    if cfg.gmm_iterations and gmm_path.exists() and (cfg.rounds or (out / "gmm-aligner.json").exists()):
         labels = dict(np.load(gmm_path))
     elif cfg.gmm_iterations:
         t0 = time.perf_counter()
-        mfcc = [
-            normalise(mfcc_with_deltas(load_cut_audio(c)))
-            for c in progress(train, total=len(train), desc="MFCC", enable=show_progress)
-        ]
+        mfcc = [_mfcc(c) for c in progress(train, total=len(train), desc="MFCC", enable=show_progress)]
         graphs = [aligner.graph(c.supervisions[0].text) for c in train]
-        new, _ = train_gmm(mfcc, graphs, [labels[c.id] for c in train], num_classes, cfg.gmm_iterations)
+        new, gmm = train_gmm(mfcc, graphs, [labels[c.id] for c in train], num_classes, cfg.gmm_iterations)
         labels = {c.id: lab for c, lab in zip(train, new, strict=True)}
         out.mkdir(parents=True, exist_ok=True)
+        Aligner(model, cfg, aligner.log_prior, gmm).save(out / "gmm-aligner", {"train_utterances": len(train)})
         np.savez(out / "gmm_labels.tmp.npz", **labels)
         (out / "gmm_labels.tmp.npz").replace(gmm_path)
-        gmm = {"iterations": cfg.gmm_iterations, "utterances": len(train), "seconds": time.perf_counter() - t0}
-        atomic_write_text(out / "gmm.json", json.dumps(gmm, indent=1) + "\n")
+        stats = {"iterations": cfg.gmm_iterations, "utterances": len(train), "seconds": time.perf_counter() - t0}
+        atomic_write_text(out / "gmm.json", json.dumps(stats, indent=1) + "\n")
+    if cfg.rounds == 0:  # the GMMs are the aligner
+        aligner = Aligner.load(out / "gmm-aligner")
+        aligner.save(out / "aligner", {"history": [], "train_utterances": len(train)})
+        atomic_write_text(out / "history.json", "[]\n")
+        return aligner
     history = []
     for r in range(cfg.rounds):
         prefix = out / f"round{r}"

@@ -92,7 +92,8 @@ def align_corpus(
         cuts = _cuts(corpus, split)
         part = final.with_name(f".{split}.part.jsonl")
         done = _read_part(part)
-        todo = [c for c in cuts if c.id not in done]
+        # by duration: a chunk's utterances are padded to its longest (the file is sorted by id)
+        todo = sorted((c for c in cuts if c.id not in done), key=lambda c: (c.duration, c.id))
         chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
         part.parent.mkdir(parents=True, exist_ok=True)
         with open(part, "a") as f:
