@@ -34,10 +34,14 @@ fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch is pinned (==2.13.0) in pyproject.toml so pip takes the CPU wheel, never a CUDA build.
   .venv/bin/python -m pip install -q -e '.[dev]'
+  # s3prl, for the test of the s3prl upstream contract against its own Featurizer. It
+  # declares torchaudio, which has no build for torch 2.13 (pip would replace torch), and
+  # the module the test uses (s3prl.upstream.interfaces) imports only torch and numpy.
+  .venv/bin/python -m pip install -q --no-deps 's3prl==0.4.18'
   echo "$want" > "$stamp"
 fi

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,18 @@ def load_training_state(prefix: str | Path, model: torch.nn.Module, key: str, op
     scheduler.load_state_dict(meta["scheduler"])
     set_rng_state(tensors, meta["rng"])
     return meta
+
+
+def save_hf_dir(model, path: str | Path) -> Path:
+    """``model.save_pretrained`` into a temporary directory beside ``path``, then swap it
+    in: a reader sees the old directory or the new one, never a half-written one."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -248,6 +248,13 @@ def cmd_export(args):
         console.print(f"{kind}: {path}")
 
 
+def cmd_ssl_export(args):
+    from speechdistill.hub import export_upstream
+
+    for kind, path in export_upstream(args.upstream, args.out, args.hf, args.onnx).items():
+        console.print(f"{kind}: {path}")
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         # a help text that names its own default (in words) gets no second one
@@ -509,6 +516,16 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, required=True)
     ex.add_argument("--onnx", action=BOOL, default=True)
     ex.add_argument("--torchscript", action=BOOL, default=True)
+    ssl = _Commands(top.add("ssl", None, "SSL teachers and students in other toolkits"), "action")
+    example = (
+        "  speechdistill ssl export exp/ssl/fithubert/student --out exp/ssl/fithubert/export\n"
+        "  (then: import speechdistill.hub; transformers.AutoModel.from_pretrained('.../export/hf'))"
+    )
+    se = ssl.add("export", cmd_ssl_export, "write a teacher or student as a HF directory and checked ONNX", example)
+    se.add_argument("upstream", type=Path, help="a HF teacher directory or an SSL student checkpoint")
+    se.add_argument("--out", type=Path, required=True)
+    se.add_argument("--hf", action=BOOL, default=True, help="the Hugging Face directory OUT/hf")
+    se.add_argument("--onnx", action=BOOL, default=True, help="OUT/model.onnx, checked against PyTorch")
     return p
 
 

@@ -9,6 +9,7 @@ PyTorch under onnxruntime on a padded batch before it is kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -29,35 +30,73 @@ def _example(seed: int = 0):
 
 
 def export_onnx(model, path: Path, atol: float = 1e-3) -> float:
-    """Write ``path`` and return the largest |onnx - torch| on a padded test batch."""
+    """Write an acoustic model to ``path``; returns the largest |onnx - torch| on padded batches."""
     feats, lens = _example()
+    feats2, _ = _example(1)
+    return export_checked_onnx(
+        model,
+        [(feats, lens), (feats2[:, :150], torch.tensor([150, 97]))],
+        path,
+        input_names=["feats", "feat_lens"],
+        output_names=["log_probs", "out_lens"],
+        frames={"log_probs": (0, 1)},
+        atol=atol,
+        dynamic_axes={
+            "feats": {0: "N", 1: "T"},
+            "feat_lens": {0: "N"},
+            "log_probs": {0: "N", 1: "T_out"},
+            "out_lens": {0: "N"},
+        },
+    )
+
+
+def export_checked_onnx(
+    model,
+    examples: list[tuple[torch.Tensor, ...]],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    frames: dict[str, tuple[int, int]],
+    atol: float = 1e-3,
+    dynamic_axes: dict | None = None,
+    dynamic_shapes: tuple | None = None,
+) -> float:
+    """Export ``model`` (traced on ``examples[0]``) and keep the file only if onnxruntime
+    agrees with PyTorch on every example: the last output (the lengths) exactly, and each
+    output in ``frames`` (name -> its batch and time axes) within ``atol`` on the real
+    frames of each utterance. Returns the largest difference; the file is written
+    atomically, and not at all if the check fails.
+
+    With ``dynamic_axes`` the TorchScript tracer exports (fast); with ``dynamic_shapes``
+    (``torch.export.Dim`` per input) ``torch.export`` does, which also sees what the
+    tracer misses (Hugging Face models of transformers 5 collect their hidden states
+    through hooks: traced, they come out wrong, and the check says so)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            model,
-            (feats, lens),
-            str(tmp_path),
-            input_names=["feats", "feat_lens"],
-            output_names=["log_probs", "out_lens"],
-            opset_version=17,
-            dynamo=False,
-            dynamic_axes={
-                "feats": {0: "N", 1: "T"},
-                "feat_lens": {0: "N"},
-                "log_probs": {0: "N", 1: "T_out"},
-                "out_lens": {0: "N"},
-            },
-        )
+        names = dict(input_names=input_names, output_names=output_names)
+        if dynamic_shapes is not None:
+            torch.onnx.export(model, examples[0], dynamo=True, dynamic_shapes=dynamic_shapes, **names).save(
+                str(tmp_path)
+            )
+        else:
+            torch.onnx.export(
+                model, examples[0], str(tmp_path), opset_version=17, dynamo=False, dynamic_axes=dynamic_axes, **names
+            )
         session = ort.InferenceSession(str(tmp_path), providers=["CPUExecutionProvider"])
-        feats2, lens2 = _example(1)
         worst = 0.0
-        for f, n in ((feats, lens), (feats2[:, :150], torch.tensor([150, 97]))):
-            ref, ref_lens = model(f, n)
-            got, got_lens = session.run(None, {"feats": f.numpy(), "feat_lens": n.numpy()})
-            if not np.array_equal(got_lens, ref_lens.numpy()):
-                raise RuntimeError(f"ONNX output lengths {got_lens} differ from PyTorch's {ref_lens}")
-            for i, t in enumerate(ref_lens.tolist()):
-                worst = max(worst, float(np.abs(got[i, :t] - ref[i, :t].numpy()).max()))
+        for inputs in examples:
+            with torch.no_grad():
+                ref = model(*inputs)
+            got = session.run(None, {n: x.numpy() for n, x in zip(input_names, inputs, strict=True)})
+            ref_lens = ref[-1].numpy()
+            if not np.array_equal(got[-1], ref_lens):
+                raise RuntimeError(f"ONNX output lengths {got[-1]} differ from PyTorch's {ref_lens}")
+            for name, (batch_axis, time_axis) in frames.items():
+                i = output_names.index(name)
+                r = np.moveaxis(ref[i].numpy(), (batch_axis, time_axis), (0, 1))
+                g = np.moveaxis(got[i], (batch_axis, time_axis), (0, 1))
+                for b, t in enumerate(ref_lens.tolist()):
+                    worst = max(worst, float(np.abs(g[b, :t] - r[b, :t]).max()))
         if worst > atol:
             raise RuntimeError(f"ONNX outputs differ from PyTorch by {worst:.2e} (> {atol}); not written")
         atomic_write_bytes(path, tmp_path.read_bytes())
@@ -70,15 +109,21 @@ def export_model(model, out: str | Path, torchscript: bool = True, onnx: bool = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    # PyTorch's fused attention fast path (used in eval under no_grad) has no ONNX
-    # export and bakes shapes into traces: export the plain path.
+    with plain_attention():
+        _export(model, out, torchscript, onnx, written)
+    return written
+
+
+@contextlib.contextmanager
+def plain_attention():
+    """PyTorch's fused attention fast path (used in eval under no_grad) has no ONNX
+    export and bakes shapes into traces: export the plain path."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        _export(model, out, torchscript, onnx, written)
+        yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return written
 
 
 def export(ckpt: str | Path, out: str | Path, torchscript: bool = True, onnx: bool = True) -> dict:

@@ -20,6 +20,7 @@ saved as safetensors + JSON (``kind: ssl-student``). Kinds are registered
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -29,7 +30,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, HubertConfig
 from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
 
-from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, save_hf_dir
 from speechdistill.registry import Registry
 from speechdistill.students.encoders import Encoder, EncoderConfig
 from speechdistill.teachers.ssl import HFUpstream, wave_mask
@@ -84,7 +85,7 @@ class DistilHuBERTStudent(nn.Module):
         self.model = AutoModel.from_config(hf_config)
         self.heads = nn.ModuleList(nn.Linear(hf_config.hidden_size, teacher_dim) for _ in targets)
         self.num_layers, self.dim = cfg.num_layers, hf_config.hidden_size
-        self.frame_shift = float(torch.tensor(hf_config.conv_stride).prod()) / 16000
+        self.frame_shift = math.prod(hf_config.conv_stride) / 16000
 
     @staticmethod
     def default_targets(cfg: StudentConfig, teacher_layers: int) -> list[int]:
@@ -141,7 +142,7 @@ class DistilHuBERTStudent(nn.Module):
     def save_extra(self, prefix: Path, meta: dict) -> None:
         """Also a Hugging Face directory ``{prefix}.hf`` that AutoModel loads."""
         meta["hf_config"] = self.model.config.to_dict()
-        self.model.save_pretrained(prefix.with_suffix(".hf"))
+        save_hf_dir(self.model, prefix.with_suffix(".hf"))
 
 
 @STUDENTS.register("fithubert")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import nn
 from transformers import HubertConfig, HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
+from speechdistill.checkpoint import save_hf_dir
 from speechdistill.config import to_dict
 from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
@@ -223,7 +223,7 @@ class PretrainTask(WaveTask):
 
     def on_epoch_end(self, engine: Engine) -> None:
         if engine.is_main:
-            _save_hf(self.hubert.hubert, engine.out / "hf")
+            save_hf_dir(self.hubert.hubert, engine.out / "hf")
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -252,15 +252,3 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if engine.is_main:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _save_hf(model, path: Path) -> None:
-    """save_pretrained into a temporary directory, then swap it in (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)

@@ -18,6 +18,7 @@ has to beat).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ class HFUpstream(nn.Module):
         self.model = model
         cfg = model.config
         self.num_layers, self.dim = cfg.num_hidden_layers, cfg.hidden_size
-        self.frame_shift = float(torch.tensor(cfg.conv_stride).prod()) / 16000
+        self.frame_shift = math.prod(cfg.conv_stride) / 16000
 
     @classmethod
     def from_dir(cls, path: str | Path) -> HFUpstream:
