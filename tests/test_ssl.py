@@ -443,3 +443,67 @@ def test_a_partly_given_optim_section_keeps_the_ssl_defaults():
         10.0,
         200,
     )
+
+
+def test_masked_prediction_sums_the_layers_by_hand():
+    from speechdistill.teachers.pretrain import MaskedPrediction
+
+    last = torch.tensor([[0.5, -0.5, 0.0], [0.1, 0.2, 0.3]])
+    mid = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 0.0]])
+    target = torch.tensor([0, 2])
+
+    def ce(z, t):  # -log softmax(z / 0.5)[t], written out
+        return -(float(z[t]) / 0.5 - math.log(sum(math.exp(v / 0.5) for v in z.tolist())))
+
+    want = sum(ce(z[i], int(target[i])) for z in (last, mid) for i in range(2)) / 2
+    loss, acc = MaskedPrediction(0.5)([last, mid], target)
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+    assert acc == 1.0  # the last layer's argmax: 0 and 2; the intermediate layer's are not counted
+    assert float(MaskedPrediction(0.5)([last], target)[0]) == pytest.approx(
+        (ce(last[0], 0) + ce(last[1], 2)) / 2, rel=1e-6
+    )
+
+
+def test_ils_logits_come_from_the_intermediate_layer():
+    import numpy as np
+
+    from speechdistill.teachers.pretrain import HuBERTPretrainModel, PretrainConfig
+
+    cfg = PretrainConfig(clusters=5, hidden_size=32, num_layers=3, num_heads=2, ff_dim=64, conv_dim=16, ils_layers=[1])
+    torch.manual_seed(0)
+    model = HuBERTPretrainModel(cfg).eval()
+    assert len(model.ils_proj) == 1
+    wavs, lens = _wavs()
+    np.random.seed(0)
+    with torch.no_grad():
+        logits, mask = model(wavs, lens)
+        assert len(logits) == 2 and all(z.shape == (int(mask.sum()), 5) for z in logits)
+        att = (torch.arange(wavs.shape[1])[None] < lens[:, None]).long()
+        out = model.hubert(wavs, attention_mask=att, mask_time_indices=mask, output_hidden_states=True)
+        torch.testing.assert_close(logits[1], model.logits(out.hidden_states[1][mask], model.ils_proj[0]))
+        torch.testing.assert_close(logits[0], model.logits(out.last_hidden_state[mask], model.proj))
+    with pytest.raises(ValueError, match=r"ils_layers \[3\] must be intermediate layers, 1..2"):
+        dataclasses.replace(cfg, ils_layers=[3])
+
+
+def test_second_iteration_labels_cluster_a_models_layer(hubert_dir, tiny_units, tmp_path):
+    from speechdistill.data.audio import load_cut_audio
+    from speechdistill.data.batching import WaveData, load_wave_cuts
+    from speechdistill.teachers.pretrain import PretrainConfig, kmeans_labels, label_features
+    from speechdistill.utils import DataError
+
+    cuts = load_wave_cuts(WaveData(corpus=str(tiny_units.parent), max_hours=0.005))
+    cfg = PretrainConfig(clusters=4, labels_from=str(hubert_dir), labels_layer=2, kmeans_frames=500)
+    feats = label_features(cuts, cfg, show_progress=False)
+    up = load_upstream(hubert_dir).eval()
+    for c in cuts:
+        wav = torch.from_numpy(load_cut_audio(c))[None]
+        with torch.no_grad():
+            states, n = up(wav, torch.tensor([wav.shape[1]]))
+        assert feats[c.id].shape == (int(n[0]), 32)
+        torch.testing.assert_close(torch.from_numpy(feats[c.id]), states[2][0])
+    labels = kmeans_labels(cuts, cfg, show_progress=False)
+    assert {k: len(v) for k, v in labels.items()} == {k: len(v) for k, v in feats.items()}
+    assert {i for v in labels.values() for i in v.tolist()} <= set(range(4))
+    with pytest.raises(DataError, match="labels_layer=9: .* has hidden states 0..4"):
+        label_features(cuts, dataclasses.replace(cfg, labels_layer=9), show_progress=False)

@@ -10,10 +10,19 @@ Hugging Face ``HubertModel`` learns to predict the ids of masked spans. The mode
 cosine-similarity logits on masked frames) and its loss (``MaskedPrediction``:
 cross-entropy at temperature 0.1, and the accuracy) are separate classes; the task
 joins them. The result is a Hugging Face directory, a teacher like any downloaded HuBERT.
+
+Two options from the papers that followed:
+
+* HuBERT's second iteration: ``labels_from: exp/ssl/teacher/hf`` clusters the hidden
+  states of layer ``labels_layer`` of a trained model instead of MFCCs.
+* ILS-SSL (Wang et al. 2022): ``ils_layers: [4]`` adds the same masked-prediction loss
+  on the output of those intermediate layers (each with its own projection, sharing the
+  cluster embeddings); the loss is the sum over the last layer and these.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -34,7 +43,8 @@ from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, m
 from speechdistill.data.features import mfcc_with_deltas
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.progress import progress
-from speechdistill.utils import atomic_write_text
+from speechdistill.teachers.ssl import HFUpstream
+from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,9 @@ class PretrainConfig(EngineConfig):
     mask_length: int = 5
     final_dim: int = 64
     logit_temperature: float = 0.1
+    labels_from: str = ""  # a HF model directory: k-means on its layer `labels_layer` (HuBERT iteration 2)
+    labels_layer: int = 6
+    ils_layers: list[int] = field(default_factory=list)  # ILS-SSL: the loss also on these layers (1-based)
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,14 +93,34 @@ class PretrainConfig(EngineConfig):
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        bad = [k for k in self.ils_layers if not 1 <= k < self.num_layers]
+        if bad:
+            raise ValueError(f"ils_layers {bad} must be intermediate layers, 1..{self.num_layers - 1}")
+
+
+def label_features(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dict[str, np.ndarray]:
+    """What k-means clusters, per 20 ms frame: every second 10 ms MFCC frame, or (with
+    ``labels_from``) the hidden states of layer ``labels_layer`` of that model."""
+    if not cfg.labels_from:
+        return {
+            c.id: mfcc_with_deltas(load_cut_audio(c))[::2]
+            for c in progress(cuts, total=len(cuts), desc="MFCC", enable=show_progress)
+        }
+    model = HFUpstream.from_dir(cfg.labels_from).eval()
+    if not 0 <= cfg.labels_layer <= model.num_layers:
+        raise DataError(f"labels_layer={cfg.labels_layer}: {cfg.labels_from} has hidden states 0..{model.num_layers}")
+    feats = {}
+    with torch.no_grad():
+        for c in progress(cuts, total=len(cuts), desc=f"layer {cfg.labels_layer}", enable=show_progress):
+            wav = torch.from_numpy(load_cut_audio(c))[None]
+            states, _ = model(wav, torch.tensor([wav.shape[1]]))
+            feats[c.id] = states[cfg.labels_layer][0].float().numpy()
+    return feats
 
 
 def kmeans_labels(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dict[str, np.ndarray]:
-    """Cluster id per 20 ms frame (every second 10 ms MFCC frame) of every utterance."""
-    feats = {
-        c.id: mfcc_with_deltas(load_cut_audio(c))[::2]
-        for c in progress(cuts, total=len(cuts), desc="MFCC", enable=show_progress)
-    }
+    """Cluster id per 20 ms frame of every utterance (see :func:`label_features`)."""
+    feats = label_features(cuts, cfg, show_progress)
     allf = np.concatenate(list(feats.values()))
     mean, std = allf.mean(0), allf.std(0) + 1e-5
     rng = np.random.default_rng(cfg.seed)
@@ -131,14 +164,20 @@ class HuBERTPretrainModel(nn.Module):
             )
         )
         self.proj = nn.Linear(cfg.hidden_size, cfg.final_dim)
+        self.ils_proj = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.final_dim) for _ in cfg.ils_layers)
         self.label_embeddings = nn.Parameter(torch.randn(cfg.clusters, cfg.final_dim) * 0.1)
 
     def num_frames(self, num_samples: int) -> int:
         return int(self.hubert._get_feat_extract_output_lengths(torch.tensor(num_samples)))
 
-    def forward(self, wavs: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, S), (N,) -> (M, clusters) cosine logits of the M masked frames, (N, T) the mask.
-        The masks are drawn by HF's ``_compute_mask_indices`` (numpy's global RNG)."""
+    def logits(self, h: torch.Tensor, proj: nn.Module) -> torch.Tensor:
+        """(M, C) hidden states -> (M, clusters) cosine similarities to the cluster embeddings."""
+        return F.cosine_similarity(proj(h)[:, None, :], self.label_embeddings[None], dim=-1)
+
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(N, S), (N,) -> [(M, clusters)] cosine logits of the M masked frames, from the
+        last layer then each of ``ils_layers``; (N, T) the mask. The masks are drawn by
+        HF's ``_compute_mask_indices`` (numpy's global RNG)."""
         frame_lens = self.hubert._get_feat_extract_output_lengths(lens).long()
         T = self.num_frames(wavs.shape[1])
         real = torch.arange(T, device=wavs.device)[None, :] < frame_lens[:, None]
@@ -149,21 +188,27 @@ class HuBERTPretrainModel(nn.Module):
         ).to(wavs.device)
         mask &= real
         att = (torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lens[:, None]).long()
-        h = self.hubert(wavs, attention_mask=att, mask_time_indices=mask).last_hidden_state
-        return F.cosine_similarity(self.proj(h[mask])[:, None, :], self.label_embeddings[None], dim=-1), mask
+        out = self.hubert(
+            wavs, attention_mask=att, mask_time_indices=mask, output_hidden_states=bool(self.cfg.ils_layers)
+        )
+        logits = [self.logits(out.last_hidden_state[mask], self.proj)]
+        for k, proj in zip(self.cfg.ils_layers, self.ils_proj, strict=True):
+            logits.append(self.logits(out.hidden_states[k][mask], proj))
+        return logits, mask
 
 
 class MaskedPrediction(nn.Module):
     """HuBERT's loss: cross-entropy of the cosine logits at ``temperature`` against the
-    frames' cluster ids; also the accuracy on masked frames."""
+    frames' cluster ids, summed over the layers that predict (the last, then ILS-SSL's);
+    also the accuracy of the last layer on masked frames."""
 
     def __init__(self, temperature: float):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
-        loss = F.cross_entropy(logits / self.temperature, target)
-        return loss, float((logits.argmax(-1) == target).float().mean())
+    def forward(self, logits: list[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, float]:
+        loss = sum(F.cross_entropy(z / self.temperature, target) for z in logits)
+        return loss, float((logits[0].argmax(-1) == target).float().mean())
 
 
 class _Pretraining(nn.Module):
@@ -234,12 +279,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     engine = Engine(cfg)
     task = PretrainTask(cfg, engine, cuts)
     labels_path = out / "labels.npz"
+    if cfg.labels_from:  # the source is in the name, so that a run on other labels never reads these
+        source = hashlib.sha256(str(Path(cfg.labels_from).resolve()).encode()).hexdigest()[:8]
+        labels_path = out / f"labels-{source}-layer{cfg.labels_layer}.npz"
     with engine.fabric.rank_zero_first():  # rank 0 clusters and writes; the others read
         if labels_path.exists():
             task.labels = dict(np.load(labels_path))
         else:
             task.labels = kmeans_labels(cuts, cfg, cfg.progress)
-            tmp = out / "labels.tmp.npz"
+            tmp = labels_path.with_suffix(".tmp.npz")
             np.savez(tmp, **task.labels)
             tmp.replace(labels_path)
     state = engine.fit(task)
