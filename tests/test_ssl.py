@@ -507,3 +507,49 @@ def test_second_iteration_labels_cluster_a_models_layer(hubert_dir, tiny_units, 
     assert {i for v in labels.values() for i in v.tolist()} <= set(range(4))
     with pytest.raises(DataError, match="labels_layer=9: .* has hidden states 0..4"):
         label_features(cuts, dataclasses.replace(cfg, labels_layer=9), show_progress=False)
+
+
+def test_sequence_compression_by_hand_with_odd_lengths():
+    from speechdistill.students.ssl import compress, expand, segments
+
+    x = torch.arange(14, dtype=torch.float32).reshape(2, 7, 1)  # utterance 0: 0..6; utterance 1: 7..10 + padding
+    y, n, ids = compress(x, torch.tensor([7, 4]), 2.0)
+    assert n.tolist() == [4, 2] == [math.ceil(7 / 2), math.ceil(4 / 2)]
+    assert ids.tolist() == [[0, 0, 1, 1, 2, 2, 3], [0, 0, 1, 1, -1, -1, -1]]
+    assert y[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.0]  # the odd length's last segment is one frame
+    assert y[1, :2, 0].tolist() == [7.5, 9.5] and y[1, 2:].abs().sum() == 0
+    assert expand(y, ids)[0, :, 0].tolist() == [0.5, 0.5, 2.5, 2.5, 4.5, 4.5, 6.0]
+    for length, rate in ((5, 1.5), (10, 3.0), (9, 2.5), (1, 4.0), (13, 1.0)):
+        ids, n = segments(torch.tensor([length]), length, rate)
+        assert int(n) == math.ceil(length / rate)
+        counts = torch.bincount(ids[0])  # every segment has floor(rate) or ceil(rate) frames, none empty
+        assert len(counts) == int(n) and counts.min() >= 1 and counts.max() <= math.ceil(rate)
+    x = torch.randn(1, 5, 3)
+    assert torch.equal(compress(x, torch.tensor([5]), 1.0)[0], x)
+
+
+def test_seqcomp_student_runs_at_any_rate_and_round_trips(hubert_dir, tmp_path):
+    teacher = load_teacher(hubert_dir)
+    cfg = StudentConfig(kind="seqcomp", num_layers=2, d_model=16, ff_dim=32, conv_dim=8, num_heads=2)
+    torch.manual_seed(0)
+    student = build_student(cfg, teacher).eval()
+    wavs, lens = _wavs()  # 49 and 34 frames of 20 ms
+    for rate in (1.0, 2.0, 2.5, 4.0):
+        student.rate = rate
+        states, slens = student(wavs, lens)
+        assert slens.tolist() == [math.ceil(49 / rate), math.ceil(34 / rate)]
+        assert states[-1].shape == (2, math.ceil(49 / rate), 16) and student.frame_shift == pytest.approx(0.02 * rate)
+        preds, plens, _, _ = student.predict(wavs, lens)
+        assert plens.tolist() == [49, 34] and all(p.shape == (2, 49, 32) for p in preds)
+    student.train()
+    torch.manual_seed(1)
+    drawn = {student.step_rate() for _ in range(20)}
+    assert len(drawn) == 20 and all(1.0 <= r <= 4.0 for r in drawn)
+    save_student(student.eval(), tmp_path / "s")
+    loaded = load_student(tmp_path / "s")
+    loaded.rate = student.rate = 3.0
+    with torch.no_grad():
+        for a, b in zip(loaded(wavs, lens)[0], student(wavs, lens)[0], strict=True):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="1 <= rate_min <= rate_max"):
+        StudentConfig(kind="seqcomp", rate_min=3.0, rate_max=2.0)

@@ -213,10 +213,11 @@ def cmd_probe(args):
             "lr": args.lr,
             "lstm_dim": args.lstm_dim,
             "max_hours": args.max_hours,
+            "rate": args.rate,
         },
     )
     r = probe(args.upstream, cfg)
-    path = probe_result_path(args.upstream, args.task)
+    path = probe_result_path(args.upstream, args.task, args.rate)
     atomic_write_text(path, json.dumps(r, indent=1) + "\n")
     plot_layer_weights(r, path.with_suffix(".png"))
     console.print(f"{args.upstream} {args.task}: test {r['metric']} {r['test']:.2f}% (dev {r['dev']:.2f}%)")
@@ -496,6 +497,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--lr", type=POSITIVE_FLOAT, default=5e-3)
     pr.add_argument("--lstm-dim", type=POSITIVE, default=256, help="BiLSTM width of the asr head")
     pr.add_argument("--max-hours", type=NONNEG_FLOAT, default=0.0, help="cap on the training audio (0: all)")
+    pr.add_argument(
+        "--rate", type=NONNEG_FLOAT, default=0.0, help="seqcomp students: frame rate, x 20 ms (0: its default)"
+    )
     example = "  speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student --out exp/ssl"
     cp = top.add("compare", cmd_compare, "teacher vs students: size, speed, probes", example)
     cp.add_argument("teacher", type=Path)

@@ -26,9 +26,11 @@ from speechdistill.teachers.upstream import load_teacher
 from speechdistill.utils import atomic_write_text
 
 
-def probe_result_path(upstream: str | Path, task: str) -> Path:
+def probe_result_path(upstream: str | Path, task: str, rate: float = 0.0) -> Path:
+    """Where a probe's result is kept, beside the upstream (``@r{rate}`` for a seqcomp
+    student run at a chosen frame rate)."""
     upstream = Path(upstream)
-    return upstream.parent / f"{upstream.name}.probe-{task}.json"
+    return upstream.parent / f"{upstream.name}.probe-{task}{f'@r{rate:g}' if rate else ''}.json"
 
 
 def count_macs(upstream, seconds: float = 1.0) -> float:

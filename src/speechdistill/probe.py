@@ -39,9 +39,10 @@ from speechdistill.data.corpus import load_split
 from speechdistill.data.layout import CorpusDir
 from speechdistill.decode import error_rates, greedy_decode
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
-from speechdistill.teachers.upstream import load_teacher
+from speechdistill.teachers.ssl import FrozenTeacher
+from speechdistill.teachers.upstream import load_upstream
 from speechdistill.units.inventory import Units
-from speechdistill.utils import atomic_write_bytes, atomic_write_text
+from speechdistill.utils import DataError, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,15 @@ class ProbeConfig:
     lstm_dim: int = 256
     max_hours: float = 0.0  # training data cap (0: the whole split)
     seed: int = 0
+    rate: float = 0.0  # seqcomp students: the frame rate to run at, x 20 ms (0: the student's default)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"--task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.epochs < 1 or self.lr <= 0:
             raise ValueError("probe epochs must be >= 1 and lr > 0")
+        if self.rate and self.rate < 1:
+            raise ValueError(f"probe rate must be >= 1 (x 20 ms), got {self.rate}")
 
 
 def char_ids(text: str) -> list[int]:
@@ -268,7 +272,12 @@ def probe(
     )
     engine = Engine(EngineConfig(out_dir="", seed=cfg.seed, optim=optim, progress=show_progress))
     torch.manual_seed(cfg.seed)
-    upstream = load_teacher(upstream_path)
+    upstream = load_upstream(upstream_path)
+    if cfg.rate:
+        if not hasattr(upstream, "rate"):
+            raise DataError(f"{upstream_path} runs at one frame rate; --rate is for seqcomp students")
+        upstream.rate = cfg.rate
+    upstream = FrozenTeacher(upstream)
     parts, num_classes, target = probe_splits(cfg)
     task = ProbeTask(cfg, engine, upstream, parts, num_classes, target, cache)
     st = engine.fit(task)

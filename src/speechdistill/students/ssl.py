@@ -20,6 +20,7 @@ saved as safetensors + JSON (``kind: ssl-student``). Kinds are registered
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,11 @@ class StudentConfig:
     ff_dim: int = 384
     conv_dim: int = 64  # channels of every CNN layer
     time_reduction: int = 2
+    # seqcomp only: the frame rate is 20 ms x rate, drawn per step from [rate_min, rate_max]
+    # in training and chosen at inference (``student.rate``; ``rate`` is the default)
+    rate: float = 2.0
+    rate_min: float = 1.0
+    rate_max: float = 4.0
 
     def __post_init__(self):
         STUDENTS.check(self.kind)
@@ -62,6 +68,11 @@ class StudentConfig:
             raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
         if self.time_reduction not in (1, 2):
             raise ValueError(f"student.time_reduction must be 1 or 2, got {self.time_reduction}")
+        if not 1 <= self.rate_min <= self.rate_max or not 1 <= self.rate:
+            raise ValueError(
+                f"student rates must satisfy 1 <= rate_min <= rate_max and rate >= 1, got rate={self.rate}, "
+                f"rate_min={self.rate_min}, rate_max={self.rate_max}"
+            )
 
     def targets(self, teacher_layers: int) -> list[int]:
         """The teacher layers the student predicts (1-based block indices)."""
@@ -220,6 +231,84 @@ class FitHuBERTStudent(nn.Module):
 
     def save_extra(self, prefix: Path, meta: dict) -> None:
         pass
+
+
+def segments(lens: torch.Tensor, num_frames: int, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame t of an utterance of L frames falls in segment floor(t * n / L), n = ceil(L / rate):
+    n segments of floor(rate) or ceil(rate) frames, none empty, at any rate >= 1.
+    Returns (N, T) segment ids (-1 on padding) and (N,) n."""
+    n = torch.ceil(lens.double() / rate).long().clamp(min=1)
+    t = torch.arange(num_frames, device=lens.device)
+    ids = torch.div(t[None, :] * n[:, None], lens.clamp(min=1)[:, None], rounding_mode="floor")
+    return ids.masked_fill(t[None, :] >= lens[:, None], -1), n
+
+
+def compress(x: torch.Tensor, lens: torch.Tensor, rate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, T, C), (N,) -> (N, T', C) the mean of each segment (:func:`segments`), (N,) n,
+    and the (N, T) segment ids, for :func:`expand`. T' = max n; padding is zero."""
+    ids, n = segments(lens, x.shape[1], rate)
+    segs = torch.arange(int(n.max()), device=x.device)
+    w = (ids[:, None, :] == segs[None, :, None]).to(x.dtype)  # (N, T', T): frame t in segment j
+    y = torch.bmm(w, x) / w.sum(-1, keepdim=True).clamp(min=1)
+    return y, n, ids
+
+
+def expand(y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(N, T', C) segment values, (N, T) ids -> (N, T, C): each frame gets its segment's
+    value (padding gets segment 0's; it is masked downstream)."""
+    return torch.gather(y, 1, ids.clamp(min=0)[..., None].expand(-1, -1, y.shape[-1]))
+
+
+@STUDENTS.register("seqcomp")
+class SeqCompressionStudent(FitHuBERTStudent):
+    """Once-for-all sequence compression (after Chen et al. 2023): FitHuBERT's thin CNN and
+    transformer, but between them the 20 ms frames are averaged over segments of ``rate``
+    frames (:func:`compress`), with the rate drawn uniformly from [rate_min, rate_max] at
+    every training step. One trained model then runs at any frame rate in that range:
+    set ``student.rate`` (frames of 20 ms x rate). Each block's prediction of its teacher
+    layer is copied back over its segment to the teacher's 20 ms frames."""
+
+    def __init__(self, cfg: StudentConfig, teacher_dim: int, targets: list[int]):
+        super().__init__(dataclasses.replace(cfg, time_reduction=1), teacher_dim, targets)
+        self.cfg, self.rate, self._last_rate = cfg, cfg.rate, cfg.rate
+        del self.reduce  # the segment means replace FitHuBERT's strided convolution
+
+    @property
+    def frame_shift(self) -> float:
+        return 0.02 * self.rate
+
+    @frame_shift.setter
+    def frame_shift(self, value: float) -> None:  # FitHuBERT's constructor sets it; the rate decides
+        pass
+
+    def step_rate(self) -> float:
+        """The rate of this forward: drawn (torch's RNG) while training, ``self.rate`` otherwise."""
+        if not self.training:
+            return self.rate
+        lo, hi = self.cfg.rate_min, self.cfg.rate_max
+        return lo + (hi - lo) * float(torch.rand(()))
+
+    def _encode(self, wavs, lens, rate: float):
+        x = self.cnn(wavs).transpose(1, 2)  # (N, T20, C)
+        flens = self.cnn_lengths(lens)
+        x, clens, ids = compress(x, flens, rate)
+        states, clens = self.encoder.extract_features(x, clens, with_input=True)
+        return states, clens, flens, ids
+
+    def forward(self, wavs, lens):
+        states, clens, _, _ = self._encode(wavs, lens, self.step_rate())
+        return states, clens
+
+    def predict(self, wavs, lens, output_attentions: bool = False):
+        """-> [(N, T20, teacher C)] one per hinted block, (N,) teacher-rate lengths, the
+        hidden states (compressed), None."""
+        self._last_rate = rate = self.step_rate()
+        states, _, flens, ids = self._encode(wavs, lens, rate)
+        preds = [expand(head(h), ids) for head, h in zip(self.heads, states[1:], strict=True)]
+        return preds, flens, states, None
+
+    def own_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        return torch.ceil(lens.double() / self._last_rate).long().clamp(min=1)
 
 
 def build_student(cfg: StudentConfig, teacher) -> nn.Module:
