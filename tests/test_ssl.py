@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -553,3 +554,24 @@ def test_seqcomp_student_runs_at_any_rate_and_round_trips(hubert_dir, tmp_path):
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="1 <= rate_min <= rate_max"):
         StudentConfig(kind="seqcomp", rate_min=3.0, rate_max=2.0)
+
+
+def test_shapes_are_refused_unless_their_sizes_match(hubert_dir, tmp_path):
+    from speechdistill.config import ConfigError
+    from speechdistill.shapes import check_balance, run_shapes, shape_params, upstream_params
+
+    cfg = StudentConfig(kind="fithubert", num_layers=3, d_model=16, ff_dim=48, conv_dim=8, num_heads=2)
+    built = build_student(cfg, load_teacher(hubert_dir))
+    assert shape_params(cfg, 32, 4) == upstream_params(built) < sum(p.numel() for p in built.parameters())
+    check_balance({"a": 1000, "b": 1090, "c": 950}, 0.1)
+    with pytest.raises(ConfigError, match=r"within 10% of a's 1k\); off: c: 2k"):
+        check_balance({"a": 1000, "b": 1090, "c": 1500}, 0.1)
+    (tmp_path / "d.yaml").write_text(Path("configs/ssl/fithubert.yaml").read_text())
+    (tmp_path / "s.yaml").write_text(
+        f"distill: d.yaml\nteacher: {hubert_dir}\nout_dir: {tmp_path / 'out'}\n"
+        "shapes:\n  deep: {num_layers: 4, d_model: 16, ff_dim: 48, num_heads: 2, conv_dim: 8}\n"
+        "  wide: {num_layers: 1, d_model: 64, ff_dim: 192, num_heads: 2, conv_dim: 8}\n"
+    )
+    with pytest.raises(ConfigError, match="off: wide"):
+        run_shapes(tmp_path / "s.yaml")
+    assert not (tmp_path / "out").exists()  # refused before anything trained

@@ -256,6 +256,13 @@ def cmd_ssl_export(args):
         console.print(f"{kind}: {path}")
 
 
+def cmd_ssl_shapes(args):
+    from speechdistill.shapes import markdown, run_shapes
+
+    rows = run_shapes(args.config, args.overrides)
+    print(markdown(rows[1:], [t for t in ("pr", "sid", "asr") if t in rows[1]]))
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         # a help text that names its own default (in words) gets no second one
@@ -530,6 +537,8 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--out", type=Path, required=True)
     se.add_argument("--hf", action=BOOL, default=True, help="the Hugging Face directory OUT/hf")
     se.add_argument("--onnx", action=BOOL, default=True, help="OUT/model.onnx, checked against PyTorch")
+    example = "  speechdistill ssl shapes configs/ssl/shapes.yaml"
+    _config_args(ssl.add("shapes", cmd_ssl_shapes, "depth vs width: students of equal size, probed", example))
     return p
 
 
