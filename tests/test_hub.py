@@ -147,3 +147,97 @@ def test_ssl_export_command_and_what_it_refuses(models, tmp_path, capsys):
     with pytest.raises(DataError, match="FbankUpstream has no Hugging Face form"):
         export_upstream("fbank", tmp_path / "y", onnx=False)
     assert isinstance(S3PRLUpstream(FbankUpstream()).upstream, FbankUpstream)
+
+
+def _supernet(models, **kw):
+    from speechdistill.students.supernet import SupernetStudent
+
+    cfg = StudentConfig(kind="supernet", num_layers=4, d_model=32, num_heads=4, ff_dim=64, conv_dim=8, **kw)
+    torch.manual_seed(5)
+    student = build_student(cfg, load_teacher(models["teacher"]))
+    assert isinstance(student, SupernetStudent)
+    return student.eval()
+
+
+def test_an_extracted_subnet_gives_the_supernets_outputs(models, tmp_path):
+    from speechdistill.shapes import upstream_params
+    from speechdistill.students.supernet import Subnet, extract
+
+    sup = _supernet(models)
+    wavs, lens = _padded(_waves(16000, 9000, seed=2))
+    for s in (Subnet(16, (2, 2), (32, 32)), Subnet(24, (3, 1, 2), (48, 16, 64)), sup.largest):
+        sup.subnet = s
+        small = extract(sup, s)
+        with torch.no_grad():
+            want, want_lens = sup(wavs, lens)
+            got, got_lens = small(wavs, lens)
+            want_p, got_p = sup.predict(wavs, lens)[0], small.predict(wavs, lens)[0]
+        assert len(got) == s.num_layers + 1 and got[-1].shape[-1] == s.d_model
+        assert got_lens.tolist() == want_lens.tolist()
+        for a, b in zip(got + got_p, want + want_p, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        if len(set(s.heads)) == 1:  # a uniform subnet is the whole of its extracted model
+            assert upstream_params(small) == sup.subnet_params(s)
+        save_student(small, tmp_path / "small")  # and saves, loads and exports like any student
+        with torch.no_grad():
+            again = load_upstream(tmp_path / "small")(wavs, lens)[0]
+        assert all(torch.equal(a, b) for a, b in zip(again, got, strict=True))
+    assert upstream_params(sup) == sup.subnet_params(sup.largest)
+
+
+def test_supernet_samples_subnets_in_training_and_picks_one_for_a_budget(models):
+    from speechdistill.students.supernet import subnet_for_budget
+
+    sup = _supernet(models)
+    assert sup.choices() == {
+        "d_model": [16, 24, 32],
+        "heads": [2, 3, 4],
+        "ff_dim": [32, 48, 64],
+        "num_layers": [2, 3, 4],
+    }
+    sup.train()
+    torch.manual_seed(0)
+    drawn = [sup.step_subnet() for _ in range(30)]
+    assert len(set(drawn)) > 20 and all(s.num_layers in (2, 3, 4) for s in drawn)
+    assert all(len(s.heads) == len(s.ff_dims) == s.num_layers for s in drawn)
+    sup.eval()
+    assert sup.step_subnet() == sup.largest
+    full = sup.subnet_params(sup.largest)
+    for fraction in (0.3, 0.6, 1.0):
+        s = subnet_for_budget(sup, fraction)
+        assert sup.subnet_params(s) <= fraction * full
+        bigger = [u for u in sup.uniform_subnets() if sup.subnet_params(s) < sup.subnet_params(u) <= fraction * full]
+        assert bigger == []
+    assert subnet_for_budget(sup, 1.0) == sup.largest
+    with pytest.raises(DataError, match="no subnet has at most 1% .* the smallest has"):
+        subnet_for_budget(sup, 0.01)
+
+
+def test_ssl_subnet_command_cuts_a_student_for_a_budget(models, tmp_path, capsys):
+    from speechdistill.shapes import upstream_params
+    from speechdistill.students.ssl import load_student
+
+    sup = _supernet(models)
+    save_student(sup, tmp_path / "sup")
+    main(["ssl", "subnet", str(tmp_path / "sup"), "--params", "0.5", "--out", str(tmp_path / "half")])
+    half = load_student(tmp_path / "half")
+    assert upstream_params(half) <= 0.5 * upstream_params(sup)
+    said = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert f"{upstream_params(half) / upstream_params(sup):.1%} of the supernet's" in said
+    with pytest.raises(SystemExit, match=r"a subnet is \{'d_model': int, 'heads': \[int per layer\]"):
+        main(["ssl", "subnet", str(tmp_path / "sup"), "--subnet", '{"d_model": 16}', "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="larger than the supernet"):
+        main(
+            [
+                "ssl",
+                "subnet",
+                str(tmp_path / "sup"),
+                "--subnet",
+                '{"d_model": 64, "heads": [2], "ff_dims": [8]}',
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+    with pytest.raises(SystemExit, match="is a 'fithubert' student, not a supernet"):
+        main(["ssl", "subnet", str(models["fithubert"]), "--params", "0.5", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x.json").exists()

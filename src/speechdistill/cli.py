@@ -256,6 +256,24 @@ def cmd_ssl_export(args):
         console.print(f"{kind}: {path}")
 
 
+def cmd_ssl_subnet(args):
+    from speechdistill.shapes import upstream_params
+    from speechdistill.students.ssl import load_student, save_student
+    from speechdistill.students.supernet import Subnet, SupernetStudent, extract, subnet_for_budget
+
+    supernet = load_student(args.supernet)
+    if not isinstance(supernet, SupernetStudent):
+        raise UsageError(f"{args.supernet} is a {supernet.cfg.kind!r} student, not a supernet")
+    subnet = subnet_for_budget(supernet, args.params) if args.params else Subnet.from_dict(args.subnet)
+    student = extract(supernet, subnet)
+    save_student(student, args.out, {"extracted_from": str(args.supernet)})
+    full = upstream_params(supernet)
+    console.print(
+        f"{args.out}: {subnet.to_dict()}, {upstream_params(student) / 1e3:.0f}k parameters "
+        f"({upstream_params(student) / full:.1%} of the supernet's {full / 1e3:.0f}k)"
+    )
+
+
 def cmd_ssl_shapes(args):
     from speechdistill.shapes import markdown, run_shapes
 
@@ -537,6 +555,17 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--out", type=Path, required=True)
     se.add_argument("--hf", action=BOOL, default=True, help="the Hugging Face directory OUT/hf")
     se.add_argument("--onnx", action=BOOL, default=True, help="OUT/model.onnx, checked against PyTorch")
+    example = (
+        "  speechdistill ssl subnet exp/ssl/supernet/student --params 0.25 --out exp/ssl/subnet25/student\n"
+        '  speechdistill ssl subnet exp/ssl/supernet/student --subnet \'{"d_model": 96, "heads": [3, 3], '
+        '"ff_dims": [288, 288]}\' --out exp/ssl/mine/student'
+    )
+    sn = ssl.add("subnet", cmd_ssl_subnet, "cut a standalone student out of a supernet", example)
+    sn.add_argument("supernet", type=Path, help="a supernet student checkpoint")
+    sn.add_argument("--out", type=Path, required=True, help="checkpoint prefix to write")
+    which = sn.add_mutually_exclusive_group(required=True)
+    which.add_argument("--params", type=POSITIVE_FLOAT, help="the largest uniform subnet with at most this fraction")
+    which.add_argument("--subnet", type=json.loads, help="a subnet as JSON: d_model, heads and ff_dims per layer")
     example = "  speechdistill ssl shapes configs/ssl/shapes.yaml"
     _config_args(ssl.add("shapes", cmd_ssl_shapes, "depth vs width: students of equal size, probed", example))
     return p

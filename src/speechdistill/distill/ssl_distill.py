@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from speechdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from speechdistill.config import to_dict
 from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
 from speechdistill.distill.soft_labels import StaleCacheError
@@ -47,6 +47,7 @@ class DistillConfig(EngineConfig):
     hidden_weight: float = 0.0  # TinyBERT hidden-state term (distilhubert: student layer j vs teacher map(j))
     attention_weight: float = 0.0  # TinyBERT attention-map term (equal frame rates only)
     cache_teacher: bool = True  # fp16 teacher layers on disk, computed once; else online
+    init: str = ""  # a student checkpoint of the same kind and shape to start from (e.g. a supernet's stage 1)
 
     def __post_init__(self):
         super().__post_init__()
@@ -160,6 +161,9 @@ class DistillTask(WaveTask):
         self.teacher = load_teacher(cfg.teacher)
         torch.manual_seed(cfg.seed)
         self.model = build_student(cfg.student, self.teacher)
+        if cfg.init:
+            tensors, _ = load_checkpoint(cfg.init)
+            load_model_state(self.model, tensors, "student.", cfg.init)
         self.criterion = DistillCriterion(cfg, self.model, self.teacher.num_layers)
         if self.criterion.hidden_map:
             self.model.hidden_proj = nn.ModuleList(

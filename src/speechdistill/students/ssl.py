@@ -61,6 +61,15 @@ class StudentConfig:
     rate: float = 2.0
     rate_min: float = 1.0
     rate_max: float = 4.0
+    # supernet only (students/supernet.py): the widths and depths its subnets may take, as
+    # fractions of d_model / num_heads / ff_dim and of num_layers; whether training samples
+    # one per step; the subnet it runs (empty: the largest); heads' width (0: d_model // num_heads)
+    width_choices: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
+    depth_choices: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
+    sample: bool = True
+    subnet: dict = field(default_factory=dict)
+    head_dim: int = 0
+    pos_dim: int = 0  # positions are computed at this width, then cut (0: d_model)
 
     def __post_init__(self):
         STUDENTS.check(self.kind)
