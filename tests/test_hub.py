@@ -241,3 +241,32 @@ def test_ssl_subnet_command_cuts_a_student_for_a_budget(models, tmp_path, capsys
     with pytest.raises(SystemExit, match="is a 'fithubert' student, not a supernet"):
         main(["ssl", "subnet", str(models["fithubert"]), "--params", "0.5", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_pareto_front_by_hand():
+    from speechdistill.search import pareto_front
+
+    points = [(1.0, 5.0), (2.0, 4.0), (2.5, 4.5), (3.0, 1.0), (0.5, 9.0), (3.0, 1.0), (4.0, 1.0)]
+    assert pareto_front(points) == [4, 0, 1, 3]  # (2.5, 4.5) is beaten by (2, 4); the later ties are not better
+
+
+def test_ssl_search_measures_candidates_within_budget(models, tiny_units, tmp_path):
+    from speechdistill.search import search
+
+    sup = _supernet(models, width_choices=[0.5, 1.0], depth_choices=[0.5, 1.0])
+    save_student(sup, tmp_path / "sup", {"teacher": str(models["teacher"])})
+    rows = search(tmp_path / "sup", tiny_units.parent, samples=4, time_budget=0.9, dev_hours=0.005, repeats=1)
+    assert len(rows) >= 16 and len({json.dumps(r["subnet"]) for r in rows}) == len(rows)
+    full = [r for r in rows if r["params_ratio"] == 1.0]
+    assert len(full) == 1 and not full[0]["within_budget"]  # the full supernet is over a 0.9 time budget
+    front = [r for r in rows if r.get("front")]
+    assert front and all(r["within_budget"] for r in front)
+    for r in front:  # nothing within the budget is both faster and better
+        assert not any(
+            o["within_budget"]
+            and o["cpu_seconds_per_second"] < r["cpu_seconds_per_second"]
+            and o["dev_loss"] < r["dev_loss"]
+            for o in rows
+        )
+    assert all(r["dev_loss"] > 0 for r in rows)
+    assert (tmp_path / "search.png").exists() and "| yes |" in (tmp_path / "search.md").read_text()

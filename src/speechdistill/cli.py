@@ -274,6 +274,15 @@ def cmd_ssl_subnet(args):
     )
 
 
+def cmd_ssl_search(args):
+    from speechdistill.search import markdown, search
+
+    rows = search(
+        args.supernet, args.corpus, args.teacher, args.samples, args.params_budget, args.time_budget, args.dev_hours
+    )
+    print(markdown(rows))
+
+
 def cmd_ssl_shapes(args):
     from speechdistill.shapes import markdown, run_shapes
 
@@ -566,6 +575,15 @@ def _parser() -> argparse.ArgumentParser:
     which = sn.add_mutually_exclusive_group(required=True)
     which.add_argument("--params", type=POSITIVE_FLOAT, help="the largest uniform subnet with at most this fraction")
     which.add_argument("--subnet", type=json.loads, help="a subnet as JSON: d_model, heads and ff_dims per layer")
+    example = "  speechdistill ssl search exp/ssl/supernet/student --corpus data/small --time-budget 0.5"
+    ss = ssl.add("search", cmd_ssl_search, "subnets of a supernet: size, CPU time, dev loss, Pareto front", example)
+    ss.add_argument("supernet", type=Path)
+    ss.add_argument("--corpus", type=Path, required=True, help="its dev split scores the candidates")
+    ss.add_argument("--teacher", type=Path, default=None, help="(default: the one the supernet was distilled from)")
+    ss.add_argument("--samples", type=COUNT, default=24, help="random subnets besides the uniform ones")
+    ss.add_argument("--params-budget", type=NONNEG_FLOAT, default=0.0, help="fraction of the full size (0: none)")
+    ss.add_argument("--time-budget", type=NONNEG_FLOAT, default=0.0, help="fraction of the full CPU time (0: none)")
+    ss.add_argument("--dev-hours", type=POSITIVE_FLOAT, default=0.1)
     example = "  speechdistill ssl shapes configs/ssl/shapes.yaml"
     _config_args(ssl.add("shapes", cmd_ssl_shapes, "depth vs width: students of equal size, probed", example))
     return p
