@@ -575,3 +575,28 @@ def test_shapes_are_refused_unless_their_sizes_match(hubert_dir, tmp_path):
     with pytest.raises(ConfigError, match="off: wide"):
         run_shapes(tmp_path / "s.yaml")
     assert not (tmp_path / "out").exists()  # refused before anything trained
+
+
+def test_utterance_mixing_adds_a_scaled_crop_of_another_utterance():
+    from speechdistill.teachers.pretrain import mix_utterances
+
+    g = torch.Generator().manual_seed(0)
+    wavs = torch.randn(3, 1000, generator=g)
+    lens = torch.tensor([1000, 600, 800])
+    wavs[1, 600:] = 0
+    wavs[2, 800:] = 0
+    same, none = mix_utterances(wavs, lens, 0.0)
+    assert torch.equal(same, wavs) and none == []
+    torch.manual_seed(3)
+    mixed, mixes = mix_utterances(wavs, lens, 1.0)
+    torch.manual_seed(3)
+    again, _ = mix_utterances(wavs, lens, 1.0)
+    assert torch.equal(mixed, again) and len(mixes) == 3
+    for m in mixes:
+        i, a, n = m["utterance"], m["start"], m["length"]
+        assert m["other"] != i and 1 <= n <= lens[i] // 2 and a + n <= lens[i] and -5 <= m["ratio_db"] <= 20
+        changed = (mixed[i] != wavs[i]).nonzero().flatten()
+        assert changed.min() >= a and changed.max() < a + n  # only the chosen region, never the padding
+        added = mixed[i, a : a + n] - wavs[i, a : a + n]
+        e_primary = wavs[i, : lens[i]].pow(2).mean()
+        assert 10 * math.log10(float(e_primary / added.pow(2).mean())) == pytest.approx(m["ratio_db"], abs=1e-3)

@@ -18,6 +18,7 @@ Two options from the papers that followed:
 * ILS-SSL (Wang et al. 2022): ``ils_layers: [4]`` adds the same masked-prediction loss
   on the output of those intermediate layers (each with its own projection, sharing the
   cluster embeddings); the loss is the sum over the last layer and these.
+* WavLM's utterance mixing: ``mix_prob: 0.2`` (see :func:`mix_utterances`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class PretrainConfig(EngineConfig):
     labels_from: str = ""  # a HF model directory: k-means on its layer `labels_layer` (HuBERT iteration 2)
     labels_layer: int = 6
     ils_layers: list[int] = field(default_factory=list)  # ILS-SSL: the loss also on these layers (1-based)
+    mix_prob: float = 0.0  # WavLM's utterance mixing: this share of utterances gets part of another added
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,6 +95,8 @@ class PretrainConfig(EngineConfig):
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if not 0 <= self.mix_prob <= 1:
+            raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         bad = [k for k in self.ils_layers if not 1 <= k < self.num_layers]
         if bad:
             raise ValueError(f"ils_layers {bad} must be intermediate layers, 1..{self.num_layers - 1}")
@@ -135,6 +139,34 @@ def kmeans_labels(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dict
         km.inertia_ / len(sample),
     )
     return {k: km.predict((v - mean) / std).astype(np.int64) for k, v in feats.items()}
+
+
+def mix_utterances(
+    wavs: torch.Tensor, lens: torch.Tensor, prob: float, ratio_db: tuple[float, float] = (-5.0, 20.0)
+) -> tuple[torch.Tensor, list[dict]]:
+    """WavLM's utterance mixing (Chen et al. 2022): each utterance, with probability
+    ``prob``, gets a random crop of another utterance of the batch (at most half its own
+    length) added at a random place, scaled so that its energy is ``r`` dB below the
+    primary's, r uniform in ``ratio_db``. The targets stay the primary's, so the model
+    learns to denoise and to follow the main speaker. Draws from torch's global RNG (the
+    engine reseeds it every epoch). Returns the mixed batch and what was added where."""
+    out, mixes = wavs.clone(), []
+    n = len(wavs)
+    for i in range(n):
+        if n < 2 or float(torch.rand(())) >= prob:
+            continue
+        j = (i + 1 + int(torch.randint(n - 1, ()))) % n
+        li, lj = int(lens[i]), int(lens[j])
+        length = max(1, int(float(torch.rand(())) * min(li // 2, lj)))
+        src = int(torch.randint(lj - length + 1, ()))
+        dst = int(torch.randint(li - length + 1, ()))
+        r = ratio_db[0] + (ratio_db[1] - ratio_db[0]) * float(torch.rand(()))
+        piece = wavs[j, src : src + length]
+        e_primary = wavs[i, :li].pow(2).mean()
+        e_piece = piece.pow(2).mean().clamp(min=1e-10)
+        out[i, dst : dst + length] += piece * torch.sqrt(e_primary / (e_piece * 10 ** (r / 10)))
+        mixes.append({"utterance": i, "other": j, "start": dst, "length": length, "ratio_db": r})
+    return out, mixes
 
 
 class HuBERTPretrainModel(nn.Module):
@@ -262,6 +294,8 @@ class PretrainTask(WaveTask):
         for i, u in enumerate(ids):
             n = min(T, len(self.labels[u]))
             lab[i, :n] = torch.from_numpy(self.labels[u][:n])
+        if self.cfg.mix_prob:
+            wavs, _ = mix_utterances(wavs, lens, self.cfg.mix_prob)
         device = self.engine.fabric.device
         loss, acc = model(wavs.to(device), lens.to(device), lab.to(device))
         return loss, {"loss": float(loss.detach()), "masked_accuracy": acc}
