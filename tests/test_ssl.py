@@ -248,7 +248,7 @@ def test_pretraining_repeats_exactly_and_resumes_as_if_never_stopped(tiny_units,
         )
 
     ssl_train.pretrain(cfg(tmp_path / "a"))
-    real_save, saves = ssl_train._save_hf, []
+    real_save, saves = ssl_train.save_hf_dir, []
 
     def killed_after_first_epoch(model, path):
         saves.append(path)
@@ -256,7 +256,7 @@ def test_pretraining_repeats_exactly_and_resumes_as_if_never_stopped(tiny_units,
             raise RuntimeError("killed")
         real_save(model, path)
 
-    monkeypatch.setattr(ssl_train, "_save_hf", killed_after_first_epoch)
+    monkeypatch.setattr(ssl_train, "save_hf_dir", killed_after_first_epoch)
     with pytest.raises(RuntimeError, match="killed"):
         ssl_train.pretrain(cfg(tmp_path / "b"))
     assert not (tmp_path / "b" / "summary.json").exists()
