@@ -38,10 +38,7 @@ def main() -> None:
     feats, lens = torch.randn(args.batch, T, 80), torch.full((args.batch,), T)
     U = max(1, int(args.seconds * 3))
     targets, tlens = torch.randint(1, 256, (args.batch, U)), torch.full((args.batch,), U)
-    modes = {
-        "fp32": contextlib.nullcontext,
-        "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-    }
+    modes = {"fp32": contextlib.nullcontext, "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
 
     def step(ctx) -> float:
         t0 = time.perf_counter()

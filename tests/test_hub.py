@@ -270,3 +270,18 @@ def test_ssl_search_measures_candidates_within_budget(models, tiny_units, tmp_pa
         )
     assert all(r["dev_loss"] > 0 for r in rows)
     assert (tmp_path / "search.png").exists() and "| yes |" in (tmp_path / "search.md").read_text()
+
+
+def test_an_extracted_subnet_exports_to_hf_and_onnx(models, tmp_path):
+    from speechdistill.students.supernet import Subnet, extract
+
+    sup = _supernet(models)
+    save_student(extract(sup, Subnet(16, (2, 2), (32, 32))), tmp_path / "sub")
+    written = export_upstream(tmp_path / "sub", tmp_path / "export")
+    assert float(written["onnx_max_abs_diff"]) < 1e-3
+    model = AutoModel.from_pretrained(tmp_path / "export" / "hf", local_files_only=True).eval()
+    wavs, lens = _padded(_waves(16000, seed=9))
+    with torch.no_grad():
+        got = model(wavs).hidden_states
+        want, _ = load_upstream(tmp_path / "sub")(wavs, lens)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
