@@ -160,7 +160,7 @@ def _supernet(models, **kw):
 
 
 def test_an_extracted_subnet_gives_the_supernets_outputs(models, tmp_path):
-    from speechdistill.shapes import upstream_params
+    from speechdistill.compare import upstream_params
     from speechdistill.students.supernet import Subnet, extract
 
     sup = _supernet(models)
@@ -214,7 +214,7 @@ def test_supernet_samples_subnets_in_training_and_picks_one_for_a_budget(models)
 
 
 def test_ssl_subnet_command_cuts_a_student_for_a_budget(models, tmp_path, capsys):
-    from speechdistill.shapes import upstream_params
+    from speechdistill.compare import upstream_params
     from speechdistill.students.ssl import load_student
 
     sup = _supernet(models)

@@ -557,8 +557,9 @@ def test_seqcomp_student_runs_at_any_rate_and_round_trips(hubert_dir, tmp_path):
 
 
 def test_shapes_are_refused_unless_their_sizes_match(hubert_dir, tmp_path):
+    from speechdistill.compare import upstream_params
     from speechdistill.config import ConfigError
-    from speechdistill.shapes import check_balance, run_shapes, shape_params, upstream_params
+    from speechdistill.shapes import check_balance, run_shapes, shape_params
 
     cfg = StudentConfig(kind="fithubert", num_layers=3, d_model=16, ff_dim=48, conv_dim=8, num_heads=2)
     built = build_student(cfg, load_teacher(hubert_dir))

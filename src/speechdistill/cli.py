@@ -257,7 +257,7 @@ def cmd_ssl_export(args):
 
 
 def cmd_ssl_subnet(args):
-    from speechdistill.shapes import upstream_params
+    from speechdistill.compare import upstream_params
     from speechdistill.students.ssl import load_student, save_student
     from speechdistill.students.supernet import Subnet, SupernetStudent, extract, subnet_for_budget
 

@@ -33,6 +33,11 @@ def probe_result_path(upstream: str | Path, task: str, rate: float = 0.0) -> Pat
     return upstream.parent / f"{upstream.name}.probe-{task}{f'@r{rate:g}' if rate else ''}.json"
 
 
+def upstream_params(model) -> int:
+    """Parameters of a model as an upstream: prediction heads exist only for training."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("heads.", "hidden_proj.")))
+
+
 def count_macs(upstream, seconds: float = 1.0) -> float:
     """Multiply-accumulates of one forward pass over ``seconds`` of audio."""
     wav = torch.randn(1, int(16000 * seconds))
@@ -68,8 +73,7 @@ def compare(
     for p in paths:
         up = ups[str(p)]
         inner = up.upstream
-        # prediction heads exist only for training; they are not part of the upstream
-        params = sum(v.numel() for k, v in inner.named_parameters() if not k.startswith(("heads.", "hidden_proj.")))
+        params = upstream_params(inner)
         name = f"{p} (filterbank reference)" if is_fbank(p) else str(p)
         row = {
             "upstream": name,

@@ -31,7 +31,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from transformers import AutoConfig
 
-from speechdistill.compare import compare, probe_result_path
+from speechdistill.compare import compare, probe_result_path, upstream_params
 from speechdistill.config import ConfigError, from_dict, load_config, read_yaml, to_dict
 from speechdistill.distill.ssl_distill import DistillConfig, distill
 from speechdistill.probe import ProbeConfig, probe
@@ -53,11 +53,6 @@ class ShapesConfig:
     def __post_init__(self):
         if len(self.shapes) < 2:
             raise ValueError(f"shapes: give at least two shapes to compare, got {list(self.shapes)}")
-
-
-def upstream_params(student) -> int:
-    """Parameters of the student as an upstream (its prediction heads are for training only)."""
-    return sum(p.numel() for n, p in student.named_parameters() if not n.startswith(("heads.", "hidden_proj.")))
 
 
 def shape_params(cfg: StudentConfig, teacher_dim: int, teacher_layers: int) -> int:

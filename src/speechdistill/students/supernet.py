@@ -32,7 +32,7 @@ from transformers import HubertConfig
 from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
 
 from speechdistill.students.encoders import sinusoidal
-from speechdistill.students.ssl import STUDENTS, StudentConfig
+from speechdistill.students.ssl import STUDENTS, DistilHuBERTStudent, FitHuBERTStudent, StudentConfig
 from speechdistill.utils import DataError
 
 
@@ -120,9 +120,8 @@ class SupernetStudent(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(cfg.d_model, r * teacher_dim) for _ in targets)
         self.num_layers, self.dim, self.frame_shift = cfg.num_layers, cfg.d_model, 0.02 * r
 
-    @staticmethod
-    def default_targets(cfg: StudentConfig, teacher_layers: int) -> list[int]:
-        return sorted({max(1, round(teacher_layers * f / 3)) for f in (1, 2, 3)})
+    default_targets = staticmethod(DistilHuBERTStudent.default_targets)  # 4/8/12 of 12, scaled
+    cnn_lengths = FitHuBERTStudent.cnn_lengths  # the same CNN (cnn_config) as FitHuBERT's
 
     @classmethod
     def build(cls, cfg: StudentConfig, teacher) -> SupernetStudent:
@@ -175,11 +174,6 @@ class SupernetStudent(nn.Module):
         return front + self.cfg.conv_dim * d + d + layers + 2 * d
 
     # --- running ----------------------------------------------------------------------
-    def cnn_lengths(self, lens: torch.Tensor) -> torch.Tensor:
-        for k, s in zip(self.cnn_config.conv_kernel, self.cnn_config.conv_stride, strict=True):
-            lens = torch.div(lens - k, s, rounding_mode="floor") + 1
-        return lens.clamp(min=0)
-
     def step_subnet(self) -> Subnet:
         return self.sample_subnet() if self.training and self.cfg.sample else self.subnet
 
