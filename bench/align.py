@@ -2,13 +2,14 @@
 
     python bench/align.py --corpus data/small            # the own aligner (trains it if needed)
     python bench/align.py --corpus data/small --pocketsphinx
+    python bench/align.py --name own-sup init_from=synth train_hours=0 gmm_components=16 gmm_iterations=15
 
 For each backend: phone onsets within 10/20/40 ms of the synthesiser's exact timings on
 the dev and test voices (never seen in training), mean and median onset error, failed
 utterances; the own aligner's training time (from its history) and its alignment speed
 on one core (features, likelihoods and a Viterbi search per utterance: the GMMs' MFCCs
-are computed from the audio, a network's fbank read from disk), as a real-time factor. Needs the corpus with stored features
-(`speechdistill features compute`).
+are computed from the audio, a network's fbank read from disk, or computed where the
+corpus has no stored features), as a real-time factor.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from speechdistill.align.own import Aligner
 from speechdistill.align.run import align_corpus, score_alignments
+from speechdistill.data.corpus import load_split
 from speechdistill.data.features import load_cuts_with_features
 from speechdistill.data.layout import CorpusDir
 
@@ -30,11 +32,12 @@ def main() -> None:
     p.add_argument("--corpus", default="data/small")
     p.add_argument("--pocketsphinx", action="store_true", help="also align dev and test with pocketsphinx")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--name", default="own", help="the own aligner's alignment name (one per set of options)")
     p.add_argument("overrides", nargs="*", help="own aligner options, key=value")
     args = p.parse_args()
     corpus = CorpusDir(args.corpus)
-    align_corpus(corpus, "own", overrides=args.overrides, jobs=args.jobs, show_progress=False)
-    model = corpus.root / "alignments" / "own" / "model"
+    align_corpus(corpus, "own", args.name, overrides=args.overrides, jobs=args.jobs, show_progress=False)
+    model = corpus.root / "alignments" / args.name / "model"
     history = json.loads((model / "history.json").read_text())
     gmm = json.loads((model / "gmm.json").read_text()) if (model / "gmm.json").exists() else None
     gmm_time = f"{gmm['seconds'] / 60:.1f} min" if gmm else "time not recorded"
@@ -47,7 +50,8 @@ def main() -> None:
     print(f"own aligner: GMM-HMM stage {gmm_time}{rounds}")
     torch.set_num_threads(1)
     aligner = Aligner.load(model / "aligner")
-    cuts = sorted(load_cuts_with_features(corpus, "test"), key=lambda c: c.duration)  # as align_corpus chunks them
+    test = load_cuts_with_features(corpus, "test") if corpus.cuts("test").exists() else load_split(corpus, "test")
+    cuts = sorted(test, key=lambda c: c.duration)  # as align_corpus chunks them
     t0 = time.perf_counter()
     aligner.align(cuts[:1])  # start-up, once per process: the lexicon (CMUdict) loads on first use
     startup = time.perf_counter() - t0
@@ -60,7 +64,7 @@ def main() -> None:
         f"own aligner, one core: {audio / seconds:.0f}x real time ({audio / 60:.1f} min of test audio in {seconds:.1f} s, "
         f"after a start-up of {startup:.1f} s once per process)"
     )
-    rows = {"own": score_alignments(corpus, "synth", "own", ["dev", "test"])}
+    rows = {args.name: score_alignments(corpus, "synth", args.name, ["dev", "test"])}
     if args.pocketsphinx:
         done = all(corpus.alignment("pocketsphinx", split).exists() for split in ("dev", "test"))
         t0 = time.perf_counter()

@@ -304,3 +304,130 @@ def test_bad_alignment_input_is_named_and_nothing_stored_is_overwritten(tiny_uni
         good.id: f"utterance {good.id}: word '1234' is not in CMUdict and grapheme-to-phoneme rules give no phones; "
         "add it to a lexicon file or remove it from the transcript"
     }
+
+
+def _fricative_vowel_stop(vowel_onset: float) -> dict:
+    """SIL S AH T SIL, 100 ms each but the vowel's onset; the word AT spans AH T."""
+    p = [A(SIL, 0, 0.1), A("S", 0.1, vowel_onset - 0.1), A("AH", vowel_onset, 0.3 - vowel_onset)]
+    return {"phone": [*p, A("T", 0.3, 0.1), A(SIL, 0.4, 0.1)], "word": [A("S", 0.1, vowel_onset - 0.1)]}
+
+
+def test_calibration_by_hand():
+    """Median signed onset error per (previous class, class) pair, the class's alone when a
+    pair is rare, none when both are; onsets move by minus it, words follow, edges stay."""
+    from speechdistill.align.calibrate import Calibration, calibrate, fit_calibration
+
+    ref = {u: {"phone": [A(SIL, 0, 0.1), A("S", 0.1, 0.08), A("AH", 0.18, 0.13), A("T", 0.31, 0.09)]} for u in "uv"}
+    # u: AH 20 ms late, T 10 ms early; v: AH 40 ms late, T 10 ms early; S on time
+    hyp = {"u": _fricative_vowel_stop(0.2), "v": _fricative_vowel_stop(0.22)}
+    hyp["v"]["phone"][3] = A("T", 0.3, 0.1)
+    cal = fit_calibration(hyp, ref, min_count=2)
+    assert cal.pairs == {"silence>fricative": 0.0, "fricative>vowel": pytest.approx(0.03), "vowel>stop": -0.01}
+    assert cal.classes == {"fricative": 0.0, "vowel": pytest.approx(0.03), "stop": -0.01}
+    assert cal.counts["fricative>vowel"] == 2 and cal.utterances == ["u", "v"]
+    assert cal.offset("N", "AH1") == pytest.approx(0.03)  # unseen pair: the vowel's offset
+    assert cal.offset("AH", "N") == 0.0  # unseen class: not moved
+    assert fit_calibration(hyp, ref, min_count=3).pairs == {}
+
+    out = calibrate(hyp["u"], cal)
+    assert [(a.symbol, a.start, a.duration) for a in out["phone"]] == [
+        (SIL, 0.0, 0.1),
+        ("S", 0.1, 0.07),
+        ("AH", 0.17, 0.14),
+        ("T", 0.31, 0.09),
+        (SIL, 0.4, 0.1),
+    ]
+    assert [(w.symbol, w.start, w.duration) for w in out["word"]] == [("S", 0.1, pytest.approx(0.07))]
+    # an offset larger than the phone before it: that phone keeps 5 ms, nothing crosses
+    far = calibrate(hyp["u"], Calibration(pairs={"fricative>vowel": 0.5}))
+    assert [a.start for a in far["phone"]] == [0.0, 0.1, 0.105, 0.3, 0.4]
+    with pytest.raises(ValueError, match="share none"):
+        fit_calibration(hyp, {"w": ref["u"]})
+
+
+def test_calibrate_corpus_corrects_a_biased_alignment_and_overwrites_nothing(tiny_corpus, tmp_path):
+    """A copy of the synthesiser's timings with every vowel onset 30 ms late: calibrated on
+    a few training utterances, every split's vowel onsets come back; the biased alignment
+    stays as it was."""
+    from speechdistill.align.calibrate import calibrate_corpus
+    from speechdistill.align.run import score_alignments
+    from speechdistill.align.store import load_alignments, save_alignments
+    from speechdistill.data.corpus import load_split
+    from speechdistill.units.phones import VOWELS
+
+    corpus = tmp_path / "c"
+    shutil.copytree(tiny_corpus, corpus, ignore=shutil.ignore_patterns("features", "units", "lm", "soft_labels"))
+    for split in ("train", "dev"):
+        late = {}
+        for c in load_split(corpus, split):
+            p = c.supervisions[0].alignment["phone"]
+            starts = [
+                a.start + (0.03 if a.symbol in VOWELS and i and p[i - 1].duration > 0.04 else 0)
+                for i, a in enumerate(p)
+            ]
+            ends = [*starts[1:], p[-1].start + p[-1].duration]
+            late[c.id] = {"phone": [A(a.symbol, s, e - s) for a, s, e in zip(p, starts, ends, strict=True)]}
+        save_alignments(corpus, "late", split, late, {})
+    before = score_alignments(corpus, "synth", "late", ["dev"])["dev"]
+    assert calibrate_corpus(corpus, "late", "synth", utterances=5) == {
+        s: {"aligned": len(load_split(corpus, s)), "failed": 0} for s in ("train", "dev")
+    }
+    after = score_alignments(corpus, "synth", "late+cal", ["dev"])["dev"]
+    assert before["within_20ms"] < 90 and after["within_20ms"] > before["within_20ms"] + 5
+    meta = json.loads((corpus / "alignments" / "late+cal" / "calibration.json").read_text())
+    assert meta["hyp"] == "late" and len(meta["utterances"]) == 5 and meta["classes"]["vowel"] == pytest.approx(0.03)
+    stored = (corpus / "alignments" / "late" / "dev.jsonl").read_text()
+    with pytest.raises(ValueError, match="late\\+cal/train.jsonl exists"):
+        calibrate_corpus(corpus, "late", "synth", utterances=5)
+    with pytest.raises(ValueError, match="would overwrite"):
+        calibrate_corpus(corpus, "late", "synth", name="late")
+    with pytest.raises(ValueError, match="--utterances 100000: only"):
+        calibrate_corpus(corpus, "late", "synth", utterances=100000, name="x")
+    assert (corpus / "alignments" / "late" / "dev.jsonl").read_text() == stored
+    assert len(load_alignments(corpus, "late+cal", "dev")[0]) == len(load_split(corpus, "dev"))
+
+
+def test_aligner_started_from_given_timings(tiny_units, tmp_path):
+    """``init_from``: each given phone's frames split into equal state parts (by hand), the
+    GMMs estimated on them with no flat start; they align the dev voices closer to the
+    synthesiser than a flat start does at the same size; no given timings is an error."""
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+
+    from speechdistill.align.own import PHONES, Aligner, AlignerConfig, FrameClassifier, train_aligner
+    from speechdistill.align.score import score_split
+    from speechdistill.config import apply_override, from_dict, to_dict
+    from speechdistill.data.corpus import load_split
+
+    cuts = load_split(tiny_units.parent, "train")
+    one = next(iter(cuts))
+    one = fastcopy(
+        one,
+        supervisions=[
+            fastcopy(
+                one.supervisions[0], alignment={"phone": [A(SIL, 0, 0.03), A("AH1", 0.03, 0.06), A("B", 0.09, 0.01)]}
+            )
+        ],
+    )
+    index = {p: i for i, p in enumerate(PHONES)}
+    cfg = AlignerConfig()
+    labels = Aligner(FrameClassifier(cfg.encoder, 3 * len(PHONES)), cfg, None).given_labels(
+        one, 12
+    )  # frames past the last phone: silence
+    s, ah, b = 3 * index[SIL], 3 * index["AH"], 3 * index["B"]
+    assert labels.tolist() == [s, s + 1, s + 2, ah, ah, ah + 1, ah + 1, ah + 2, ah + 2, b, s, s]
+
+    dev = sorted(load_split(tiny_units.parent, "dev"), key=lambda c: c.id)[:10]
+    within = {}
+    for start in ("", "synth"):
+        data = to_dict(AlignerConfig(out_dir=str(tmp_path / (start or "flat")), progress=False))
+        for o in [*TINY_ALIGNER, "gmm_iterations=6"] + ([f"init_from={start}"] if start else []):
+            apply_override(data, o)
+        aligner = train_aligner(cuts, from_dict(AlignerConfig, data), show_progress=False)
+        ref = {c.id: c.supervisions[0].alignment for c in dev}
+        within[start] = score_split(ref, aligner.align(dev))["within_20ms"]
+    assert within["synth"] > within[""] + 5, within
+    bare = CutSet.from_cuts(fastcopy(c, supervisions=[fastcopy(c.supervisions[0], alignment=None)]) for c in cuts)
+    cfg = from_dict(AlignerConfig, data | {"out_dir": str(tmp_path / "bare")})
+    with pytest.raises(ValueError, match="init_from='synth': no training utterance has that alignment"):
+        train_aligner(bare, cfg, show_progress=False)

@@ -144,6 +144,15 @@ def cmd_align_score(args):
     print(markdown(score_alignments(args.corpus, args.ref, args.hyp, args.split), args.ref, args.hyp))
 
 
+def cmd_align_calibrate(args):
+    from speechdistill.align.calibrate import calibrate_corpus
+
+    report = calibrate_corpus(
+        args.corpus, args.hyp, args.ref, args.utterances, args.name, args.fit_split, args.min_count, args.seed
+    )
+    console.print_json(data=report)
+
+
 def cmd_align_import(args):
     from speechdistill.align.run import import_ctm, import_textgrids
 
@@ -454,6 +463,20 @@ def _parser() -> argparse.ArgumentParser:
     asc.add_argument(
         "--split", nargs="*", choices=SPLITS, default=None, help="splits to score (default: every split the hyp has)"
     )
+    example = (
+        "  speechdistill align calibrate data/small --hyp own --ref synth --utterances 20   # -> own+cal\n"
+        "The reference timings of 20 training utterances (hand-checked, or another aligner's) correct the\n"
+        "hypothesis's median offset per kind of boundary, in every split; the hypothesis stays as it was."
+    )
+    aca = align.add("calibrate", cmd_align_calibrate, "remove an alignment's boundary bias per phone class", example)
+    aca.add_argument("corpus", type=Path)
+    aca.add_argument("--hyp", required=True, help="the alignment to correct")
+    aca.add_argument("--ref", required=True, help="the alignment whose timings are right; `synth`: the manifests'")
+    aca.add_argument("--utterances", type=POSITIVE, default=20, help="reference-timed utterances to learn from")
+    aca.add_argument("--name", default=None, help="the corrected alignment's name (default: HYP+cal)")
+    aca.add_argument("--fit-split", choices=SPLITS, default="train", help="the split those utterances come from")
+    aca.add_argument("--min-count", type=POSITIVE, default=5, help="onsets a class pair needs for its own offset")
+    aca.add_argument("--seed", type=int, default=0)
     for name, about, source in (
         ("import-ctm", "Kaldi phone CTM (ali-to-phones --ctm-output)", "the CTM file"),
         ("import-textgrid", "Montreal Forced Aligner TextGrids", "a directory of them"),

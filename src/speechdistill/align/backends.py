@@ -23,6 +23,7 @@ from pocketsphinx import Decoder
 
 from speechdistill.align.formats import phones_to_alignment
 from speechdistill.align.own import Aligner, AlignerConfig, train_aligner, training_subset
+from speechdistill.align.store import with_alignment
 from speechdistill.config import apply_override, from_dict, to_dict
 from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.layout import CorpusDir
@@ -60,7 +61,10 @@ class OwnBackend(AlignerBackend):
         cfg = from_dict(AlignerConfig, data)
         model = Path(cfg.out_dir) / "aligner"
         if not model.with_suffix(".json").exists():
-            train_aligner(training_subset(train, cfg.train_hours, cfg.seed), cfg, show_progress)
+            subset = training_subset(train, cfg.train_hours, cfg.seed)
+            if cfg.init_from:  # given timings start the GMMs: an explicit option, never the default
+                subset = with_alignment(subset, corpus, cfg.init_from, "train")
+            train_aligner(subset, cfg, show_progress)
         return {"model": str(model)}
 
     def __init__(self, options):

@@ -24,7 +24,7 @@ import torch
 from speechdistill.align.backends import ALIGNERS
 from speechdistill.align.formats import phones_to_alignment, read_ctm, read_textgrid
 from speechdistill.align.score import markdown, score_split
-from speechdistill.align.store import MANIFEST, items, load_alignments, save_alignments, to_json
+from speechdistill.align.store import MANIFEST, any_alignment, items, save_alignments, to_json
 from speechdistill.data.corpus import load_split
 from speechdistill.data.features import load_cuts_with_features
 from speechdistill.data.layout import CorpusDir
@@ -176,19 +176,9 @@ def score_alignments(corpus, ref: str, hyp: str, splits=None) -> dict[str, dict]
         raise DataError(f"{corpus} has no alignment {hyp!r}: make it with `speechdistill align run`")
     scores = {}
     for s in splits:
-        (ref_ali, _), (hyp_ali, failed) = _side(corpus, ref, s), _side(corpus, hyp, s)
+        (ref_ali, _), (hyp_ali, failed) = any_alignment(corpus, ref, s), any_alignment(corpus, hyp, s)
         scores[s] = score_split(ref_ali, hyp_ali, failed)
     out = corpus.root / "alignments" / (hyp if hyp not in MANIFEST else "synth")
     atomic_write_text(out / f"score-{ref or 'synth'}.json", json.dumps(scores, indent=1) + "\n")
     atomic_write_text(out / f"score-{ref or 'synth'}.md", markdown(scores, ref or "synth", hyp or "synth"))
     return scores
-
-
-def _side(corpus: CorpusDir, name: str, split: str) -> tuple[dict, dict]:
-    if name in MANIFEST:
-        return {
-            c.id: c.supervisions[0].alignment
-            for c in load_split(corpus, split)
-            if (c.supervisions[0].alignment or {}).get("phone")
-        }, {}
-    return load_alignments(corpus, name, split)

@@ -20,6 +20,7 @@ from lhotse import CutSet
 from lhotse.supervision import AlignmentItem
 from lhotse.utils import fastcopy
 
+from speechdistill.data.corpus import load_split
 from speechdistill.data.layout import CorpusDir
 from speechdistill.utils import DataError, atomic_write_text, read_jsonl
 
@@ -85,3 +86,14 @@ def with_alignment(cuts: CutSet, corpus, name: str, split: str) -> CutSet:
     return CutSet.from_cuts(
         fastcopy(c, supervisions=[fastcopy(c.supervisions[0], alignment=alignments.get(c.id))]) for c in cuts
     )
+
+
+def any_alignment(corpus, name: str, split: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """A named alignment, or the manifests' own (``synth``/""): utterance -> {"phone": ...}, failures."""
+    if name in MANIFEST:
+        return {
+            c.id: c.supervisions[0].alignment
+            for c in load_split(CorpusDir(corpus), split)
+            if (c.supervisions[0].alignment or {}).get("phone")
+        }, {}
+    return load_alignments(corpus, name, split)
