@@ -311,7 +311,13 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
         if cfg.init_from:
             labels = {c.id: aligner.given_labels(c, len(f)) for c, f in zip(train, mfcc, strict=True)}
         new, gmm = train_gmm(
-            mfcc, graphs, [labels[c.id] for c in train], num_classes, cfg.gmm_iterations, max_components=cfg.gmm_components, realign=not cfg.init_from
+            mfcc,
+            graphs,
+            [labels[c.id] for c in train],
+            num_classes,
+            cfg.gmm_iterations,
+            max_components=cfg.gmm_components,
+            realign=not cfg.init_from,
         )
         labels = {c.id: lab for c, lab in zip(train, new, strict=True)}
         out.mkdir(parents=True, exist_ok=True)
