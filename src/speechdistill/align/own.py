@@ -71,6 +71,7 @@ class AlignerConfig(EngineConfig):
     )
     states_per_phone: int = 3
     gmm_iterations: int = 12  # monophone GMM-HMM Viterbi training from the flat start (0: none)
+    frame_shift_ms: float = 10.0  # the GMMs' frames (a network aligner works at 10 ms)
     gmm_components: int = 8  # Gaussians per state at most (doubled every 3 iterations from 1)
     # then rounds of training a network on the alignment and re-aligning with it (0: the GMMs
     # align; one round was worse on dev, 69.9 against 71.0% within 20 ms, and a 2nd no better)
@@ -91,6 +92,8 @@ class AlignerConfig(EngineConfig):
             raise ValueError("the aligner works at 10 ms: encoder.subsampling must be 1")
         if self.states_per_phone < 1 or self.rounds < 0 or not 0 < self.speech_threshold < 1:
             raise ValueError("states_per_phone >= 1, rounds >= 0 and 0 < speech_threshold < 1 are required")
+        if self.rounds and self.frame_shift_ms != 10.0:
+            raise ValueError("frame_shift_ms applies to the GMMs alone: a network round works at 10 ms")
         if self.init_utterances < 0:
             raise ValueError("init_utterances must be >= 0 (0: every training utterance)")
         if self.rounds == 0 and self.gmm_iterations < 1:
@@ -118,8 +121,8 @@ def _feats(cut, fbank: FbankExtractor) -> np.ndarray:
     return normalise(cut.load_features() if cut.has_features else fbank(load_cut_audio(cut))).astype(np.float32)
 
 
-def _mfcc(cut) -> np.ndarray:
-    return normalise(mfcc_with_deltas(load_cut_audio(cut)))
+def _mfcc(cut, frame_shift_ms: float = 10.0) -> np.ndarray:
+    return normalise(mfcc_with_deltas(load_cut_audio(cut), frame_shift_ms))
 
 
 def _pad(arrays: list[np.ndarray], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +144,7 @@ class Aligner:
         self.index = {p: i for i, p in enumerate(PHONES)}
         self.lexicon = Lexicon(g2p=cfg.g2p)
         self.fbank = FbankExtractor()
+        self.frame_shift = cfg.frame_shift_ms / 1000 if gmm is not None else FRAME_SHIFT
 
     @classmethod
     def load(cls, prefix: str | Path) -> Aligner:
@@ -169,7 +173,7 @@ class Aligner:
 
     def features(self, cut) -> np.ndarray:
         """What the aligner scores: normalised MFCCs with deltas (GMMs) or normalised fbank."""
-        return _mfcc(cut) if self.gmm is not None else _feats(cut, self.fbank)
+        return _mfcc(cut, self.cfg.frame_shift_ms) if self.gmm is not None else _feats(cut, self.fbank)
 
     def graph(self, text: str) -> AlignmentGraph:
         try:
@@ -196,7 +200,7 @@ class Aligner:
             text = cut.supervisions[0].text
             try:
                 graph = self.graph(text)
-                phones, words = segments(graph, viterbi(graph, lp), FRAME_SHIFT, cut.duration, text.split())
+                phones, words = segments(graph, viterbi(graph, lp), self.frame_shift, cut.duration, text.split())
                 out[cut.id] = {"phone": phones, "word": words}
             except AlignmentError as e:
                 out[cut.id] = f"utterance {cut.id}: {e}"
@@ -222,13 +226,13 @@ class Aligner:
     def given_labels(self, cut, num_frames: int) -> np.ndarray:
         """(T,) class per frame from the cut's own phone timings (``init_from``): each phone's
         frames cut into ``states_per_phone`` equal parts."""
-        S = self.cfg.states_per_phone
+        S, shift = self.cfg.states_per_phone, self.cfg.frame_shift_ms / 1000
         labels = np.full(num_frames, self.index[SIL] * S, dtype=np.int64)
         for a in (cut.supervisions[0].alignment or {}).get("phone") or []:
             sym = a.symbol.rstrip("012")
             if sym not in self.index:
                 raise AlignmentError(f"its given alignment has the phone {a.symbol!r}, which is not ARPABET or SIL")
-            f0, f1 = round(a.start / FRAME_SHIFT), min(round((a.start + a.duration) / FRAME_SHIFT), num_frames)
+            f0, f1 = round(a.start / shift), min(round((a.start + a.duration) / shift), num_frames)
             if f1 > f0:
                 labels[f0:f1] = self.index[sym] * S + np.minimum(np.arange(f1 - f0) * S // (f1 - f0), S - 1)
         return labels
@@ -306,10 +310,16 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
         t0 = time.perf_counter()
         if cfg.init_from:
             train = _given_subset(train, cfg)
-        mfcc = [_mfcc(c) for c in progress(train, total=len(train), desc="MFCC", enable=show_progress)]
+        mfcc = [
+            _mfcc(c, cfg.frame_shift_ms) for c in progress(train, total=len(train), desc="MFCC", enable=show_progress)
+        ]
         graphs = [aligner.graph(c.supervisions[0].text) for c in train]
         if cfg.init_from:
             labels = {c.id: aligner.given_labels(c, len(f)) for c, f in zip(train, mfcc, strict=True)}
+        else:  # the flat start was cut at 10 ms: read it at the GMMs' frame times
+            for c, f in zip(train, mfcc, strict=True):
+                at = (np.arange(len(f)) * cfg.frame_shift_ms / 10).astype(np.int64)
+                labels[c.id] = labels[c.id][np.minimum(at, len(labels[c.id]) - 1)]
         new, gmm = train_gmm(
             mfcc,
             graphs,

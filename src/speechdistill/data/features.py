@@ -172,11 +172,13 @@ def deltas(x: np.ndarray, window: int = 2) -> np.ndarray:
     return num / (2 * sum(n * n for n in range(1, window + 1)))
 
 
-def mfcc_with_deltas(samples: np.ndarray) -> np.ndarray:
+def mfcc_with_deltas(samples: np.ndarray, frame_shift_ms: float = 10.0) -> np.ndarray:
     """(S,) at 16 kHz -> (T, 39): 13 MFCCs (kaldi-native-fbank) + deltas + delta-deltas,
-    10 ms frames, the features of HuBERT's first clustering iteration."""
+    10 ms frames, the features of HuBERT's first clustering iteration. A shorter shift
+    widens the delta window to keep its +-20 ms span."""
     opts = knf.MfccOptions()
     opts.frame_opts.dither = 0.0
+    opts.frame_opts.frame_shift_ms = frame_shift_ms
     opts.frame_opts.snip_edges = False
     mfcc = knf.OnlineMfcc(opts)
     mfcc.accept_waveform(SAMPLE_RATE, samples.tolist())
@@ -185,5 +187,6 @@ def mfcc_with_deltas(samples: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros((0, 39), np.float32)
     x = np.stack([mfcc.get_frame(i) for i in range(n)]).astype(np.float32)
-    d = deltas(x)
-    return np.concatenate([x, d, deltas(d)], axis=1).astype(np.float32)
+    window = max(1, round(20 / frame_shift_ms))
+    d = deltas(x, window)
+    return np.concatenate([x, d, deltas(d, window)], axis=1).astype(np.float32)
