@@ -601,3 +601,67 @@ def test_utterance_mixing_adds_a_scaled_crop_of_another_utterance():
         added = mixed[i, a : a + n] - wavs[i, a : a + n]
         e_primary = wavs[i, : lens[i]].pow(2).mean()
         assert 10 * math.log10(float(e_primary / added.pow(2).mean())) == pytest.approx(m["ratio_db"], abs=1e-3)
+
+
+def test_accent_and_rate_probes_and_their_controls(ssl_run, tiny_units):
+    """Accent ID among the training split's eSpeak accents, scored on unseen voices; the
+    rate in phones per second by regression; each with the score of ignoring the audio."""
+    import numpy as np
+
+    from speechdistill.data.corpus import load_split
+    from speechdistill.probe import ProbeConfig, phone_rate, probe, probe_splits
+    from speechdistill.units.inventory import Units
+
+    corpus = str(tiny_units.parent)
+    parts, n, target = probe_splits(ProbeConfig("accent", corpus))
+    accents = sorted({c.supervisions[0].custom["accent"] for c in load_split(corpus, "train")})
+    assert n == len(accents) >= 2 and target(next(iter(parts["dev"]))) in range(n)
+    test_targets = [target(c) for c in parts["test"]]
+    train_counts = np.bincount([target(c) for c in parts["train"]], minlength=n)
+    majority = 100 * test_targets.count(int(train_counts.argmax())) / len(test_targets)
+    r = probe(ssl_run[0] / "teacher" / "hf", ProbeConfig("accent", corpus, epochs=1), show_progress=False)
+    assert r["metric"] == "accuracy" and 0 <= r["test"] <= 100 and r["control"] == pytest.approx(majority)
+
+    phones = Units(tiny_units)["phone"]
+    cut = next(iter(load_split(corpus, "dev")))
+    assert phone_rate(cut, phones) == pytest.approx(len(phones.ctc_targets(cut.supervisions[0])) / cut.duration)
+    r = probe("fbank", ProbeConfig("rate", corpus, epochs=2), show_progress=False)
+    train = [phone_rate(c, phones) for c in load_split(corpus, "train")]
+    test = [phone_rate(c, phones) for c in load_split(corpus, "test")]
+    mean_error = np.mean(np.abs(np.array(test) - np.mean(train)))
+    assert r["metric"] == "mae" and r["control"] == pytest.approx(mean_error) and 0 < r["test"] < 10
+
+
+def test_tuning_trains_only_the_layers_it_names(ssl_run, tiny_units):
+    """``top``: the top K transformer layers and the head move, everything else (the CNN,
+    lower layers) keeps its bytes; the counts say so; ``all`` trains every parameter."""
+    import torch
+
+    from speechdistill.probe import ProbeConfig, ProbeHead, TunedProbe, probe
+    from speechdistill.teachers.upstream import load_upstream
+    from speechdistill.tune import layer_index, set_trainable
+
+    assert layer_index("model.encoder.layers.3.attention.q_proj.weight") == 3
+    assert layer_index("model.feature_extractor.conv_layers.0.conv.weight") is None
+    assert layer_index("encoder.blocks.11.ff.w1.weight") == 11
+    hf = ssl_run[0] / "teacher" / "hf"
+    up = load_upstream(hf)
+    counts = set_trainable(up, "top", layers=1)
+    top = [n for n, _ in up.named_parameters() if ".layers.3." in n]  # TINY_TEACHER has 4 layers
+    assert counts["trainable"] == sum(p.numel() for n, p in up.named_parameters() if n in top) > 0
+    assert counts["total"] == sum(p.numel() for p in up.parameters())
+    before = {n: p.detach().clone() for n, p in up.named_parameters()}
+    model = TunedProbe(up, ProbeHead("sid", up.num_layers + 1, up.dim, 3))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    y, _ = model(torch.randn(2, 16000), torch.tensor([16000, 12000]))
+    torch.nn.functional.cross_entropy(y, torch.tensor([0, 2])).backward()
+    opt.step()
+    moved = {n for n, p in up.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved <= set(top)
+    assert set_trainable(up, "all")["trainable"] == counts["total"]
+    with pytest.raises(ValueError, match="tune_layers=9: the upstream has 4 layers"):
+        set_trainable(up, "top", layers=9)
+    with pytest.raises(ValueError, match="no parameters to tune"):
+        probe("fbank", ProbeConfig("sid", str(tiny_units.parent), tune="all"), show_progress=False)
+    r = probe(hf, ProbeConfig("sid", str(tiny_units.parent), epochs=1, tune="top", tune_layers=1), show_progress=False)
+    assert r["tune"] == "top1" and r["upstream_params_trained"] == counts["trainable"] and 0 <= r["test"] <= 100

@@ -28,6 +28,7 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from speechdistill.data.layout import SPLITS
+from speechdistill.tune import TUNE_MODES
 from speechdistill.units.types import UNIT_TYPES
 from speechdistill.utils import UsageError, atomic_write_text
 
@@ -223,13 +224,20 @@ def cmd_probe(args):
             "lstm_dim": args.lstm_dim,
             "max_hours": args.max_hours,
             "rate": args.rate,
+            "tune": args.tune,
+            "tune_layers": args.tune_layers,
+            "upstream_lr": args.upstream_lr,
         },
     )
     r = probe(args.upstream, cfg)
-    path = probe_result_path(args.upstream, args.task, args.rate)
+    path = probe_result_path(args.upstream, args.task, args.rate, r["tune"])
     atomic_write_text(path, json.dumps(r, indent=1) + "\n")
     plot_layer_weights(r, path.with_suffix(".png"))
-    console.print(f"{args.upstream} {args.task}: test {r['metric']} {r['test']:.2f}% (dev {r['dev']:.2f}%)")
+    unit = " phones/s" if r["metric"] == "mae" else "%"
+    console.print(
+        f"{args.upstream} {args.task} ({r['tune']}): test {r['metric']} {r['test']:.2f}{unit} "
+        f"(dev {r['dev']:.2f}{unit}; control, ignoring the audio: {r['control']:.2f}{unit}) -> {path}"
+    )
 
 
 def cmd_compare(args):
@@ -546,9 +554,9 @@ def _parser() -> argparse.ArgumentParser:
         "  speechdistill probe --upstream exp/ssl/teacher/hf --task pr --corpus data/small\n"
         "Writes {upstream}.probe-{task}.json beside the upstream (read by `compare`)."
     )
-    pr = top.add("probe", cmd_probe, "SUPERB-style probe of a frozen upstream", example)
+    pr = top.add("probe", cmd_probe, "SUPERB-style probe of an upstream (frozen or tuned)", example)
     pr.add_argument("--upstream", type=Path, required=True, help="HF dir, SSL student, acoustic model; `fbank`")
-    pr.add_argument("--task", choices=("pr", "asr", "sid"), required=True)
+    pr.add_argument("--task", choices=("pr", "asr", "sid", "accent", "rate"), required=True)
     pr.add_argument("--corpus", default="data/small")
     pr.add_argument("--epochs", type=POSITIVE, default=20)
     pr.add_argument("--lr", type=POSITIVE_FLOAT, default=5e-3)
@@ -557,6 +565,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--rate", type=NONNEG_FLOAT, default=0.0, help="seqcomp students: frame rate, x 20 ms (0: its default)"
     )
+    pr.add_argument("--tune", choices=TUNE_MODES, default="frozen", help="frozen (a probe), top K layers, or all")
+    pr.add_argument("--tune-layers", type=POSITIVE, default=2, help="K for --tune top")
+    pr.add_argument("--upstream-lr", type=POSITIVE_FLOAT, default=1e-4, help="the tuned upstream's peak rate")
     example = "  speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student --out exp/ssl"
     cp = top.add("compare", cmd_compare, "teacher vs students: size, speed, probes", example)
     cp.add_argument("teacher", type=Path)

@@ -198,6 +198,10 @@ class Task:
     def validate(self, model) -> dict[str, float]:
         return {}
 
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups; a group may set its own ``lr`` (scheduled alike)."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
     def on_best(self, engine: Engine) -> None:
         pass
 
@@ -288,9 +292,7 @@ class Engine:
             if refused:
                 raise UsageError(refused)
         self.task, self.raw = task, task.model
-        optimizer = torch.optim.AdamW(
-            [p for p in task.model.parameters() if p.requires_grad], lr=o.lr, weight_decay=o.weight_decay
-        )
+        optimizer = torch.optim.AdamW(task.param_groups(), lr=o.lr, weight_decay=o.weight_decay)
         total = o.max_steps
         if o.schedule == "linear" and not total:
             n = torch.tensor(float(task.num_batches()))

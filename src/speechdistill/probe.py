@@ -1,21 +1,30 @@
-"""SUPERB-style probes (Yang et al. 2021) of a frozen upstream.
+"""SUPERB-style probes (Yang et al. 2021) of an upstream, frozen or fine-tuned.
 
     speechdistill probe --upstream exp/ssl/teacher/hf --task pr --corpus data/small
+    speechdistill probe --upstream exp/ssl/teacher/hf --task accent --tune top --tune-layers 2
 
-The upstream is frozen; a learnable softmax-weighted sum of all its hidden
-states feeds a small head, as in SUPERB:
+A learnable softmax-weighted sum of all the upstream's hidden states feeds a small
+head, as in SUPERB:
 
 * ``pr``: phoneme recognition, linear + CTC over ARPAbet-39; PER (%);
 * ``asr``: 2-layer BiLSTM + CTC over characters; WER (%), greedy decoding, no LM;
-* ``sid``: speaker (voice) identification, mean-pool + linear; accuracy (%).
+* ``sid``: speaker (voice) identification, mean-pool + linear; accuracy (%);
+* ``accent``: accent identification among the eSpeak NG accents the training split has
+  (Flite's voices, all American, left out), mean-pool + linear; accuracy (%) on the
+  dev and test voices, which training never heard;
+* ``rate``: speaking rate, the transcript's phones per second of audio, mean-pool +
+  linear regression on the standardised rate; mean absolute error (phones/s).
 
-PR and ASR train on the train split, pick the epoch on dev and score test (the
-built-in corpus's voices are disjoint across splits, so these are unseen voices).
+PR, ASR, accent and rate train on the train split, pick the epoch on dev and score test
+(the built-in corpus's voices are disjoint across splits, so these are unseen voices).
 SID needs the same speakers in training and scoring, so it splits the train split's
-utterances of every voice 80/10/10 by a hash of the utterance id.
+utterances of every voice 80/10/10 by a hash of the utterance id. Each result carries
+its control: the majority class's accuracy, or the error of predicting the training
+mean rate, on the same test utterances.
 
-The upstream's hidden states are computed once per utterance and kept in memory
-as fp16 (``cache=True``, the default), since the upstream never changes.
+``tune``: ``frozen`` (the probe: the upstream's hidden states are computed once per
+utterance and kept in memory as fp16), ``top`` (its top ``tune_layers`` layers train
+too, at ``upstream_lr``) or ``all`` (every upstream parameter trains).
 """
 
 from __future__ import annotations
@@ -41,12 +50,16 @@ from speechdistill.decode import error_rates, greedy_decode
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.teachers.ssl import FrozenTeacher
 from speechdistill.teachers.upstream import load_upstream
+from speechdistill.tune import TUNE_MODES, set_trainable
 from speechdistill.units.inventory import Units
 from speechdistill.utils import DataError, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-TASKS = ("pr", "asr", "sid")
+TASKS = ("pr", "asr", "sid", "accent", "rate")
+CLASSIFY = ("sid", "accent")  # pooled, scored by accuracy
+POOLED = (*CLASSIFY, "rate")
+METRICS = {"pr": "per", "asr": "wer", "sid": "accuracy", "accent": "accuracy", "rate": "mae"}
 CHARS = " '" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # ids 1.., blank 0
 
 
@@ -61,10 +74,15 @@ class ProbeConfig:
     max_hours: float = 0.0  # training data cap (0: the whole split)
     seed: int = 0
     rate: float = 0.0  # seqcomp students: the frame rate to run at, x 20 ms (0: the student's default)
+    tune: str = "frozen"  # frozen (the probe), top (the top tune_layers layers train too), all
+    tune_layers: int = 2
+    upstream_lr: float = 1e-4  # the tuned upstream parameters' peak rate (the head's: lr)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"--task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.tune not in TUNE_MODES:
+            raise ValueError(f"tune {self.tune!r}; valid: {', '.join(TUNE_MODES)}")
         if self.epochs < 1 or self.lr <= 0:
             raise ValueError("probe epochs must be >= 1 and lr > 0")
         if self.rate and self.rate < 1:
@@ -102,10 +120,22 @@ class ProbeHead(nn.Module):
         if self.task == "asr":
             packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
             x = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]
-        if self.task == "sid":
+        if self.task in POOLED:
             mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]).to(x.dtype)
             x = (x * mask[..., None]).sum(1) / lens[:, None].clamp(min=1)
         return self.out(x)
+
+
+class TunedProbe(nn.Module):
+    """Upstream and head trained together: waveforms -> the head's output and frame lengths."""
+
+    def __init__(self, upstream: nn.Module, head: ProbeHead):
+        super().__init__()
+        self.upstream, self.head = upstream, head
+
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor):
+        states, flens = self.upstream(wavs, lens)
+        return self.head(states, flens), flens
 
 
 def plot_layer_weights(result: dict, path: str | Path) -> bool:
@@ -137,17 +167,42 @@ def _sid_part(utt: str) -> str:
     return "train" if h < 8 else ("dev" if h == 8 else "test")
 
 
+def phone_rate(cut, phones) -> float:
+    """The transcript's phones per second of audio."""
+    return len(phones.ctc_targets(cut.supervisions[0])) / cut.duration
+
+
 def probe_splits(cfg: ProbeConfig):
-    """-> {"train"/"dev"/"test": CutSet}, class count, target function."""
+    """-> {"train"/"dev"/"test": CutSet}, class count (1 for a regression), target function."""
     train = load_wave_cuts(WaveData(cfg.corpus, "train", cfg.max_hours))
+    if cfg.task == "accent":
+        spoken = {
+            s: CutSet.from_cuts(c for c in cuts if c.supervisions[0].custom.get("engine") == "espeak")
+            for s, cuts in (
+                ("train", train),
+                ("dev", load_split(cfg.corpus, "dev")),
+                ("test", load_split(cfg.corpus, "test")),
+            )
+        }
+        accents = sorted({c.supervisions[0].custom["accent"] for c in spoken["train"]})
+        if len(accents) < 2:
+            raise DataError(
+                f"{cfg.corpus}: accent ID needs eSpeak NG utterances of 2+ accents in train; it has {accents}"
+            )
+        index = {a: i for i, a in enumerate(accents)}
+        for s in ("dev", "test"):  # an accent training never had cannot be scored
+            spoken[s] = spoken[s].filter(lambda c: c.supervisions[0].custom["accent"] in index)
+        return spoken, len(accents), lambda c: index[c.supervisions[0].custom["accent"]]
     if cfg.task == "sid":
         parts = {p: CutSet.from_cuts([c for c in train if _sid_part(c.id) == p]) for p in ("train", "dev", "test")}
         speakers = sorted({c.supervisions[0].speaker for c in train})
         index = {s: i for i, s in enumerate(speakers)}
         return parts, len(speakers), lambda c: index[c.supervisions[0].speaker]
     parts = {"train": train, "dev": load_split(cfg.corpus, "dev"), "test": load_split(cfg.corpus, "test")}
-    if cfg.task == "pr":
+    if cfg.task in ("pr", "rate"):
         phones = Units(CorpusDir(cfg.corpus).units)["phone"]
+        if cfg.task == "rate":
+            return parts, 1, lambda c: phone_rate(c, phones)
         return parts, phones.num_classes, lambda c: phones.ctc_targets(c.supervisions[0])
     return parts, len(CHARS) + 1, lambda c: char_ids(c.supervisions[0].text)
 
@@ -184,15 +239,20 @@ def _batches(cuts, max_duration: float, shuffle: bool, seed: int, epoch: int):
         yield list(batch), wavs, lens
 
 
-def _score(head, cache, cuts, target, task, max_duration) -> float:
-    head.eval()
-    refs, hyps, correct, n = [], [], 0, 0
+def _score(model, predict, cuts, target, task, max_duration, scale=(0.0, 1.0)) -> float:
+    """Error rate, accuracy or mean absolute error of ``predict(cuts, wavs, lens) -> (y, lens)``."""
+    model.eval()
+    refs, hyps, correct, n, abs_err = [], [], 0, 0, 0.0
     with torch.no_grad():
         for batch, wavs, lens in _batches(cuts, max_duration, False, 0, 0):
-            states, flens = cache.batch(batch, wavs, lens)
-            y = head(states, flens)
-            if task == "sid":
+            y, flens = predict(batch, wavs, lens)
+            if task in CLASSIFY:
                 correct += int((y.argmax(-1) == torch.tensor([target(c) for c in batch])).sum())
+                n += len(batch)
+                continue
+            if task == "rate":
+                pred = y[:, 0] * scale[1] + scale[0]
+                abs_err += float((pred - torch.tensor([target(c) for c in batch])).abs().sum())
                 n += len(batch)
                 continue
             for c, h in zip(batch, greedy_decode(y.log_softmax(-1), flens), strict=True):
@@ -203,34 +263,70 @@ def _score(head, cache, cuts, target, task, max_duration) -> float:
                 else:
                     refs.append("".join(CHARS[i - 1] for i in ref).strip())
                     hyps.append("".join(CHARS[i - 1] for i in h).strip())
-    head.train()
-    if task == "sid":
+    model.train()
+    if task in CLASSIFY:
         return 100.0 * correct / max(1, n)
+    if task == "rate":
+        return abs_err / max(1, n)
     return error_rates(refs, hyps)["wer"]  # PER for phone-id "words"; WER for char strings
 
 
+def control(task: str, train: CutSet, test: CutSet, target) -> float:
+    """What a probe that ignores the audio scores on ``test``: the training majority
+    class's accuracy, or the error of predicting the training mean rate; none for PR/ASR."""
+    if task in CLASSIFY:
+        counts = torch.bincount(torch.tensor([target(c) for c in train]))
+        return 100.0 * sum(target(c) == int(counts.argmax()) for c in test) / max(1, len(test))
+    if task == "rate":
+        mean = sum(target(c) for c in train) / len(train)
+        return sum(abs(target(c) - mean) for c in test) / max(1, len(test))
+    return float("nan")
+
+
 class ProbeTask(Task):
-    """A probe head on a frozen upstream's hidden states; the best dev epoch is kept."""
+    """A head on an upstream's hidden states (the upstream frozen, or partly or wholly
+    tuned with it); the best dev epoch is kept."""
 
     kind = "probe"
     monitor = "dev"
 
     def __init__(self, cfg: ProbeConfig, engine: Engine, upstream, parts, num_classes: int, target, cache: bool):
         self.cfg, self.engine, self.parts, self.target = cfg, engine, parts, target
-        self.higher_is_better = cfg.task == "sid"
-        self.model = ProbeHead(cfg.task, upstream.num_layers + 1, upstream.dim, num_classes, cfg.lstm_dim)
-        self.states = StateCache(upstream, cache)
+        self.higher_is_better = cfg.task in CLASSIFY
+        self.head = ProbeHead(cfg.task, upstream.num_layers + 1, upstream.dim, num_classes, cfg.lstm_dim)
+        self.tuned = cfg.tune != "frozen"
+        self.model = TunedProbe(upstream, self.head) if self.tuned else self.head
+        self.states = StateCache(upstream, cache and not self.tuned)
+        self.scale = (0.0, 1.0)
+        if cfg.task == "rate":  # regress the standardised rate
+            y = torch.tensor([target(c) for c in parts["train"]])
+            self.scale = (float(y.mean()), float(y.std().clamp(min=1e-3)))
         self.best_state: dict | None = None
+
+    def param_groups(self) -> list[dict]:
+        groups = [{"params": list(self.head.parameters())}]
+        if self.tuned:
+            tuned = [p for p in self.model.upstream.parameters() if p.requires_grad]
+            groups.append({"params": tuned, "lr": self.cfg.upstream_lr})
+        return groups
 
     def batches(self, epoch: int, skip: int):
         return _batches(self.parts["train"], self.cfg.max_duration, True, self.cfg.seed, epoch)
 
+    def predict(self, model, cuts, wavs, lens):
+        if self.tuned:
+            return model(wavs, lens)
+        states, flens = self.states.batch(cuts, wavs, lens)
+        return model(states, flens), flens
+
     def step(self, model, batch):
         cuts, wavs, lens = batch
-        states, flens = self.states.batch(cuts, wavs, lens)
-        y = model(states, flens)
-        if self.cfg.task == "sid":
+        y, flens = self.predict(model, cuts, wavs, lens)
+        if self.cfg.task in CLASSIFY:
             loss = F.cross_entropy(y, torch.tensor([self.target(c) for c in cuts]))
+        elif self.cfg.task == "rate":
+            z = (torch.tensor([self.target(c) for c in cuts]) - self.scale[0]) / self.scale[1]
+            loss = F.mse_loss(y[:, 0], z.to(y.dtype))
         else:
             tg = [torch.tensor(self.target(c)) for c in cuts]
             loss = F.ctc_loss(
@@ -243,7 +339,12 @@ class ProbeTask(Task):
         return loss, {"loss": float(loss.detach())}
 
     def score(self, split: str) -> float:
-        return _score(self.model, self.states, self.parts[split], self.target, self.cfg.task, self.cfg.max_duration)
+        def predict(cuts, wavs, lens):
+            return self.predict(self.model, cuts, wavs, lens)
+
+        return _score(
+            self.model, predict, self.parts[split], self.target, self.cfg.task, self.cfg.max_duration, self.scale
+        )
 
     def validate(self, model) -> dict[str, float]:
         return {"dev": self.score("dev")}
@@ -259,13 +360,14 @@ def probe(
     cache: bool = True,
     show_progress: bool = True,
 ) -> dict:
-    """Train the probe head; returns (and writes to ``out``/probe-{task}.json) the scores."""
+    """Train the probe head (and the tuned part of the upstream); returns (and writes to
+    ``out``/probe-{task}.json) the scores."""
     start = time.time()
     optim = OptimConfig(
         lr=cfg.lr,
         weight_decay=0.01,
         warmup_steps=0,
-        grad_clip=0.0,
+        grad_clip=0.0 if cfg.tune == "frozen" else 5.0,
         max_epochs=cfg.epochs,
         schedule="constant",
         early_stop_patience=0,
@@ -277,20 +379,26 @@ def probe(
         if not hasattr(upstream, "rate"):
             raise DataError(f"{upstream_path} runs at one frame rate; --rate is for seqcomp students")
         upstream.rate = cfg.rate
-    upstream = FrozenTeacher(upstream)
+    counts = set_trainable(upstream, cfg.tune, cfg.tune_layers)
+    if cfg.tune == "frozen":
+        upstream = FrozenTeacher(upstream)
     parts, num_classes, target = probe_splits(cfg)
     task = ProbeTask(cfg, engine, upstream, parts, num_classes, target, cache)
     st = engine.fit(task)
     task.model.load_state_dict(task.best_state)
     test = task.score("test")
-    metric = {"pr": "per", "asr": "wer", "sid": "accuracy"}[cfg.task]
     result = {
         "upstream": str(upstream_path),
         "task": cfg.task,
-        "metric": metric,
+        "metric": METRICS[cfg.task],
         "dev": st["best"],
         "test": test,
-        "layer_weights": [round(float(w), 4) for w in task.model.featurizer.weights.detach().softmax(0)],
+        "control": control(cfg.task, parts["train"], parts["test"], target),
+        "tune": cfg.tune if cfg.tune != "top" else f"top{cfg.tune_layers}",
+        "upstream_params_trained": counts["trainable"],
+        "upstream_params": counts["total"],
+        "head_params": sum(p.numel() for p in task.head.parameters()),
+        "layer_weights": [round(float(w), 4) for w in task.head.featurizer.weights.detach().softmax(0)],
         "train_utterances": len(parts["train"]),
         "seconds": round(time.time() - start, 1),
         "history": st["history"],
