@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from speechdistill.checkpoint import CheckpointError, load_checkpoint
-from speechdistill.config import from_dict
+from speechdistill.config import from_dict, to_dict
 from speechdistill.train import TrainConfig, train
 
 TESTS = Path(__file__).parent
@@ -254,3 +254,39 @@ def test_acoustic_model_is_an_upstream(trained):
     # 100 and 50 fbank frames; two stride-2 convs: (100 - 1) // 2 = 49 -> 24, 50 -> 24 -> 11
     assert len(states) == 3 + 1 and lens.tolist() == [24, 11]
     assert all(s.shape == (2, 24, 48) for s in states)
+
+
+def test_learned_loss_weights_start_at_the_hand_weights_and_stay_positive(tiny_units, tmp_path):
+    """model.loss_weighting=uncertainty: the log's total is sum_i w_i L_i - log(w_i) / 2 at
+    every step (w_i = exp(-s_i), from the log), the first step's weights are the hand
+    weights (main 1 - 0.3 for the phone CTC tap at weight 0.3, senone 0.3), the weights move,
+    stay positive, their shares sum to 1, and the decodable model does not carry them."""
+    from speechdistill.students.model import load_inference_model
+
+    cfg = tiny_config(tiny_units.parent, tmp_path, max_steps=6)
+    cfg = from_dict(
+        TrainConfig, to_dict(cfg) | {"log_every": 1, "model": to_dict(cfg.model) | {"loss_weighting": "uncertainty"}}
+    )
+    train(cfg)
+    rows = [line.split(",") for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
+    by_step: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_step.setdefault(r[3], {})[r[1]] = float(r[2])
+    steps = [s for s in by_step if "w_main" in by_step[s]]
+    assert len(steps) == 6
+    names = ["main", "senone@1", "phone-ctc@2"]
+    losses = {"main": "ctc", "senone@1": "senone@1", "phone-ctc@2": "phone-ctc@2"}
+    for s in steps:
+        t = by_step[s]
+        w = {n: t[f"w_{n}"] for n in names}
+        assert all(v > 0 for v in w.values())
+        assert sum(t[f"share_{n}"] for n in names) == pytest.approx(1.0, abs=1e-5)
+        expected = sum(w[n] * t[losses[n]] - 0.5 * np.log(w[n]) for n in names)
+        assert t["total"] == pytest.approx(expected, rel=1e-4)
+    first, last = by_step[steps[0]], by_step[steps[-1]]
+    hand = {n: t.weight for n, t in zip(names[1:], cfg.model.taps, strict=True)}
+    assert first["w_main"] == pytest.approx(1 - hand["phone-ctc@2"], rel=1e-5)
+    assert first["w_senone@1"] == pytest.approx(hand["senone@1"], rel=1e-5)
+    assert any(abs(last[f"w_{n}"] - first[f"w_{n}"]) > 1e-4 for n in names)
+    model, _ = load_inference_model(tmp_path / "best")
+    assert not any("loss_log_vars" in n for n, _ in model.named_parameters())

@@ -32,7 +32,7 @@ from speechdistill.distill.soft_labels import SoftLabelCache
 from speechdistill.distill.taps import TAP_LOSSES
 from speechdistill.engine import Engine, EngineConfig, Task
 from speechdistill.evaluate import decode_cuts
-from speechdistill.students.model import AcousticModel, ModelConfig
+from speechdistill.students.model import AcousticModel, ModelConfig, hand_weights
 from speechdistill.units.inventory import Units
 from speechdistill.utils import DataError, atomic_write_text
 
@@ -178,12 +178,26 @@ def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[
 
     where L_tap is the tap's loss (distill/taps.py: a frame tap's ce_weight CE + KD, a CTC
     tap's CTC) and CTC taps take their weight off the main loss (intermediate CTC).
+
+    ``model.loss_weighting: uncertainty`` learns the weights instead (Kendall et al. 2018,
+    the classification form): each of the main loss and the taps' enters as
+    exp(-s_i) L_i + s_i / 2 with s_i = log sigma_i^2 trained with the model, started at
+    -log of the hand weight above. Every weight exp(-s_i) stays positive; at the optimum
+    of s_i it is 1 / (2 L_i). The log shows each weight (``w_main``, ``w_{tap}``) and
+    their normalised shares, which sum to 1.
     """
     out = model(batch.feats, batch.feat_lens)
     mcfg = cfg.model
     targets, target_lens = batch.targets[mcfg.main_unit]
     main, ok = ctc_loss(out.main, out.lens, targets, target_lens)
-    total = (1.0 - sum(t.weight for t in mcfg.taps if TAP_LOSSES[t.kind].takes_main_weight)) * main
+    log_vars = model.loss_log_vars if mcfg.loss_weighting == "uncertainty" else None
+
+    def weighted(i: int, weight: float, loss: torch.Tensor) -> torch.Tensor:
+        if log_vars is None:
+            return weight * loss
+        return torch.exp(-log_vars[i]) * loss + 0.5 * log_vars[i]
+
+    total = weighted(0, hand_weights(mcfg)[0], main)
     terms = {"ctc": float(main.detach())}
     soft = batch.soft_positions.get(cfg.interp_soft) if cfg.interp.enabled else None
     if soft is not None:  # dev batches carry no soft labels
@@ -192,11 +206,15 @@ def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[
         total = (1.0 - w) * total + w * interp
         terms["interp"] = float(interp.detach())
         terms["interp_weight"] = w
-    for tap in mcfg.taps:
+    for i, tap in enumerate(mcfg.taps, 1):
         term, named = TAP_LOSSES[tap.kind].loss(tap, out.taps[tap.name], out.lens, batch)
-        total = total + tap.weight * term
+        total = total + weighted(i, tap.weight, term)
         terms |= named
         terms[tap.name] = float(term.detach())
+    if log_vars is not None:
+        w = torch.exp(-log_vars.detach().float())
+        for name, wi, share in zip(["main", *(t.name for t in mcfg.taps)], w, w / w.sum(), strict=True):
+            terms[f"w_{name}"], terms[f"share_{name}"] = float(wi), float(share)
     terms["total"] = float(total.detach())
     skipped = [i for i, good in zip(batch.ids, ok.tolist(), strict=True) if not good]
     return total, terms, {"skipped": skipped}
@@ -256,6 +274,12 @@ class AsrTask(Task):
         )
         # dev: clean speech, no soft labels (they exist for training utterances only)
         self.dev_dataset = dataset()
+
+    def param_groups(self) -> list[dict]:
+        """Learned loss weights without weight decay: decay would pull every weight to 1."""
+        learned = [p for n, p in self.model.named_parameters() if n == "loss_log_vars"]
+        rest = [p for n, p in self.model.named_parameters() if n != "loss_log_vars" and p.requires_grad]
+        return [{"params": rest}] + ([{"params": learned, "weight_decay": 0.0}] if learned else [])
 
     def _load_cuts(self):
         d, corpus = self.cfg.data, CorpusDir(self.cfg.data.corpus)

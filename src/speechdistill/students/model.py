@@ -29,6 +29,8 @@ from speechdistill.distill.taps import TAP_LOSSES
 from speechdistill.students.encoders import Encoder, EncoderConfig
 from speechdistill.units.types import UNIT_TYPES
 
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+
 
 @dataclass
 class TapConfig:
@@ -60,8 +62,12 @@ class ModelConfig:
     main_unit: str = "subword"  # what the main CTC layer predicts and is scored on
     taps: list[TapConfig] = field(default_factory=list)
     input_dim: int = 80
+    # fixed: the hand-set tap weights; uncertainty: learned (Kendall et al. 2018), started at them
+    loss_weighting: str = "fixed"
 
     def __post_init__(self):
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"model.loss_weighting={self.loss_weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
         if not UNIT_TYPES[self.main_unit].ctc:
             raise ValueError(
                 f"main_unit={self.main_unit!r} is a frame unit; valid: "
@@ -75,6 +81,13 @@ class ModelConfig:
                 raise ValueError(
                     f"tap {t.name}: layer {t.layer} is outside the encoder's blocks 1..{self.encoder.num_blocks}"
                 )
+
+
+def hand_weights(cfg: ModelConfig) -> list[float]:
+    """The fixed weights of the main CTC loss and of each tap, in that order: CTC taps
+    take their weight off the main loss (intermediate CTC)."""
+    main = 1.0 - sum(t.weight for t in cfg.taps if TAP_LOSSES[t.kind].takes_main_weight)
+    return [main, *(t.weight for t in cfg.taps)]
 
 
 def num_classes(unit: str, vocab: dict[str, int]) -> int:
@@ -104,6 +117,11 @@ class AcousticModel(nn.Module):
         self.taps = nn.ModuleDict(
             {t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, vocab))) for t in cfg.taps}
         )
+        if cfg.loss_weighting == "uncertainty":
+            # s_i = log sigma_i^2 of the main loss and each tap's, started at the hand weights
+            # (w_i = exp(-s_i)); in the model, so that DDP averages its gradients like any other
+            w = torch.tensor(hand_weights(cfg)).clamp(min=1e-3)
+            self.loss_log_vars = nn.Parameter(-w.log())
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> ModelOutput:
         """(N, T, F), (N,) -> ModelOutput with T' = subsampled frames."""
@@ -121,7 +139,8 @@ class AcousticModel(nn.Module):
 
     def num_params(self, with_taps: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n if with_taps else n - sum(p.numel() for p in self.taps.parameters())
+        training_only = [*self.taps.parameters(), *([self.loss_log_vars] if hasattr(self, "loss_log_vars") else [])]
+        return n if with_taps else n - sum(p.numel() for p in training_only)
 
 
 class InferenceModel(nn.Module):
