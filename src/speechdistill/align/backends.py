@@ -22,10 +22,11 @@ from lhotse import CutSet
 from pocketsphinx import Decoder
 
 from speechdistill.align.formats import phones_to_alignment
-from speechdistill.align.own import Aligner, AlignerConfig, train_aligner, training_subset
+from speechdistill.align.own import Aligner, AlignerConfig, train_aligner
 from speechdistill.align.store import with_alignment
 from speechdistill.config import apply_override, from_dict, to_dict
 from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.batching import subset_hours
 from speechdistill.data.layout import CorpusDir
 from speechdistill.registry import Registry
 from speechdistill.units.lexicon import Lexicon, UnpronounceableWordError
@@ -61,7 +62,7 @@ class OwnBackend(AlignerBackend):
         cfg = from_dict(AlignerConfig, data)
         model = Path(cfg.out_dir) / "aligner"
         if not model.with_suffix(".json").exists():
-            subset = training_subset(train, cfg.train_hours, cfg.seed)
+            subset = subset_hours(train, cfg.train_hours, cfg.seed)
             if cfg.init_from:  # given timings start the GMMs: an explicit option, never the default
                 subset = with_alignment(subset, corpus, cfg.init_from, "train")
             train_aligner(subset, cfg, show_progress)

@@ -270,20 +270,6 @@ class AlignerTask(Task):
         return loss, {"ce": float(loss.detach())}
 
 
-def training_subset(cuts: CutSet, hours: float, seed: int) -> CutSet:
-    """Utterances drawn at random (seeded) up to ``hours``: every voice is heard, not only the
-    first ones in the manifest's order (0: all)."""
-    order = sorted(cuts, key=lambda c: c.id)
-    random.Random(seed).shuffle(order)
-    kept, total = [], 0.0
-    for c in order:
-        if hours and total >= hours * 3600:
-            break
-        kept.append(c)
-        total += c.duration
-    return CutSet.from_cuts(sorted(kept, key=lambda c: c.id))
-
-
 def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) -> Aligner:
     """Flat start, then ``cfg.rounds`` rounds of training and re-alignment on ``cuts`` (their
     transcripts only). Each finished round is kept under ``cfg.out_dir`` (``round{r}``), so
