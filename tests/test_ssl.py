@@ -665,3 +665,51 @@ def test_tuning_trains_only_the_layers_it_names(ssl_run, tiny_units):
         probe("fbank", ProbeConfig("sid", str(tiny_units.parent), tune="all"), show_progress=False)
     r = probe(hf, ProbeConfig("sid", str(tiny_units.parent), epochs=1, tune="top", tune_layers=1), show_progress=False)
     assert r["tune"] == "top1" and r["upstream_params_trained"] == counts["trainable"] and 0 <= r["test"] <= 100
+
+
+def test_snr_ball_by_hand():
+    """||x|| = 5 over the real samples: at 20 dB the radius is 0.5; a longer perturbation
+    is shrunk onto it, a shorter one kept, padding zeroed."""
+    import torch
+
+    from speechdistill.robust import project, radius, snr
+
+    x = torch.tensor([[3.0, 4.0, 0.0], [1.0, 0.0, 0.0]])
+    lens = torch.tensor([2, 3])
+    assert radius(x, lens, 20.0).tolist() == pytest.approx([0.5, 0.1])
+    d = project(torch.tensor([[1.0, 0.0, 9.0], [0.0, 0.05, 0.0]]), x, lens, 20.0)
+    assert d.tolist() == [[0.5, 0.0, 0.0], [0.0, pytest.approx(0.05), 0.0]]
+    assert snr(x, d, lens).tolist() == pytest.approx([20.0, 20 * math.log10(1 / 0.05)])
+
+
+def test_attacks_stay_inside_the_snr_bound_and_hurt_more_than_chance(ssl_run, tiny_units):
+    """Limited knowledge (the teacher's own gradients) and zero knowledge (made on a
+    student, transferred): every perturbation within the SNR bound; the attacked hidden
+    states move further than under random noise of the same norm; the filterbank offers
+    no gradient."""
+    import torch
+    from lhotse import CutSet
+
+    from speechdistill.data.batching import WaveDataset
+    from speechdistill.data.corpus import load_split
+    from speechdistill.probe import ProbeConfig
+    from speechdistill.robust import AttackConfig, attack, distortion, perturb, project
+    from speechdistill.teachers.upstream import load_upstream
+
+    out, corpus = ssl_run[0], str(tiny_units.parent)
+    teacher = load_upstream(out / "teacher" / "hf").eval().requires_grad_(False)
+    cuts = sorted(load_split(corpus, "dev"), key=lambda c: c.id)[:3]
+    _, wavs, lens = WaveDataset()[CutSet.from_cuts(cuts)]
+    cfg = AttackConfig(ProbeConfig("sid", corpus), "pgd", snr_db=20.0, steps=3)
+    delta = perturb(teacher, wavs, lens, cfg)
+    with torch.no_grad():
+        clean = teacher(wavs, lens)[0]
+        noise = project(torch.randn(wavs.shape) * 1e6, wavs, lens, 20.0)
+        assert distortion(teacher, wavs + delta, lens, clean) > distortion(teacher, wavs + noise, lens, clean)
+    pc = ProbeConfig("sid", corpus, epochs=1)
+    for method, surrogate in (("fgsm", ""), ("pgd", str(out / "distilhubert" / "student"))):
+        r = attack(out / "teacher" / "hf", AttackConfig(pc, method, 25.0, steps=2, surrogate=surrogate), False)
+        assert r["lowest_snr_db"] >= 25.0 - 1e-3 and 0 <= r["attacked"] <= 100
+        assert r["setting"] == ("zero-knowledge" if surrogate else "limited-knowledge")
+    with pytest.raises(ValueError, match="computed outside autograd"):
+        attack("fbank", AttackConfig(pc, "fgsm"), False)

@@ -240,6 +240,30 @@ def cmd_probe(args):
     )
 
 
+def cmd_attack(args):
+    from speechdistill.compare import probe_result_path
+    from speechdistill.probe import ProbeConfig
+    from speechdistill.robust import AttackConfig, attack
+
+    cfg = AttackConfig(
+        ProbeConfig(args.task, args.corpus, args.epochs, max_hours=args.max_hours),
+        args.method,
+        args.snr,
+        args.steps,
+        surrogate=str(args.surrogate or ""),
+    )
+    r = attack(args.upstream, cfg)
+    via = f"-via-{Path(args.surrogate).parent.name or Path(args.surrogate).name}" if args.surrogate else ""
+    path = probe_result_path(args.upstream, args.task).with_name(
+        f"{Path(args.upstream).name}.attack-{args.task}-{args.method}-snr{args.snr:g}{via}.json"
+    )
+    atomic_write_text(path, json.dumps(r, indent=1) + "\n")
+    console.print(
+        f"{args.upstream} {args.task} ({r['setting']}, {args.method}, SNR >= {args.snr:g} dB; lowest "
+        f"{r['lowest_snr_db']:.2f}): {r['metric']} clean {r['clean']:.2f} -> attacked {r['attacked']:.2f} -> {path}"
+    )
+
+
 def cmd_compare(args):
     from speechdistill.compare import compare, markdown, write_report
 
@@ -568,6 +592,21 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--tune", choices=TUNE_MODES, default="frozen", help="frozen (a probe), top K layers, or all")
     pr.add_argument("--tune-layers", type=POSITIVE, default=2, help="K for --tune top")
     pr.add_argument("--upstream-lr", type=POSITIVE_FLOAT, default=1e-4, help="the tuned upstream's peak rate")
+    example = (
+        "  speechdistill attack --upstream exp/ssl/teacher/hf --task sid --method pgd --snr 30\n"
+        "  speechdistill attack --upstream exp/ssl/distilhubert/student --task sid --surrogate exp/ssl/teacher/hf\n"
+        "Trains the probe on clean speech, then scores it on test audio perturbed within the SNR bound."
+    )
+    at = top.add("attack", cmd_attack, "FGSM / PGD on the waveform: how much a probe's score drops", example)
+    at.add_argument("--upstream", type=Path, required=True, help="the upstream attacked")
+    at.add_argument("--task", choices=("pr", "sid", "accent", "rate"), required=True)
+    at.add_argument("--method", choices=("fgsm", "pgd"), default="pgd")
+    at.add_argument("--snr", type=float, default=30.0, help="the perturbation's SNR bound (dB)")
+    at.add_argument("--steps", type=POSITIVE, default=10, help="PGD steps")
+    at.add_argument("--surrogate", type=Path, default=None, help="zero knowledge: attack this one and transfer")
+    at.add_argument("--corpus", default="data/small")
+    at.add_argument("--epochs", type=POSITIVE, default=20, help="the clean probe's epochs")
+    at.add_argument("--max-hours", type=NONNEG_FLOAT, default=1.0, help="the clean probe's training audio")
     example = "  speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student --out exp/ssl"
     cp = top.add("compare", cmd_compare, "teacher vs students: size, speed, probes", example)
     cp.add_argument("teacher", type=Path)

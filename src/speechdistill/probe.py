@@ -362,6 +362,18 @@ def probe(
 ) -> dict:
     """Train the probe head (and the tuned part of the upstream); returns (and writes to
     ``out``/probe-{task}.json) the scores."""
+    result, _ = train_probe(upstream_path, cfg, cache, show_progress)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / f"probe-{cfg.task}.json", json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def train_probe(
+    upstream_path: str | Path, cfg: ProbeConfig, cache: bool = True, show_progress: bool = True
+) -> tuple[dict, ProbeTask]:
+    """The probe's scores, and the task with its trained head at the best dev epoch."""
     start = time.time()
     optim = OptimConfig(
         lr=cfg.lr,
@@ -404,8 +416,4 @@ def probe(
         "history": st["history"],
         "config": asdict(cfg),
     }
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / f"probe-{cfg.task}.json", json.dumps(result, indent=1) + "\n")
-    return result
+    return result, task

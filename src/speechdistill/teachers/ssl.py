@@ -92,6 +92,8 @@ class AcousticModelUpstream(nn.Module):
     """A speechdistill acoustic model (its InferenceModel): fbank of each waveform, normalised, then the
     encoder; index 0 is the subsampled input of block 1."""
 
+    differentiable = False  # in the waveform: the filterbank is computed outside autograd
+
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -112,6 +114,7 @@ class FbankUpstream(nn.Module):
     same reference (FBANK): a probe on it says what the features alone give."""
 
     num_layers, dim, frame_shift = 0, 80, 0.01
+    differentiable = False  # in the waveform: the filterbank is computed outside autograd
 
     def __init__(self):
         super().__init__()
