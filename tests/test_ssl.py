@@ -713,3 +713,48 @@ def test_attacks_stay_inside_the_snr_bound_and_hurt_more_than_chance(ssl_run, ti
         assert r["setting"] == ("zero-knowledge" if surrogate else "limited-knowledge")
     with pytest.raises(ValueError, match="computed outside autograd"):
         attack("fbank", AttackConfig(pc, "fgsm"), False)
+
+
+def test_black_box_distillation_keeps_its_query_budget(ssl_run, tiny_units, tmp_path):
+    """queries.budget: only that share of the clips is chosen (random, or k-center on MFCC
+    statistics), each asked once; the teacher refuses more, and hides its weights."""
+    import numpy as np
+    import torch
+
+    from speechdistill.data.batching import WaveData, load_wave_cuts
+    from speechdistill.distill.queries import BlackBoxTeacher, QueryConfig, k_center, select_clips
+    from speechdistill.distill.ssl_distill import DistillConfig, distill
+
+    assert k_center(np.array([[0.0], [1.0], [2.0], [10.0]]), 3, first=0) == [0, 3, 2]
+    out, corpus = ssl_run[0], str(tiny_units.parent)
+    data = WaveData(corpus=corpus, max_duration=30.0)
+    cuts = load_wave_cuts(data)
+    for how in ("random", "diverse"):
+        chosen = select_clips(cuts, QueryConfig(0.25, how))
+        assert len(chosen) == round(0.25 * len(cuts)) and set(chosen.ids) <= set(cuts.ids)
+        assert list(select_clips(cuts, QueryConfig(0.25, how)).ids) == list(chosen.ids)  # seeded
+    fit = StudentConfig(kind="fithubert", num_layers=4, d_model=16, ff_dim=32, conv_dim=8, num_heads=2)
+    cfg = DistillConfig(
+        teacher=str(out / "teacher" / "hf"),
+        out_dir=str(tmp_path / "bb"),
+        data=data,
+        optim=_optim(lr=1e-3, max_epochs=2, warmup_steps=2),
+        progress=False,
+        student=fit,
+        queries=QueryConfig(budget=0.25, select="diverse"),
+    )
+    s = distill(cfg)
+    n = round(0.25 * len(cuts))
+    assert s["utterances"] == n and s["queries"] == {
+        "budget": 0.25,
+        "select": "diverse",
+        "clips": n,
+        "asked_this_run": n,
+    }
+    assert s["teacher_params"] is None and s["epoch"] == 2  # two epochs, one question per clip
+    with pytest.raises(ValueError, match="black box"):
+        distill(dataclasses.replace(cfg, out_dir=str(tmp_path / "dh"), student=StudentConfig(kind="distilhubert")))
+    box = BlackBoxTeacher(load_teacher(out / "teacher" / "hf"), budget=2)
+    box(torch.zeros(2, 4000), torch.tensor([4000, 3000]))
+    with pytest.raises(ValueError, match="query budget exhausted: 2 of 2 clips asked, 1 more wanted"):
+        box(torch.zeros(1, 4000), torch.tensor([4000]))

@@ -219,7 +219,7 @@ class WaveData:
 
     corpus: str = "data/small"
     split: str = "train"
-    max_hours: float = 0.0  # 0: the whole split; else its first utterances up to this many hours
+    max_hours: float = 0.0  # 0: the whole split; else utterances drawn across its voices up to this many hours
     max_duration: float = 60.0  # seconds of audio per batch
 
     def __post_init__(self):

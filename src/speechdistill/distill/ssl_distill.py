@@ -24,6 +24,7 @@ from torch import nn
 from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from speechdistill.config import to_dict
 from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
+from speechdistill.distill.queries import BlackBoxTeacher, QueryConfig, select_clips
 from speechdistill.distill.soft_labels import StaleCacheError
 from speechdistill.distill.ssl_losses import align_frames, attention_map_loss, distilhubert_loss, hint_loss
 from speechdistill.engine import Engine, EngineConfig, OptimConfig
@@ -48,9 +49,12 @@ class DistillConfig(EngineConfig):
     attention_weight: float = 0.0  # TinyBERT attention-map term (equal frame rates only)
     cache_teacher: bool = True  # fp16 teacher layers on disk, computed once; else online
     init: str = ""  # a student checkpoint of the same kind and shape to start from (e.g. a supernet's stage 1)
+    queries: QueryConfig = field(default_factory=QueryConfig)  # budget > 0: a black-box teacher (queries.py)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.queries.budget and not self.cache_teacher:
+            raise ValueError("queries.budget asks each chosen clip once: it needs cache_teacher=true")
         if self.attention_weight > 0 and self.student.kind != "distilhubert":
             raise ValueError("attention_weight needs equal frame rates: use it with student.kind=distilhubert")
 
@@ -96,7 +100,7 @@ def cache_teacher(
         desc="teacher cache",
         enable=show_progress,
     ):
-        device = next(teacher.parameters()).device
+        device = teacher.device
         states, flens = teacher(wavs.to(device), lens.to(device))
         for i, u in enumerate(ids):
             for layer in layers:
@@ -159,6 +163,8 @@ class DistillTask(WaveTask):
     def __init__(self, cfg: DistillConfig, engine: Engine, cuts):
         self.cfg, self.engine, self.cuts = cfg, engine, cuts
         self.teacher = load_teacher(cfg.teacher)
+        if cfg.queries.budget:  # seen through its answers on the chosen clips only
+            self.teacher = BlackBoxTeacher(self.teacher, len(cuts))
         torch.manual_seed(cfg.seed)
         self.model = build_student(cfg.student, self.teacher)
         if cfg.init:
@@ -214,7 +220,7 @@ def distill(cfg: DistillConfig) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     engine = Engine(cfg)
-    cuts = load_wave_cuts(cfg.data)
+    cuts = select_clips(load_wave_cuts(cfg.data), cfg.queries)
     task = DistillTask(cfg, engine, cuts)
     if cfg.cache_teacher and cfg.attention_weight == 0:
         with engine.fabric.rank_zero_first():  # rank 0 builds the cache; the others read it
@@ -235,8 +241,10 @@ def distill(cfg: DistillConfig) -> dict:
         "student_params": sum(
             p.numel() for n, p in student.named_parameters() if not n.startswith(("heads", "hidden_proj"))
         ),
-        "teacher_params": sum(p.numel() for p in task.teacher.parameters()),
+        "teacher_params": sum(p.numel() for p in task.teacher.parameters()) or None,
         "teacher_cached": task.cache is not None,
+        "queries": {"budget": cfg.queries.budget, "select": cfg.queries.select, "clips": len(cuts)}
+        | ({"asked_this_run": task.teacher.queries} if cfg.queries.budget else {}),
     } | state
     if engine.is_main:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")

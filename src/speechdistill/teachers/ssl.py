@@ -144,6 +144,10 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters(), torch.empty(0)).device
+
     @torch.no_grad()
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor, **kw):
         return self.upstream(wavs, lens, **kw)
