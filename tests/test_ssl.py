@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -758,3 +759,56 @@ def test_black_box_distillation_keeps_its_query_budget(ssl_run, tiny_units, tmp_
     box(torch.zeros(2, 4000), torch.tensor([4000, 3000]))
     with pytest.raises(ValueError, match="query budget exhausted: 2 of 2 clips asked, 1 more wanted"):
         box(torch.zeros(1, 4000), torch.tensor([4000]))
+
+
+def test_pbert_and_ctc_clustering_targets(tiny_units, tmp_path):
+    """PBERT: the aligned phone at each 20 ms frame's centre, as many frames as the MFCC
+    labels; CTC-clustering: k-means on a 40 ms acoustic model's layer, each of its frames
+    serving two 20 ms frames; pre-training runs on both."""
+    from speechdistill.data.audio import load_cut_audio
+    from speechdistill.data.batching import WaveData, load_wave_cuts
+    from speechdistill.data.features import mfcc_with_deltas
+    from speechdistill.teachers.pretrain import (
+        ALIGNED_PHONES,
+        PretrainConfig,
+        alignment_labels,
+        kmeans_labels,
+        label_frames,
+        pretrain,
+    )
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from speechdistill.train import train
+    from test_train import tiny_config
+
+    corpus = tiny_units.parent
+    cuts = load_wave_cuts(WaveData(corpus=str(corpus), max_hours=0.005))
+    labels = alignment_labels(cuts, corpus, "synth")
+    for c in cuts:
+        audio = load_cut_audio(c)
+        assert len(labels[c.id]) == label_frames(len(audio)) == len(mfcc_with_deltas(audio)[::2])
+        for a in c.supervisions[0].alignment["phone"]:
+            k = int(a.start / 0.02 + 0.5)  # the first frame whose centre is inside the phone
+            if (k + 0.5) * 0.02 < a.start + a.duration and k < len(labels[c.id]):
+                assert ALIGNED_PHONES[labels[c.id][k]] == a.symbol
+    with pytest.raises(ValueError, match="clusters must hold the 40 phones"):
+        PretrainConfig(labels_alignment="own", clusters=20)
+
+    train(tiny_config(corpus, tmp_path / "ctc", max_steps=2))  # a small CTC model (40 ms frames)
+    ctc = PretrainConfig(clusters=4, labels_from=str(tmp_path / "ctc" / "best"), labels_layer=2, kmeans_frames=500)
+    km = kmeans_labels(cuts, ctc, show_progress=False)
+    assert {u: len(v) for u, v in km.items()} == {u: len(v) for u, v in labels.items()}
+    data = WaveData(corpus=str(corpus), max_hours=0.005, max_duration=30.0)
+    for name, extra in (("pbert", {"labels_alignment": "synth", "clusters": 40}), ("ctc", {"clusters": 4})):
+        extra |= {"labels_from": ctc.labels_from, "labels_layer": 2, "kmeans_frames": 500} if name == "ctc" else {}
+        s = pretrain(
+            PretrainConfig(
+                out_dir=str(tmp_path / f"pre-{name}"),
+                data=data,
+                optim=_optim(max_epochs=1, warmup_steps=1),
+                progress=False,
+                **(TINY_TEACHER | extra),
+            )
+        )
+        assert s["epoch"] == 1 and (tmp_path / f"pre-{name}" / "hf" / "config.json").exists()
+    assert (tmp_path / "pre-pbert" / "labels-alignment-synth.npz").exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,14 +38,16 @@ from torch import nn
 from transformers import HubertConfig, HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
+from speechdistill.align.store import with_alignment
 from speechdistill.checkpoint import save_hf_dir
 from speechdistill.config import to_dict
-from speechdistill.data.audio import load_cut_audio
+from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
 from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
 from speechdistill.data.features import mfcc_with_deltas
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.progress import progress
-from speechdistill.teachers.ssl import HFUpstream
+from speechdistill.teachers.upstream import load_upstream
+from speechdistill.units.phones import ARPABET, SIL
 from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,13 @@ class PretrainConfig(EngineConfig):
     mask_length: int = 5
     final_dim: int = 64
     logit_temperature: float = 0.1
-    labels_from: str = ""  # a HF model directory: k-means on its layer `labels_layer` (HuBERT iteration 2)
+    # an upstream (HF directory, SSL student, acoustic model): k-means on its layer
+    # `labels_layer` (HuBERT iteration 2; a small CTC model: CTC-clustering)
+    labels_from: str = ""
     labels_layer: int = 6
+    # PBERT: the targets are the phones of this named alignment of the corpus (e.g. own),
+    # not clusters; `clusters` must hold the phone set
+    labels_alignment: str = ""
     ils_layers: list[int] = field(default_factory=list)  # ILS-SSL: the loss also on these layers (1-based)
     mix_prob: float = 0.0  # WavLM's utterance mixing: this share of utterances gets part of another added
 
@@ -97,6 +105,12 @@ class PretrainConfig(EngineConfig):
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0 <= self.mix_prob <= 1:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
+        if self.labels_alignment and self.labels_from:
+            raise ValueError("labels_alignment (PBERT) and labels_from (clustering a model's layer) exclude each other")
+        if self.labels_alignment and self.clusters < len(ALIGNED_PHONES):
+            raise ValueError(
+                f"labels_alignment: clusters must hold the {len(ALIGNED_PHONES)} phones, not {self.clusters}"
+            )
         bad = [k for k in self.ils_layers if not 1 <= k < self.num_layers]
         if bad:
             raise ValueError(f"ils_layers {bad} must be intermediate layers, 1..{self.num_layers - 1}")
@@ -110,7 +124,7 @@ def label_features(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dic
             c.id: mfcc_with_deltas(load_cut_audio(c))[::2]
             for c in progress(cuts, total=len(cuts), desc="MFCC", enable=show_progress)
         }
-    model = HFUpstream.from_dir(cfg.labels_from).eval()
+    model = load_upstream(cfg.labels_from).eval()
     if not 0 <= cfg.labels_layer <= model.num_layers:
         raise DataError(f"labels_layer={cfg.labels_layer}: {cfg.labels_from} has hidden states 0..{model.num_layers}")
     feats = {}
@@ -118,8 +132,44 @@ def label_features(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dic
         for c in progress(cuts, total=len(cuts), desc=f"layer {cfg.labels_layer}", enable=show_progress):
             wav = torch.from_numpy(load_cut_audio(c))[None]
             states, _ = model(wav, torch.tensor([wav.shape[1]]))
-            feats[c.id] = states[cfg.labels_layer][0].float().numpy()
+            x = states[cfg.labels_layer][0].float().numpy()
+            if not math.isclose(model.frame_shift, FRAME_20MS):  # e.g. a 40 ms CTC model: one frame per
+                at = (np.arange(label_frames(wav.shape[1])) * FRAME_20MS / model.frame_shift).astype(np.int64)
+                x = x[np.minimum(at, len(x) - 1)]  # two of the teacher's 20 ms frames
+            feats[c.id] = x
     return feats
+
+
+FRAME_20MS = 0.02
+ALIGNED_PHONES = (SIL, *ARPABET)
+
+
+def label_frames(num_samples: int) -> int:
+    """20 ms label frames of an utterance: every second 10 ms MFCC frame (snip_edges=False)."""
+    return ((num_samples + 80) // 160 + 1) // 2
+
+
+def alignment_labels(cuts, corpus, name: str) -> dict[str, np.ndarray]:
+    """PBERT's targets: the phone (index in SIL + ARPAbet) at the centre of every 20 ms
+    frame, from the named alignment; silence where an utterance has none (failed)."""
+    cuts = with_alignment(cuts, corpus, name, "train")
+    index = {p: i for i, p in enumerate(ALIGNED_PHONES)}
+    out, missing = {}, 0
+    for c in cuts:
+        n = label_frames(round(c.duration * SAMPLE_RATE))
+        lab = np.full(n, index[SIL], dtype=np.int64)
+        phones = (c.supervisions[0].alignment or {}).get("phone") or []
+        missing += not phones
+        centres = (np.arange(n) + 0.5) * FRAME_20MS
+        for a in phones:
+            sym = a.symbol.rstrip("012")
+            if sym not in index:
+                raise DataError(f"utterance {c.id}: alignment {name} has the phone {a.symbol!r}, not ARPAbet or SIL")
+            lab[(centres >= a.start) & (centres < a.start + a.duration)] = index[sym]
+        out[c.id] = lab
+    if missing:
+        log.warning("PBERT: %d utterances have no %s alignment; their targets are silence", missing, name)
+    return out
 
 
 def kmeans_labels(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dict[str, np.ndarray]:
@@ -316,11 +366,16 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.labels_from:  # the source is in the name, so that a run on other labels never reads these
         source = hashlib.sha256(str(Path(cfg.labels_from).resolve()).encode()).hexdigest()[:8]
         labels_path = out / f"labels-{source}-layer{cfg.labels_layer}.npz"
+    if cfg.labels_alignment:
+        labels_path = out / f"labels-alignment-{cfg.labels_alignment}.npz"
     with engine.fabric.rank_zero_first():  # rank 0 clusters and writes; the others read
         if labels_path.exists():
             task.labels = dict(np.load(labels_path))
         else:
-            task.labels = kmeans_labels(cuts, cfg, cfg.progress)
+            if cfg.labels_alignment:
+                task.labels = alignment_labels(cuts, cfg.data.corpus, cfg.labels_alignment)
+            else:
+                task.labels = kmeans_labels(cuts, cfg, cfg.progress)
             tmp = labels_path.with_suffix(".tmp.npz")
             np.savez(tmp, **task.labels)
             tmp.replace(labels_path)
