@@ -812,3 +812,44 @@ def test_pbert_and_ctc_clustering_targets(tiny_units, tmp_path):
         )
         assert s["epoch"] == 1 and (tmp_path / f"pre-{name}" / "hf" / "config.json").exists()
     assert (tmp_path / "pre-pbert" / "labels-alignment-synth.npz").exists()
+
+
+def test_chapter_adapters_start_as_identity_and_train_alone(ssl_run, tiny_units):
+    """Adapters after every transformer layer and (chapter) every CNN layer: the adapted
+    upstream's states equal the original's at the start; after a step only adapters moved;
+    the hidden states the probe reads are the adapted ones; they train under 5% of the
+    parameters here and chapter adds the CNN's."""
+    from speechdistill.probe import ProbeConfig, ProbeHead, TunedProbe, probe
+    from speechdistill.teachers.upstream import load_upstream
+    from speechdistill.tune import add_adapters
+
+    hf = ssl_run[0] / "teacher" / "hf"
+    wavs, lens = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 11000])
+    with torch.no_grad():
+        before, _ = load_upstream(hf).eval()(wavs, lens)
+    shares = {}
+    for cnn in (False, True):
+        up = load_upstream(hf).eval()
+        total = sum(p.numel() for p in up.parameters())
+        adapters = add_adapters(up, cnn=cnn)
+        assert len(adapters["layers"]) == up.num_layers and len(adapters["cnn"]) == (7 if cnn else 0)
+        with torch.no_grad():
+            same, _ = up(wavs, lens)
+        for a, b in zip(before, same, strict=True):
+            torch.testing.assert_close(a, b)
+        frozen = {n: p.detach().clone() for n, p in up.named_parameters() if not n.startswith("adapters.")}
+        model = TunedProbe(up, ProbeHead("sid", up.num_layers + 1, up.dim, 3))
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        y, _ = model(wavs, lens)
+        torch.nn.functional.cross_entropy(y, torch.tensor([0, 2])).backward()
+        opt.step()
+        assert all(torch.equal(p, frozen[n]) for n, p in up.named_parameters() if n in frozen)
+        with torch.no_grad():
+            after, _ = up(wavs, lens)
+        assert not torch.allclose(after[-1], before[-1])  # the hidden states carry the adapters
+        shares[cnn] = sum(p.numel() for p in adapters.parameters()) / total
+    assert shares[True] > shares[False] and shares[True] < 0.05 * 4  # tiny teacher: 4 narrow layers
+    r = probe(hf, ProbeConfig("sid", str(tiny_units.parent), epochs=1, tune="chapter"), show_progress=False)
+    assert r["tune"] == "chapter" and 0 < r["upstream_params_trained"] < r["upstream_params"]
+    with pytest.raises(ValueError, match="no transformer layers"):
+        probe("fbank", ProbeConfig("sid", str(tiny_units.parent), tune="adapters"), show_progress=False)

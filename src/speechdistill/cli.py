@@ -589,7 +589,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--rate", type=NONNEG_FLOAT, default=0.0, help="seqcomp students: frame rate, x 20 ms (0: its default)"
     )
-    pr.add_argument("--tune", choices=TUNE_MODES, default="frozen", help="frozen (a probe), top K layers, or all")
+    pr.add_argument(
+        "--tune",
+        choices=TUNE_MODES,
+        default="frozen",
+        help="frozen (a probe), top K layers, all, adapters (transformer), chapter (CNN + transformer adapters)",
+    )
     pr.add_argument("--tune-layers", type=POSITIVE, default=2, help="K for --tune top")
     pr.add_argument("--upstream-lr", type=POSITIVE_FLOAT, default=1e-4, help="the tuned upstream's peak rate")
     example = (

@@ -24,7 +24,9 @@ mean rate, on the same test utterances.
 
 ``tune``: ``frozen`` (the probe: the upstream's hidden states are computed once per
 utterance and kept in memory as fp16), ``top`` (its top ``tune_layers`` layers train
-too, at ``upstream_lr``) or ``all`` (every upstream parameter trains).
+too, at ``upstream_lr``), ``all`` (every upstream parameter trains), ``adapters``
+(bottleneck adapters after its transformer layers, the rest frozen) or ``chapter``
+(adapters after its CNN layers too); tune.py.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from speechdistill.decode import error_rates, greedy_decode
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.teachers.ssl import FrozenTeacher
 from speechdistill.teachers.upstream import load_upstream
-from speechdistill.tune import TUNE_MODES, set_trainable
+from speechdistill.tune import TUNE_MODES, add_adapters, set_trainable
 from speechdistill.units.inventory import Units
 from speechdistill.utils import DataError, atomic_write_bytes, atomic_write_text
 
@@ -305,9 +307,12 @@ class ProbeTask(Task):
 
     def param_groups(self) -> list[dict]:
         groups = [{"params": list(self.head.parameters())}]
-        if self.tuned:
-            tuned = [p for p in self.model.upstream.parameters() if p.requires_grad]
-            groups.append({"params": tuned, "lr": self.cfg.upstream_lr})
+        if self.tuned:  # adapters are new, like the head, and take its rate; tuned upstream weights their own
+            named = [(n, p) for n, p in self.model.upstream.named_parameters() if p.requires_grad]
+            adapters = [p for n, p in named if n.startswith("adapters.")]
+            tuned = [p for n, p in named if not n.startswith("adapters.")]
+            groups += [{"params": adapters}] if adapters else []
+            groups += [{"params": tuned, "lr": self.cfg.upstream_lr}] if tuned else []
         return groups
 
     def batches(self, epoch: int, skip: int):
@@ -392,6 +397,9 @@ def train_probe(
             raise DataError(f"{upstream_path} runs at one frame rate; --rate is for seqcomp students")
         upstream.rate = cfg.rate
     counts = set_trainable(upstream, cfg.tune, cfg.tune_layers)
+    if cfg.tune in ("adapters", "chapter"):
+        adapters = add_adapters(upstream, cnn=cfg.tune == "chapter")
+        counts["trainable"] = sum(p.numel() for p in adapters.parameters())
     if cfg.tune == "frozen":
         upstream = FrozenTeacher(upstream)
     parts, num_classes, target = probe_splits(cfg)
