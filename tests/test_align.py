@@ -431,3 +431,28 @@ def test_aligner_started_from_given_timings(tiny_units, tmp_path):
     cfg = from_dict(AlignerConfig, data | {"out_dir": str(tmp_path / "bare")})
     with pytest.raises(ValueError, match="init_from='synth': no training utterance has that alignment"):
         train_aligner(bare, cfg, show_progress=False)
+
+
+def test_gmm_frames_at_5_ms(tiny_units, tmp_path):
+    """frame_shift_ms=5: MFCCs at twice the rate (deltas over the same +-20 ms), the GMM
+    aligner trains and places boundaries on a 5 ms grid; a network round refuses it."""
+    from speechdistill.align.own import AlignerConfig, train_aligner
+    from speechdistill.config import apply_override, from_dict, to_dict
+    from speechdistill.data.audio import load_cut_audio
+    from speechdistill.data.corpus import load_split
+    from speechdistill.data.features import mfcc_with_deltas
+
+    cuts = load_split(tiny_units.parent, "train")
+    audio = load_cut_audio(next(iter(cuts)))
+    n10, n5 = len(mfcc_with_deltas(audio)), len(mfcc_with_deltas(audio, 5.0))
+    assert n10 == (len(audio) + 80) // 160 and n5 == (len(audio) + 40) // 80
+    data = to_dict(AlignerConfig(out_dir=str(tmp_path / "a5"), progress=False))
+    for o in [*TINY_ALIGNER, "gmm_iterations=3", "frame_shift_ms=5"]:
+        apply_override(data, o)
+    aligner = train_aligner(cuts, from_dict(AlignerConfig, data), show_progress=False)
+    dev = sorted(load_split(tiny_units.parent, "dev"), key=lambda c: c.id)[:3]
+    starts = [a.start for ali in aligner.align(dev).values() for a in ali["phone"]]
+    assert all(abs(s * 200 - round(s * 200)) < 1e-6 for s in starts)  # on the 5 ms grid
+    assert any(abs(s * 100 - round(s * 100)) > 1e-6 for s in starts)  # and not all on 10 ms
+    with pytest.raises(ValueError, match="frame_shift_ms applies to the GMMs alone"):
+        AlignerConfig(rounds=1, frame_shift_ms=5)
