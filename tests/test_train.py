@@ -4,6 +4,7 @@ evaluation, export, and checkpoint faults."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -290,3 +291,45 @@ def test_learned_loss_weights_start_at_the_hand_weights_and_stay_positive(tiny_u
     assert any(abs(last[f"w_{n}"] - first[f"w_{n}"]) > 1e-4 for n in names)
     model, _ = load_inference_model(tmp_path / "best")
     assert not any("loss_log_vars" in n for n, _ in model.named_parameters())
+
+
+def test_oracle_teacher_reads_the_labels_and_its_student_does_not(tiny_units, tmp_path):
+    """model.oracle=labels: the main output changes when the target sequence does; the
+    null control (same parameters) and an ordinary model do not take it; a student
+    trained with teacher.path logs the KD term, whose value is T^2 KL by hand."""
+    from speechdistill.students.model import AcousticModel, ModelConfig, load_acoustic_model
+    from speechdistill.train import teacher_kd
+
+    base = tiny_config(tiny_units.parent, tmp_path / "t", max_steps=3)
+    oracle = from_dict(TrainConfig, to_dict(base) | {"model": to_dict(base.model) | {"oracle": "labels"}})
+    train(oracle)
+    teacher, _ = load_acoustic_model(tmp_path / "t" / "best")
+    feats, lens = torch.randn(2, 120, 80), torch.tensor([120, 100])
+    a, b = torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([[7, 6, 5], [9, 8, 0]])
+    tl = torch.tensor([3, 2])
+    with torch.no_grad():
+        assert not torch.allclose(teacher(feats, lens, a, tl).main, teacher(feats, lens, b, tl).main)
+        with pytest.raises(ValueError, match="needs the target sequence"):
+            teacher(feats, lens)
+        null = AcousticModel(ModelConfig(**(vars(teacher.cfg) | {"oracle": "null"})), teacher.vocab).eval()
+        torch.testing.assert_close(null(feats, lens, a, tl).main, null(feats, lens, b, tl).main)
+        assert null.num_params() == teacher.num_params()  # the control has the same size
+    # the student: no oracle block, distilled from the teacher's frames
+    student = from_dict(
+        TrainConfig, to_dict(base) | {"out_dir": str(tmp_path / "s"), "teacher": {"path": str(tmp_path / "t" / "best")}}
+    )
+    train(student)
+    rows = [line.split(",") for line in (tmp_path / "s" / "log.csv").read_text().splitlines()[1:]]
+    assert any(r[1] == "teacher_kd" and float(r[2]) > 0 for r in rows)
+    s, _ = load_acoustic_model(tmp_path / "s" / "best")
+    assert not hasattr(s, "oracle")
+    # T^2 KL(p || q) by hand on one frame: p = (0.5, 0.5), q = (0.25, 0.75), T = 1
+    p, q = torch.tensor([[[0.5, 0.5]]]).log(), torch.tensor([[[0.25, 0.75]]]).log()
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert float(teacher_kd(q, p, torch.tensor([1]), 1.0)) == pytest.approx(expected, rel=1e-5)
+    mismatch = from_dict(
+        TrainConfig,
+        to_dict(student) | {"out_dir": str(tmp_path / "m"), "model": to_dict(base.model) | {"main_unit": "phone"}},
+    )
+    with pytest.raises(ValueError, match="predicts subword .* this model phone"):
+        train(mismatch)

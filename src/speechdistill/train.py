@@ -32,7 +32,7 @@ from speechdistill.distill.soft_labels import SoftLabelCache
 from speechdistill.distill.taps import TAP_LOSSES
 from speechdistill.engine import Engine, EngineConfig, Task
 from speechdistill.evaluate import decode_cuts
-from speechdistill.students.model import AcousticModel, ModelConfig, hand_weights
+from speechdistill.students.model import AcousticModel, ModelConfig, hand_weights, load_acoustic_model
 from speechdistill.units.inventory import Units
 from speechdistill.utils import DataError, atomic_write_text
 
@@ -104,6 +104,21 @@ class InterpConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """Frame-level distillation of the main output from a trained acoustic model's (e.g. an
+    oracle teacher's, ``model.oracle: labels``): weight * T^2 KL(teacher || student) over
+    the frames, both softened by ``temperature``. Same main unit and frame rate required."""
+
+    path: str = ""  # an acoustic-model checkpoint prefix ("": none)
+    weight: float = 0.5
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.weight < 0 or self.temperature <= 0:
+            raise ValueError("teacher.weight must be >= 0 and teacher.temperature > 0")
+
+
+@dataclass
 class TrainConfig(EngineConfig):
     name: str = "baseline"
     out_dir: str = "exp/baseline"
@@ -112,6 +127,7 @@ class TrainConfig(EngineConfig):
     specaug: SpecAugConfig = field(default_factory=SpecAugConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     interp: InterpConfig = field(default_factory=InterpConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def __post_init__(self):
         super().__post_init__()
@@ -171,7 +187,19 @@ def interp_ce(log_probs, lens, targets, target_lens, soft) -> torch.Tensor:
     return torch.cat(terms).mean()
 
 
-def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict[str, float], dict]:
+def teacher_kd(student: torch.Tensor, teacher: torch.Tensor, lens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(t / T) || softmax(s / T)) averaged over the real frames; ``student``
+    and ``teacher`` (N, T', V) log-probs, ``lens`` (N,)."""
+    mask = torch.arange(student.shape[1], device=lens.device)[None, :] < lens[:, None]
+    p = (teacher.float() / temperature).log_softmax(-1)
+    q = (student.float() / temperature).log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    return temperature**2 * kl[mask].mean()
+
+
+def compute_loss(
+    model, batch: Batch, cfg: TrainConfig, step: int = 0, teacher=None
+) -> tuple[torch.Tensor, dict[str, float], dict]:
     """Total loss, every named term (floats, for the logs), and info (skipped utterances).
 
     L = (1 - w_interp) (1 - sum w_ctc_taps) CTC_main + w_interp CE_interp + sum_taps w_tap L_tap
@@ -186,9 +214,10 @@ def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[
     of s_i it is 1 / (2 L_i). The log shows each weight (``w_main``, ``w_{tap}``) and
     their normalised shares, which sum to 1.
     """
-    out = model(batch.feats, batch.feat_lens)
     mcfg = cfg.model
     targets, target_lens = batch.targets[mcfg.main_unit]
+    answer = (targets, target_lens)  # what an oracle reads
+    out = model(batch.feats, batch.feat_lens, *answer) if mcfg.oracle else model(batch.feats, batch.feat_lens)
     main, ok = ctc_loss(out.main, out.lens, targets, target_lens)
     log_vars = model.loss_log_vars if mcfg.loss_weighting == "uncertainty" else None
 
@@ -215,6 +244,16 @@ def compute_loss(model, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[
         w = torch.exp(-log_vars.detach().float())
         for name, wi, share in zip(["main", *(t.name for t in mcfg.taps)], w, w / w.sum(), strict=True):
             terms[f"w_{name}"], terms[f"share_{name}"] = float(wi), float(share)
+    if teacher is not None:
+        with torch.no_grad():
+            t = (
+                teacher(batch.feats, batch.feat_lens, *answer)
+                if teacher.cfg.oracle
+                else teacher(batch.feats, batch.feat_lens)
+            )
+        kd = teacher_kd(out.main, t.main, out.lens, cfg.teacher.temperature)
+        total = total + cfg.teacher.weight * kd
+        terms["teacher_kd"] = float(kd.detach())
     terms["total"] = float(total.detach())
     skipped = [i for i, good in zip(batch.ids, ok.tolist(), strict=True) if not good]
     return total, terms, {"skipped": skipped}
@@ -246,6 +285,7 @@ class AsrTask(Task):
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = AcousticModel(cfg.model, self.vocab)
         self.train_cuts, self.dev_cuts = self._load_cuts()
+        self.teacher = self._load_teacher(engine)
         self._set_feature_stats()
         self.skipped = 0
         sub = self.model.encoder.subsampling
@@ -274,6 +314,27 @@ class AsrTask(Task):
         )
         # dev: clean speech, no soft labels (they exist for training utterances only)
         self.dev_dataset = dataset()
+
+    def _load_teacher(self, engine: Engine):
+        """The frozen teacher of ``teacher.path`` (its main output must match this model's)."""
+        if not self.cfg.teacher.path:
+            return None
+        teacher, meta = load_acoustic_model(self.cfg.teacher.path)
+        if (teacher.cfg.main_unit, teacher.main.out_features) != (
+            self.cfg.model.main_unit,
+            self.model.main.out_features,
+        ):
+            raise DataError(
+                f"teacher {self.cfg.teacher.path} predicts {teacher.cfg.main_unit} ({teacher.main.out_features} "
+                f"classes), this model {self.cfg.model.main_unit} ({self.model.main.out_features}): train them on "
+                "the same units"
+            )
+        if teacher.encoder.cfg.frame_shift != self.model.encoder.cfg.frame_shift:
+            raise DataError(
+                f"teacher {self.cfg.teacher.path} has {teacher.encoder.cfg.frame_shift * 1000:g} ms frames, this "
+                f"model {self.model.encoder.cfg.frame_shift * 1000:g} ms: frame-level distillation needs the same rate"
+            )
+        return teacher.requires_grad_(False).to(engine.fabric.device)
 
     def param_groups(self) -> list[dict]:
         """Learned loss weights without weight decay: decay would pull every weight to 1."""
@@ -359,7 +420,7 @@ class AsrTask(Task):
         batch = batch.to(self.engine.fabric.device)
         if self.cfg.specaug.enabled:
             batch.feats = spec_augment(batch.feats, batch.feat_lens, self.cfg.specaug, self.engine.state.step)
-        loss, terms, info = compute_loss(model, batch, self.cfg, self.engine.state.step)
+        loss, terms, info = compute_loss(model, batch, self.cfg, self.engine.state.step, self.teacher)
         self.skipped += len(info["skipped"])
         for utt in info["skipped"]:
             log.debug("skipped %s: transcript too long for its frames (CTC)", utt)
@@ -375,7 +436,8 @@ class AsrTask(Task):
         terms_sum: dict[str, float] = {}
         n = 0
         for batch in self._loader(self.dev_cuts, False, 0, dataset=self.dev_dataset):
-            _, terms, _ = compute_loss(model, batch.to(self.engine.fabric.device), self.cfg, self.engine.state.step)
+            batch = batch.to(self.engine.fabric.device)
+            _, terms, _ = compute_loss(model, batch, self.cfg, self.engine.state.step, self.teacher)
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v
             n += 1

@@ -30,6 +30,7 @@ from speechdistill.students.encoders import Encoder, EncoderConfig
 from speechdistill.units.types import UNIT_TYPES
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+ORACLES = ("", "labels", "null")
 
 
 @dataclass
@@ -64,8 +65,14 @@ class ModelConfig:
     input_dim: int = 80
     # fixed: the hand-set tap weights; uncertainty: learned (Kendall et al. 2018), started at them
     loss_weighting: str = "fixed"
+    # an oracle teacher: "labels" puts a cross-attention block between the encoder and the
+    # main output whose keys are the embedded target sequence; "null": the same block over
+    # one learned token instead (the control of the same size); "": none
+    oracle: str = ""
 
     def __post_init__(self):
+        if self.oracle not in ORACLES:
+            raise ValueError(f"model.oracle={self.oracle!r}; valid: {', '.join(repr(o) for o in ORACLES)}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"model.loss_weighting={self.loss_weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
         if not UNIT_TYPES[self.main_unit].ctc:
@@ -102,6 +109,39 @@ class ModelOutput:
     taps: dict[str, torch.Tensor]  # name -> (N, T', K): logits, or log-probs for taps whose loss wants them
 
 
+class OracleBlock(nn.Module):
+    """The oracle teacher's look at the answer (Yoon et al. 2021, "Oracle Teacher"): the
+    encoder's frames attend to the embedded target units (sinusoidal positions added),
+    residual and LayerNorm. With ``null`` they attend to one learned token instead: the
+    same parameters, no labels."""
+
+    def __init__(self, d: int, heads: int, vocab: int, null: bool):
+        super().__init__()
+        self.null = null
+        self.embed = nn.Embedding(vocab, d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None, target_lens: torch.Tensor | None):
+        n = x.shape[0]
+        if self.null:
+            keys = self.embed.weight[:1].expand(n, 1, -1)
+            pad = torch.zeros(n, 1, dtype=torch.bool, device=x.device)
+        else:
+            if targets is None or target_lens is None:
+                raise ValueError("an oracle teacher (model.oracle=labels) needs the target sequence in its forward")
+            U = max(1, targets.shape[1])
+            pos = torch.arange(U, device=x.device)[:, None] / torch.pow(
+                10000.0, torch.arange(0, x.shape[-1], 2, device=x.device) / x.shape[-1]
+            )
+            pe = torch.zeros(U, x.shape[-1], device=x.device)
+            pe[:, 0::2], pe[:, 1::2] = torch.sin(pos), torch.cos(pos)
+            keys = self.embed(targets[:, :U].clamp(min=0)) + pe
+            pad = torch.arange(U, device=x.device)[None, :] >= target_lens[:, None].clamp(min=1)
+        att, _ = self.attn(x, keys.to(x.dtype), keys.to(x.dtype), key_padding_mask=pad, need_weights=False)
+        return self.norm(x + att)
+
+
 class AcousticModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab: dict[str, int]):
         super().__init__()
@@ -117,17 +157,21 @@ class AcousticModel(nn.Module):
         self.taps = nn.ModuleDict(
             {t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, vocab))) for t in cfg.taps}
         )
+        if cfg.oracle:
+            self.oracle = OracleBlock(d, cfg.encoder.num_heads, num_classes(cfg.main_unit, vocab), cfg.oracle == "null")
         if cfg.loss_weighting == "uncertainty":
             # s_i = log sigma_i^2 of the main loss and each tap's, started at the hand weights
             # (w_i = exp(-s_i)); in the model, so that DDP averages its gradients like any other
             w = torch.tensor(hand_weights(cfg)).clamp(min=1e-3)
             self.loss_log_vars = nn.Parameter(-w.log())
 
-    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> ModelOutput:
-        """(N, T, F), (N,) -> ModelOutput with T' = subsampled frames."""
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, targets=None, target_lens=None) -> ModelOutput:
+        """(N, T, F), (N,) -> ModelOutput with T' = subsampled frames. An oracle teacher
+        also takes the main unit's (N, U) targets and (N,) lengths."""
         feats = (feats - self.feat_mean) / self.feat_std
         layers, lens = self.encoder.extract_features(feats, feat_lens)
-        main = self.main(layers[-1]).log_softmax(-1)
+        top = self.oracle(layers[-1], targets, target_lens) if self.cfg.oracle else layers[-1]
+        main = self.main(top).log_softmax(-1)
         taps = {}
         for t in self.cfg.taps:
             y = self.taps[t.name](layers[t.layer - 1])
@@ -135,6 +179,8 @@ class AcousticModel(nn.Module):
         return ModelOutput(main, lens, taps)
 
     def without_taps(self) -> InferenceModel:
+        if self.cfg.oracle:
+            return OracleInference(self).eval()
         return InferenceModel(self.encoder, self.main, self.feat_mean, self.feat_std)
 
     def num_params(self, with_taps: bool = True) -> int:
@@ -159,12 +205,33 @@ class InferenceModel(nn.Module):
         return self.main(x).log_softmax(-1), lens
 
 
-def load_inference_model(ckpt: str | Path) -> tuple[InferenceModel, dict]:
-    """The decodable model of an acoustic-model checkpoint, and the checkpoint's metadata
-    (``meta["config"]`` is the training config, ``meta["vocab"]`` the vocabulary sizes)."""
+class OracleInference(nn.Module):
+    """An oracle teacher without its taps: decoding needs the targets too
+    (``needs_targets``), since the teacher reads them."""
+
+    needs_targets = True
+
+    def __init__(self, model: AcousticModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats, feat_lens, targets=None, target_lens=None):
+        out = self.model(feats, feat_lens, targets, target_lens)
+        return out.main, out.lens
+
+
+def load_acoustic_model(ckpt: str | Path) -> tuple[AcousticModel, dict]:
+    """An acoustic-model checkpoint's whole model (taps and oracle block included) and its metadata."""
     tensors, meta = load_checkpoint(ckpt)
     if meta.get("kind") != "acoustic-model":
         raise CheckpointError(f"{ckpt} is not an acoustic-model checkpoint (kind={meta.get('kind')!r})")
     model = AcousticModel(from_dict(ModelConfig, meta["config"]["model"], prefix="model."), meta["vocab"])
     load_model_state(model, tensors, "model.", ckpt)
+    return model.eval(), meta
+
+
+def load_inference_model(ckpt: str | Path) -> tuple[InferenceModel, dict]:
+    """The decodable model of an acoustic-model checkpoint, and the checkpoint's metadata
+    (``meta["config"]`` is the training config, ``meta["vocab"]`` the vocabulary sizes)."""
+    model, meta = load_acoustic_model(ckpt)
     return model.without_taps().eval(), meta
