@@ -30,7 +30,7 @@ from speechdistill.students.encoders import Encoder, EncoderConfig
 from speechdistill.units.types import UNIT_TYPES
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
-ORACLES = ("", "labels", "null")
+ORACLES = ("", "labels", "blind")
 
 
 @dataclass
@@ -66,7 +66,7 @@ class ModelConfig:
     # fixed: the hand-set tap weights; uncertainty: learned (Kendall et al. 2018), started at them
     loss_weighting: str = "fixed"
     # an oracle teacher: "labels" puts a cross-attention block between the encoder and the
-    # main output whose keys are the embedded target sequence; "null": the same block over
+    # main output whose keys are the embedded target sequence; "blind": the same block over
     # one learned token instead (the control of the same size); "": none
     oracle: str = ""
 
@@ -112,7 +112,7 @@ class ModelOutput:
 class OracleBlock(nn.Module):
     """The oracle teacher's look at the answer (Yoon et al. 2021, "Oracle Teacher"): the
     encoder's frames attend to the embedded target units (sinusoidal positions added),
-    residual and LayerNorm. With ``null`` they attend to one learned token instead: the
+    residual and LayerNorm. With ``blind`` they attend to one learned token instead: the
     same parameters, no labels."""
 
     def __init__(self, d: int, heads: int, vocab: int, null: bool):
@@ -158,7 +158,7 @@ class AcousticModel(nn.Module):
             {t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, vocab))) for t in cfg.taps}
         )
         if cfg.oracle:
-            self.oracle = OracleBlock(d, cfg.encoder.num_heads, num_classes(cfg.main_unit, vocab), cfg.oracle == "null")
+            self.oracle = OracleBlock(d, cfg.encoder.num_heads, num_classes(cfg.main_unit, vocab), cfg.oracle == "blind")
         if cfg.loss_weighting == "uncertainty":
             # s_i = log sigma_i^2 of the main loss and each tap's, started at the hand weights
             # (w_i = exp(-s_i)); in the model, so that DDP averages its gradients like any other
