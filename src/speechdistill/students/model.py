@@ -115,16 +115,16 @@ class OracleBlock(nn.Module):
     residual and LayerNorm. With ``blind`` they attend to one learned token instead: the
     same parameters, no labels."""
 
-    def __init__(self, d: int, heads: int, vocab: int, null: bool):
+    def __init__(self, d: int, heads: int, vocab: int, blind: bool):
         super().__init__()
-        self.null = null
+        self.blind = blind
         self.embed = nn.Embedding(vocab, d)
         self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None, target_lens: torch.Tensor | None):
         n = x.shape[0]
-        if self.null:
+        if self.blind:
             keys = self.embed.weight[:1].expand(n, 1, -1)
             pad = torch.zeros(n, 1, dtype=torch.bool, device=x.device)
         else:
@@ -158,7 +158,9 @@ class AcousticModel(nn.Module):
             {t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, vocab))) for t in cfg.taps}
         )
         if cfg.oracle:
-            self.oracle = OracleBlock(d, cfg.encoder.num_heads, num_classes(cfg.main_unit, vocab), cfg.oracle == "blind")
+            self.oracle = OracleBlock(
+                d, cfg.encoder.num_heads, num_classes(cfg.main_unit, vocab), cfg.oracle == "blind"
+            )
         if cfg.loss_weighting == "uncertainty":
             # s_i = log sigma_i^2 of the main loss and each tap's, started at the hand weights
             # (w_i = exp(-s_i)); in the model, so that DDP averages its gradients like any other
