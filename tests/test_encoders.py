@@ -132,6 +132,8 @@ def test_every_shipped_config_loads():
         "augment_ablation.yaml",
         "demo.yaml",
         "demo_controls.yaml",
+        "learned_weights.yaml",
+        "oracle.yaml",
         "recipe_sweep.yaml",
     }
     assert len(configs) - len(ablations) >= 6
