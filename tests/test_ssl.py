@@ -710,7 +710,7 @@ def test_attacks_stay_inside_the_snr_bound_and_hurt_more_than_chance(ssl_run, ti
     pc = ProbeConfig("sid", corpus, epochs=1)
     for method, surrogate in (("fgsm", ""), ("pgd", str(out / "distilhubert" / "student"))):
         r = attack(out / "teacher" / "hf", AttackConfig(pc, method, 25.0, steps=2, surrogate=surrogate), False)
-        assert r["lowest_snr_db"] >= 25.0 - 1e-3 and 0 <= r["attacked"] <= 100
+        assert 25.0 - 1e-3 <= r["lowest_snr_db"] <= 25.5 and 0 <= r["attacked"] <= 100  # the whole budget used
         assert r["setting"] == ("zero-knowledge" if surrogate else "limited-knowledge")
     with pytest.raises(ValueError, match="computed outside autograd"):
         attack("fbank", AttackConfig(pc, "fgsm"), False)

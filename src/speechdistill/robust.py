@@ -14,7 +14,9 @@ on clean speech (probe.py); the result is its test score on clean and on attacke
 The bound: each utterance's perturbation lies in an L2 ball whose radius gives the
 chosen SNR, ||delta|| <= ||x|| 10^(-snr/20), over its real samples (padding stays zero).
 FGSM here is its L2 form (the fast gradient method: one step of the full radius along
-the normalised gradient); PGD takes ``steps`` steps of ``step_frac`` of the radius from
+the normalised gradient) from a random start at a tenth of the radius (R+FGSM, Tramer et
+al. 2018: at the clean input the gradient of a distance to the clean states is zero, so
+a step from there moves nothing); PGD takes ``steps`` steps of ``step_frac`` of the radius from
 a random start, projecting back onto the ball after each. Written by hand: the attack
 libraries (torchattacks, ART) bound an L-infinity or L2 norm on images with a
 classifier's loss, not an SNR per variable-length utterance on a feature distortion.
@@ -98,11 +100,11 @@ def perturb(upstream, wavs: torch.Tensor, lens: torch.Tensor, cfg: AttackConfig)
             delta.detach() + size * grad / grad.norm(dim=1, keepdim=True).clamp(min=1e-12), wavs, lens, cfg.snr_db
         )
 
-    if cfg.method == "fgsm":
-        return step(torch.zeros_like(wavs), r)
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    start = torch.randn(wavs.shape, generator=g).to(wavs.device) * m
-    delta = project(start * 1e6, wavs, lens, cfg.snr_db) * torch.rand(len(wavs), 1, generator=g).to(wavs.device)
+    start = project(torch.randn(wavs.shape, generator=g).to(wavs.device) * m * 1e6, wavs, lens, cfg.snr_db)
+    if cfg.method == "fgsm":  # at delta = 0 the distortion's gradient is zero: start a little off it
+        return step(0.1 * start, r)
+    delta = start * torch.rand(len(wavs), 1, generator=g).to(wavs.device)
     for _ in range(cfg.steps):
         delta = step(delta, cfg.step_frac * r)
     return delta
