@@ -765,8 +765,12 @@ def test_pbert_and_ctc_clustering_targets(tiny_units, tmp_path):
     """PBERT: the aligned phone at each 20 ms frame's centre, as many frames as the MFCC
     labels; CTC-clustering: k-means on a 40 ms acoustic model's layer, each of its frames
     serving two 20 ms frames; pre-training runs on both."""
+    import shutil
+
+    from speechdistill.align.store import save_alignments
     from speechdistill.data.audio import load_cut_audio
     from speechdistill.data.batching import WaveData, load_wave_cuts
+    from speechdistill.data.corpus import load_split
     from speechdistill.data.features import mfcc_with_deltas
     from speechdistill.teachers.pretrain import (
         ALIGNED_PHONES,
@@ -793,6 +797,14 @@ def test_pbert_and_ctc_clustering_targets(tiny_units, tmp_path):
                 assert ALIGNED_PHONES[labels[c.id][k]] == a.symbol
     with pytest.raises(ValueError, match="clusters must hold the 40 phones"):
         PretrainConfig(labels_alignment="own", clusters=20)
+    # a named alignment of the whole split, read for a subset of it (pre-training's max_hours)
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("features", "lm", "soft_labels"))
+    full = {c.id: c.supervisions[0].alignment for c in load_split(copy, "train")}
+    save_alignments(copy, "copy", "train", full, {})
+    assert {u: v.tolist() for u, v in alignment_labels(cuts, copy, "copy").items()} == {
+        u: v.tolist() for u, v in labels.items()
+    }
 
     train(tiny_config(corpus, tmp_path / "ctc", max_steps=2))  # a small CTC model (40 ms frames)
     ctc = PretrainConfig(clusters=4, labels_from=str(tmp_path / "ctc" / "best"), labels_layer=2, kmeans_frames=500)

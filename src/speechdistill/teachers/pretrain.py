@@ -38,7 +38,7 @@ from torch import nn
 from transformers import HubertConfig, HubertModel
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
-from speechdistill.align.store import with_alignment
+from speechdistill.align.store import any_alignment
 from speechdistill.checkpoint import save_hf_dir
 from speechdistill.config import to_dict
 from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
@@ -152,13 +152,13 @@ def label_frames(num_samples: int) -> int:
 def alignment_labels(cuts, corpus, name: str) -> dict[str, np.ndarray]:
     """PBERT's targets: the phone (index in SIL + ARPAbet) at the centre of every 20 ms
     frame, from the named alignment; silence where an utterance has none (failed)."""
-    cuts = with_alignment(cuts, corpus, name, "train")
+    aligned, _ = any_alignment(corpus, name, "train")  # the whole split's; ``cuts`` may be a subset
     index = {p: i for i, p in enumerate(ALIGNED_PHONES)}
     out, missing = {}, 0
     for c in cuts:
         n = label_frames(round(c.duration * SAMPLE_RATE))
         lab = np.full(n, index[SIL], dtype=np.int64)
-        phones = (c.supervisions[0].alignment or {}).get("phone") or []
+        phones = (aligned.get(c.id) or {}).get("phone") or []
         missing += not phones
         centres = (np.arange(n) + 0.5) * FRAME_20MS
         for a in phones:
