@@ -297,8 +297,8 @@ def test_oracle_teacher_reads_the_labels_and_its_student_does_not(tiny_units, tm
     """model.oracle=labels: the main output changes when the target sequence does; the
     null control (same parameters) and an ordinary model do not take it; a student
     trained with teacher.path logs the KD term, whose value is T^2 KL by hand."""
+    from speechdistill.distill.losses import teacher_kd
     from speechdistill.students.model import AcousticModel, ModelConfig, load_acoustic_model
-    from speechdistill.train import teacher_kd
 
     base = tiny_config(tiny_units.parent, tmp_path / "t", max_steps=3)
     oracle = from_dict(TrainConfig, to_dict(base) | {"model": to_dict(base.model) | {"oracle": "labels"}})

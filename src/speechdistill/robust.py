@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from speechdistill.probe import ProbeConfig, _score, train_probe
+from speechdistill.probe import CLASSIFY, ProbeConfig, _score, train_probe
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.utils import DataError
 
@@ -132,7 +132,7 @@ def attack(upstream_path: str | Path, cfg: AttackConfig, show_progress: bool = T
         task.head, predict, task.parts["test"], task.target, cfg.probe.task, cfg.probe.max_duration, task.scale
     )
     lowest = float(torch.cat(snrs).min())
-    higher = cfg.probe.task in ("sid", "accent")
+    higher = cfg.probe.task in CLASSIFY
     return {
         "upstream": str(upstream_path),
         "setting": "zero-knowledge" if cfg.surrogate else "limited-knowledge",

@@ -27,7 +27,7 @@ from speechdistill.data.batching import AsrDataset, Batch, make_sampler
 from speechdistill.data.corpus import load_split
 from speechdistill.data.features import FbankExtractor, feature_stats, load_cuts_with_features
 from speechdistill.data.layout import CorpusDir, SoftLabelSpec
-from speechdistill.distill.losses import ctc_loss, ctc_viterbi
+from speechdistill.distill.losses import ctc_loss, ctc_viterbi, teacher_kd
 from speechdistill.distill.soft_labels import SoftLabelCache
 from speechdistill.distill.taps import TAP_LOSSES
 from speechdistill.engine import Engine, EngineConfig, Task
@@ -185,16 +185,6 @@ def interp_ce(log_probs, lens, targets, target_lens, soft) -> torch.Tensor:
     if not terms:
         return log_probs.sum() * 0.0
     return torch.cat(terms).mean()
-
-
-def teacher_kd(student: torch.Tensor, teacher: torch.Tensor, lens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 KL(softmax(t / T) || softmax(s / T)) averaged over the real frames; ``student``
-    and ``teacher`` (N, T', V) log-probs, ``lens`` (N,)."""
-    mask = torch.arange(student.shape[1], device=lens.device)[None, :] < lens[:, None]
-    p = (teacher.float() / temperature).log_softmax(-1)
-    q = (student.float() / temperature).log_softmax(-1)
-    kl = (p.exp() * (p - q)).sum(-1)
-    return temperature**2 * kl[mask].mean()
 
 
 def compute_loss(

@@ -83,6 +83,16 @@ def kd_kl(
     return temperature**2 * kl[mask].mean()
 
 
+def teacher_kd(student: torch.Tensor, teacher: torch.Tensor, lens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(t / T) || softmax(s / T)) averaged over the real frames; ``student``
+    and ``teacher`` (N, T', V) log-probs, ``lens`` (N,)."""
+    mask = torch.arange(student.shape[1], device=lens.device)[None, :] < lens[:, None]
+    p = (teacher.float() / temperature).log_softmax(-1)
+    q = (student.float() / temperature).log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    return temperature**2 * kl[mask].mean()
+
+
 def interpolated_target(
     hard: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, num_classes: int, weight: float
 ) -> torch.Tensor:
