@@ -32,7 +32,7 @@ from lhotse.supervision import AlignmentItem
 from speechdistill.align.score import edit_pairs
 from speechdistill.align.store import MANIFEST, any_alignment, load_alignments, save_alignments
 from speechdistill.data.layout import CorpusDir
-from speechdistill.units.phones import SIL, VOWELS
+from speechdistill.units.phones import SIL, VOWELS, strip_stress
 from speechdistill.utils import DataError, atomic_write_text
 
 # broad phone classes: where an aligner's boundary bias differs (ARPABET, without stress)
@@ -48,7 +48,7 @@ MIN_PHONE = 0.005  # seconds: no boundary moves so far that a phone is shorter t
 
 
 def phone_class(symbol: str) -> str:
-    return CLASSES.get(symbol.rstrip("012"), "other")
+    return CLASSES.get(strip_stress(symbol), "other")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from praatio import textgrid
 
 from speechdistill.data.alignment import _tile, align_words
 from speechdistill.units.lexicon import Lexicon
-from speechdistill.units.phones import ARPABET, SIL
+from speechdistill.units.phones import ARPABET, SIL, strip_stress
 from speechdistill.utils import DataError, atomic_write_text
 
 SILENCES = {"", "SIL", "SP", "SPN", "<SIL>", "NSN"}
@@ -33,7 +33,7 @@ TOLERANCE = 0.05  # seconds a segment may run past the audio (frame rounding) be
 def normalize_phone(symbol: str) -> str:
     """Another aligner's phone label -> ARPAbet-39 or SIL; an unknown one is kept as it is."""
     s = re.sub(r"_[BEIS]$", "", symbol.strip().upper())
-    s = s.rstrip("012")
+    s = strip_stress(s)
     return SIL if s in SILENCES else s
 
 

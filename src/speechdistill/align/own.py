@@ -47,11 +47,11 @@ from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.progress import progress
 from speechdistill.students.encoders import Encoder, EncoderConfig
 from speechdistill.units.lexicon import Lexicon, UnpronounceableWordError
-from speechdistill.units.phones import ARPABET, SIL
+from speechdistill.units.phones import SIL, SIL_ARPABET, strip_stress
 from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
-PHONES = (SIL, *ARPABET)
+PHONES = SIL_ARPABET
 
 
 @dataclass
@@ -229,7 +229,7 @@ class Aligner:
         S, shift = self.cfg.states_per_phone, self.cfg.frame_shift_ms / 1000
         labels = np.full(num_frames, self.index[SIL] * S, dtype=np.int64)
         for a in (cut.supervisions[0].alignment or {}).get("phone") or []:
-            sym = a.symbol.rstrip("012")
+            sym = strip_stress(a.symbol)
             if sym not in self.index:
                 raise AlignmentError(f"its given alignment has the phone {a.symbol!r}, which is not ARPABET or SIL")
             f0, f1 = round(a.start / shift), min(round((a.start + a.duration) / shift), num_frames)

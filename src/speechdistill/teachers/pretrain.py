@@ -47,7 +47,7 @@ from speechdistill.data.features import mfcc_with_deltas
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.progress import progress
 from speechdistill.teachers.upstream import load_upstream
-from speechdistill.units.phones import ARPABET, SIL
+from speechdistill.units.phones import SIL, SIL_ARPABET, strip_stress
 from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def label_features(cuts, cfg: PretrainConfig, show_progress: bool = True) -> dic
 
 
 FRAME_20MS = 0.02
-ALIGNED_PHONES = (SIL, *ARPABET)
+ALIGNED_PHONES = SIL_ARPABET
 
 
 def label_frames(num_samples: int) -> int:
@@ -162,7 +162,7 @@ def alignment_labels(cuts, corpus, name: str) -> dict[str, np.ndarray]:
         missing += not phones
         centres = (np.arange(n) + 0.5) * FRAME_20MS
         for a in phones:
-            sym = a.symbol.rstrip("012")
+            sym = strip_stress(a.symbol)
             if sym not in index:
                 raise DataError(f"utterance {c.id}: alignment {name} has the phone {a.symbol!r}, not ARPAbet or SIL")
             lab[(centres >= a.start) & (centres < a.start + a.duration)] = index[sym]

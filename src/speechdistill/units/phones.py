@@ -22,6 +22,7 @@ ARPABET: tuple[str, ...] = tuple(
 """.split()
 )
 SIL = "SIL"
+SIL_ARPABET = (SIL, *ARPABET)  # what an alignment's phones are, after normalisation
 MERGE = "MERGE"
 VOWELS = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())
 
