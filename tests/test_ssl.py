@@ -714,6 +714,8 @@ def test_attacks_stay_inside_the_snr_bound_and_hurt_more_than_chance(ssl_run, ti
         assert r["setting"] == ("zero-knowledge" if surrogate else "limited-knowledge")
     with pytest.raises(ValueError, match="computed outside autograd"):
         attack("fbank", AttackConfig(pc, "fgsm"), False)
+    with pytest.raises(ValueError, match="attack task 'asr'; valid: pr, sid, accent, rate"):
+        AttackConfig(ProbeConfig("asr", corpus))
 
 
 def test_black_box_distillation_keeps_its_query_budget(ssl_run, tiny_units, tmp_path):

@@ -28,6 +28,7 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from speechdistill.data.layout import SPLITS
+from speechdistill.downstream import ATTACKABLE, TASKS
 from speechdistill.tune import TUNE_MODES
 from speechdistill.units.types import UNIT_TYPES
 from speechdistill.utils import UsageError, atomic_write_text
@@ -580,7 +581,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr = top.add("probe", cmd_probe, "SUPERB-style probe of an upstream (frozen or tuned)", example)
     pr.add_argument("--upstream", type=Path, required=True, help="HF dir, SSL student, acoustic model; `fbank`")
-    pr.add_argument("--task", choices=("pr", "asr", "sid", "accent", "rate"), required=True)
+    pr.add_argument("--task", choices=TASKS, required=True)
     pr.add_argument("--corpus", default="data/small")
     pr.add_argument("--epochs", type=POSITIVE, default=20)
     pr.add_argument("--lr", type=POSITIVE_FLOAT, default=5e-3)
@@ -604,7 +605,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     at = top.add("attack", cmd_attack, "FGSM / PGD on the waveform: how much a probe's score drops", example)
     at.add_argument("--upstream", type=Path, required=True, help="the upstream attacked")
-    at.add_argument("--task", choices=("pr", "sid", "accent", "rate"), required=True)
+    at.add_argument("--task", choices=ATTACKABLE, required=True)
     at.add_argument("--method", choices=("fgsm", "pgd"), default="pgd")
     at.add_argument("--snr", type=float, default=30.0, help="the perturbation's SNR bound (dB)")
     at.add_argument("--steps", type=POSITIVE, default=10, help="PGD steps")

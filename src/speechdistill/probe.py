@@ -49,7 +49,9 @@ from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, m
 from speechdistill.data.corpus import load_split
 from speechdistill.data.layout import CorpusDir
 from speechdistill.decode import error_rates, greedy_decode
+from speechdistill.downstream import CLASSIFY, METRICS, POOLED, TASKS
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
+from speechdistill.students.encoders import padding_mask
 from speechdistill.teachers.ssl import FrozenTeacher
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.tune import TUNE_MODES, add_adapters, set_trainable
@@ -58,10 +60,6 @@ from speechdistill.utils import DataError, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-TASKS = ("pr", "asr", "sid", "accent", "rate")
-CLASSIFY = ("sid", "accent")  # pooled, scored by accuracy
-POOLED = (*CLASSIFY, "rate")
-METRICS = {"pr": "per", "asr": "wer", "sid": "accuracy", "accent": "accuracy", "rate": "mae"}
 CHARS = " '" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # ids 1.., blank 0
 
 
@@ -123,7 +121,7 @@ class ProbeHead(nn.Module):
             packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
             x = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]
         if self.task in POOLED:
-            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]).to(x.dtype)
+            mask = (~padding_mask(lens, x.shape[1])).to(x.dtype)
             x = (x * mask[..., None]).sum(1) / lens[:, None].clamp(min=1)
         return self.out(x)
 

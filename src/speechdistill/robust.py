@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from speechdistill.probe import CLASSIFY, ProbeConfig, _score, train_probe
+from speechdistill.downstream import ATTACKABLE, CLASSIFY
+from speechdistill.probe import ProbeConfig, _score, train_probe
+from speechdistill.students.encoders import padding_mask
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.utils import DataError
 
@@ -48,6 +50,8 @@ class AttackConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.probe.task not in ATTACKABLE:
+            raise ValueError(f"attack task {self.probe.task!r}; valid: {', '.join(ATTACKABLE)}")
         if self.method not in METHODS:
             raise ValueError(f"attack method {self.method!r}; valid: {', '.join(METHODS)}")
         if self.steps < 1 or not 0 < self.step_frac <= 1:
@@ -55,7 +59,7 @@ class AttackConfig:
 
 
 def sample_mask(wavs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    return (torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lens[:, None]).to(wavs.dtype)
+    return (~padding_mask(lens, wavs.shape[1])).to(wavs.dtype)
 
 
 def radius(wavs: torch.Tensor, lens: torch.Tensor, snr_db: float) -> torch.Tensor:
@@ -79,7 +83,7 @@ def snr(wavs: torch.Tensor, delta: torch.Tensor, lens: torch.Tensor) -> torch.Te
 def distortion(upstream, wavs: torch.Tensor, lens: torch.Tensor, clean: list[torch.Tensor]) -> torch.Tensor:
     """Mean squared distance of the hidden states of ``wavs`` to ``clean``, over states and real frames."""
     states, flens = upstream(wavs, lens)
-    m = (torch.arange(states[0].shape[1], device=wavs.device)[None, :] < flens[:, None]).to(states[0].dtype)
+    m = (~padding_mask(flens, states[0].shape[1])).to(states[0].dtype)
     per = [(((s - c) ** 2).mean(-1) * m).sum() / m.sum() for s, c in zip(states, clean, strict=True)]
     return torch.stack(per).mean()
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from speechdistill.students.encoders import padding_mask
+
 IGNORE = -100
 
 
@@ -26,7 +28,7 @@ def ctc_feasible(input_lens: torch.Tensor, targets: torch.Tensor, target_lens: t
     """(N,) bool: CTC can align the target: T >= U + number of adjacent repeats
     (each repeat needs a blank between). Infeasible utterances give inf loss."""
     U = targets.shape[1]
-    valid = torch.arange(U, device=targets.device)[None, :] < target_lens[:, None]
+    valid = ~padding_mask(target_lens, U)
     repeats = ((targets[:, 1:] == targets[:, :-1]) & valid[:, 1:]).sum(1) if U > 1 else 0
     return input_lens >= target_lens + repeats
 
@@ -86,7 +88,7 @@ def kd_kl(
 def teacher_kd(student: torch.Tensor, teacher: torch.Tensor, lens: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 KL(softmax(t / T) || softmax(s / T)) averaged over the real frames; ``student``
     and ``teacher`` (N, T', V) log-probs, ``lens`` (N,)."""
-    mask = torch.arange(student.shape[1], device=lens.device)[None, :] < lens[:, None]
+    mask = ~padding_mask(lens, student.shape[1])
     p = (teacher.float() / temperature).log_softmax(-1)
     q = (student.float() / temperature).log_softmax(-1)
     kl = (p.exp() * (p - q)).sum(-1)

@@ -26,7 +26,7 @@ from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_mode
 from speechdistill.config import from_dict
 from speechdistill.data.layout import SoftLabelSpec
 from speechdistill.distill.taps import TAP_LOSSES
-from speechdistill.students.encoders import Encoder, EncoderConfig
+from speechdistill.students.encoders import Encoder, EncoderConfig, padding_mask
 from speechdistill.units.types import UNIT_TYPES
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
@@ -137,7 +137,7 @@ class OracleBlock(nn.Module):
             pe = torch.zeros(U, x.shape[-1], device=x.device)
             pe[:, 0::2], pe[:, 1::2] = torch.sin(pos), torch.cos(pos)
             keys = self.embed(targets[:, :U].clamp(min=0)) + pe
-            pad = torch.arange(U, device=x.device)[None, :] >= target_lens[:, None].clamp(min=1)
+            pad = padding_mask(target_lens.clamp(min=1), U)
         att, _ = self.attn(x, keys.to(x.dtype), keys.to(x.dtype), key_padding_mask=pad, need_weights=False)
         return self.norm(x + att)
 

@@ -31,7 +31,7 @@ from torch import nn
 from transformers import HubertConfig
 from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
 
-from speechdistill.students.encoders import sinusoidal
+from speechdistill.students.encoders import padding_mask, sinusoidal
 from speechdistill.students.ssl import STUDENTS, DistilHuBERTStudent, FitHuBERTStudent, StudentConfig
 from speechdistill.utils import DataError
 
@@ -183,7 +183,7 @@ class SupernetStudent(nn.Module):
         x = self.reduce(x[:, :, : x.shape[2] // r * r]).transpose(1, 2)
         lens = torch.div(self.cnn_lengths(lens), r, rounding_mode="floor")
         d = s.d_model
-        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lens[:, None]
+        pad = padding_mask(lens, x.shape[1])
         x = F.linear(x, self.proj.weight[:d], self.proj.bias[:d])
         x = x + sinusoidal(x.shape[1], self.cfg.pos_dim or self.cfg.d_model, x.device)[:, :d]
         x = x.masked_fill(pad[..., None], 0.0)

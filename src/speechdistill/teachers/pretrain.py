@@ -46,6 +46,8 @@ from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, m
 from speechdistill.data.features import mfcc_with_deltas
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.progress import progress
+from speechdistill.students.encoders import padding_mask
+from speechdistill.teachers.ssl import wave_mask
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.units.phones import SIL, SIL_ARPABET, strip_stress
 from speechdistill.utils import DataError, atomic_write_text
@@ -262,14 +264,14 @@ class HuBERTPretrainModel(nn.Module):
         HF's ``_compute_mask_indices`` (numpy's global RNG)."""
         frame_lens = self.hubert._get_feat_extract_output_lengths(lens).long()
         T = self.num_frames(wavs.shape[1])
-        real = torch.arange(T, device=wavs.device)[None, :] < frame_lens[:, None]
+        real = ~padding_mask(frame_lens, T)
         mask = torch.from_numpy(
             _compute_mask_indices(
                 (wavs.shape[0], T), self.cfg.mask_prob, self.cfg.mask_length, attention_mask=real.cpu(), min_masks=2
             )
         ).to(wavs.device)
         mask &= real
-        att = (torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lens[:, None]).long()
+        att = wave_mask(lens, wavs.shape[1])
         out = self.hubert(
             wavs, attention_mask=att, mask_time_indices=mask, output_hidden_states=bool(self.cfg.ils_layers)
         )
