@@ -7,7 +7,9 @@
 Needs the three unit LMs and their soft-label caches (see configs/asr/hier.yaml).
 Prints the median step time of `baseline`, of `hier` with cached soft labels,
 and of `hier` with the LMs run online (soft labels computed for each batch),
-and the ratios to the baseline. The configs alternate on the same batches so
+and the ratios to the baseline; then how much of the baseline's and the cached
+`hier`'s step is building the batch (reading the soft-label caches) and how much
+the rest (forward, backward, optimizer). The configs alternate on the same batches so
 that machine noise hits both alike.
 
 With ``--ssl-teacher`` (a HF HuBERT directory, e.g. the one `make demo-ssl`
@@ -52,11 +54,13 @@ def main() -> None:
     lms = {t.unit: load_lm(CorpusDir(args.corpus).lm(t.unit))[0] for t in kd_taps}
     cuts = sorted(base[1].train_cuts, key=lambda c: c.id)
     times = {"baseline": [], "hier_cached": [], "hier_online_lm": []}
+    batch_times = {"baseline": [], "hier_cached": []}  # the part of each step spent building the batch
     for i in range(args.steps):
         chunk = CutSet.from_cuts(cuts[i * args.batch_utterances : (i + 1) * args.batch_utterances])
         for name, (engine, task) in (("baseline", base), ("hier_cached", hier)):
             t0 = time.perf_counter()
             batch = task.dataset[chunk]
+            batch_times[name].append(time.perf_counter() - t0)
             engine.forward_backward(batch)
             engine.optimizer_step()
             times[name].append(time.perf_counter() - t0)
@@ -75,6 +79,9 @@ def main() -> None:
     med = {k: statistics.median(v[3:]) for k, v in times.items()}  # first steps warm up
     for k, v in med.items():
         print(f"{k:16s} median step {v * 1000:7.1f} ms   ratio to baseline {v / med['baseline']:.3f}")
+    for k, v in batch_times.items():
+        built = statistics.median(v[3:])
+        print(f"{k:16s} of which building the batch {built * 1000:6.1f} ms, the rest {(med[k] - built) * 1000:7.1f} ms")
 
 
 def ssl_steps(args) -> None:
