@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from speechdistill.ablate import ablate
+from speechdistill.parallel import run_jobs
 from speechdistill.report import markdown, summarize
 
 
@@ -105,6 +106,43 @@ def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):
     with pytest.raises(ValueError, match="report='x/y' must be a plain file name"):
         control.write_text(yaml.safe_dump(yaml.safe_load(spec.read_text()) | {"report": "x/y"}))
         ablate(control, seeds=1)
+
+
+def test_runs_side_by_side_give_the_same_results_as_one_after_another(tiny_units, tmp_path):
+    """jobs=2 (spawned processes) against jobs=1, both at one thread: the same numbers, in
+    variant x seed order; only the wall time may differ."""
+    base = tmp_path / "base.yaml"
+    model = {"encoder": {"preset": None, "num_blocks": 1, "d_model": 32, "num_heads": 2, "ff_dim": 64}}
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"corpus": str(tiny_units.parent), "max_duration": 30.0},
+                "model": model,
+                "optim": {"max_steps": 2, "warmup_steps": 1},
+            }
+        )
+    )
+    spec = tmp_path / "ablation.yaml"
+    variants = {"baseline": [], "phone_tap": ["model.taps=[{layer: 1, unit: phone, kind: ctc}]"]}
+    spec.write_text(yaml.safe_dump({"base": str(base), "variants": variants}))
+    one = ablate(spec, seeds=1, out_dir=tmp_path / "one", jobs=1, threads=1)
+    two = ablate(spec, seeds=1, out_dir=tmp_path / "two", jobs=2, threads=1)
+    assert [(r["variant"], r["seed"]) for r in two] == [("baseline", 0), ("phone_tap", 0)]
+    drop = ("train_seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in two] == [
+        {k: v for k, v in r.items() if k not in drop} for r in one
+    ]
+    assert (tmp_path / "two" / "phone_tap" / "seed0" / "best.safetensors").read_bytes() == (
+        tmp_path / "one" / "phone_tap" / "seed0" / "best.safetensors"
+    ).read_bytes()
+
+
+def test_run_jobs_raises_a_jobs_failure_and_refuses_bad_counts():
+    assert run_jobs(divmod, [(7, 2), (9, 4)], jobs=2) == [(3, 1), (2, 1)]
+    with pytest.raises(ZeroDivisionError):
+        run_jobs(divmod, [(1, 1), (1, 0)], jobs=2)
+    with pytest.raises(ValueError, match="jobs=0 must be at least 1"):
+        run_jobs(divmod, [(1, 1)], jobs=0)
 
 
 def test_shipped_ablation_variants_all_build_configs():

@@ -22,6 +22,10 @@ Each run trains into ``{out_dir}/{variant}/seed{n}`` and is scored on dev and
 test (greedy decoding). A run whose ``result.json`` exists is not run again,
 so an interrupted ablation resumes. Results: ``{report}.md``, ``.csv`` and
 ``.png`` in ``out_dir`` (mean +- std over seeds, change relative to the baseline).
+Runs may go ``jobs`` at a time, each in its own process with ``threads`` torch threads
+(``--jobs 2 --threads 1``; speechdistill/parallel.py says why that pays on a small CPU). A
+run's result depends on its thread count, never on ``jobs``: the demo fixes one thread
+per run, so its table is the same on every machine.
 Two ablation files may share an ``out_dir`` (and so reuse each other's runs, e.g. a
 control reusing the demo's baseline) as long as their ``report`` names differ.
 """
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from speechdistill.config import ConfigError, apply_override, from_dict, load_config, merge, read_yaml, to_dict
 from speechdistill.evaluate import evaluate
+from speechdistill.parallel import run_jobs
 from speechdistill.report import write_report
 from speechdistill.train import TrainConfig, train
 from speechdistill.utils import atomic_write_text
@@ -93,6 +98,7 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
+    log.info("ablation: %s seed %d", variant, seed)
     summary = train(cfg, start="auto")
     result = {
         "variant": variant,
@@ -111,19 +117,26 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
     return result
 
 
-def ablate(path: str | Path, seeds: int = 3, extra: list[str] = (), out_dir: str | Path | None = None) -> list[dict]:
-    """Run (or resume) every variant with seeds 0..seeds-1; write the report (into
-    ``out_dir`` when given, else the ablation file's)."""
+def ablate(
+    path: str | Path,
+    seeds: int = 3,
+    extra: list[str] = (),
+    out_dir: str | Path | None = None,
+    jobs: int = 1,
+    threads: int = 0,
+) -> list[dict]:
+    """Run (or resume) every variant with seeds 0..seeds-1, ``jobs`` runs at a time with
+    ``threads`` torch threads each (0: torch's default); write the report (into ``out_dir``
+    when given, else the ablation file's)."""
     abl = load_ablation(path)
     if out_dir is not None:
         abl.out_dir = str(out_dir)
     for variant in abl.variants:  # check every config before any work starts
         run_config(abl, variant, 0, extra)
-    results = []
-    for variant in abl.variants:
-        for seed in range(seeds):
-            log.info("ablation: %s seed %d", variant, seed)
-            results.append(run_one(abl, variant, seed, extra))
+    runs = [(variant, seed) for variant in abl.variants for seed in range(seeds)]
+    log.info("ablation: %d runs, %d at a time, %s threads each", len(runs), jobs, threads or "torch's default")
+    extra = [*extra, "progress=false"] if jobs > 1 else extra  # one terminal cannot show several bars
+    results = run_jobs(run_one, [(abl, variant, seed, extra) for variant, seed in runs], jobs, threads)
     write_report(results, Path(abl.out_dir), abl.baseline, abl.report)
     return results
 

@@ -175,7 +175,7 @@ def cmd_ablate(args):
     # when stdout is not a terminal (a log file, `make demo > log`).
     from speechdistill.ablate import ablate, report_path
 
-    ablate(args.ablation, args.seeds, args.overrides)
+    ablate(args.ablation, args.seeds, args.overrides, jobs=args.jobs, threads=args.threads)
     print(report_path(args.ablation).read_text())
 
 
@@ -185,7 +185,7 @@ def cmd_demo(args):
     if args.ssl:
         print(run_ssl_demo(args.corpus or "data/small"))
     else:
-        print(run_demo(args.corpus, args.quick, args.seeds).read_text())
+        print(run_demo(args.corpus, args.quick, args.seeds, args.jobs).read_text())
 
 
 def cmd_pretrain(args):
@@ -552,6 +552,8 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("ablation", type=Path, help="ablation YAML (base config + variants)")
     ab.add_argument("overrides", nargs="*", help="key=value applied to every run")
     ab.add_argument("--seeds", type=POSITIVE, default=3)
+    ab.add_argument("--jobs", type=POSITIVE, default=1, help="runs side by side, each in its own process")
+    ab.add_argument("--threads", type=COUNT, default=0, help="torch threads per run (0: torch's default)")
     example = (
         "  speechdistill demo            # what `make demo` runs\n"
         "  speechdistill demo --quick    # a first look: the quick corpus, 1 seed, 2 epochs\n"
@@ -562,6 +564,9 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--corpus", type=Path, default=None, help="default: data/small (data/quick with --quick)")
     de.add_argument("--quick", action="store_true", help="the quick corpus, 1 seed, 2 epochs, LMs on part of the text")
     de.add_argument("--seeds", type=POSITIVE, default=None, help="seeds per method (default 2; 1 with --quick)")
+    de.add_argument(
+        "--jobs", type=POSITIVE, default=None, help="LMs and runs side by side, one thread each (default: one per CPU)"
+    )
     de.add_argument("--ssl", action="store_true", help="the SSL part instead (make demo-ssl)")
 
     example = (

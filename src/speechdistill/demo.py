@@ -26,6 +26,7 @@ from speechdistill.data.layout import CorpusDir, SoftLabelSpec
 from speechdistill.data.units import build_units
 from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
 from speechdistill.distill.ssl_distill import DistillConfig, distill
+from speechdistill.parallel import run_jobs, usable_cpus
 from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
@@ -53,6 +54,10 @@ class DemoPlan:
     alignment: str = "own"
     aligner: tuple[str, ...] = ()  # its options (align/own.py AlignerConfig), key=value
     overrides: tuple[str, ...] = ()
+    # torch threads of each LM and run, whatever the machine: a result depends on it (the
+    # order of float sums), so the table is the same on every machine; the LMs and runs go
+    # side by side, one per CPU (speechdistill/parallel.py)
+    threads: int = 1
 
 
 FULL = DemoPlan()
@@ -83,8 +88,9 @@ def _cache_usable(corpus: CorpusDir, spec: SoftLabelSpec) -> bool:
     return True
 
 
-def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small") -> None:
-    """Corpus, features, alignment, units, LMs and caches: whatever is missing."""
+def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small", jobs: int = 1) -> None:
+    """Corpus, features, alignment, units, LMs and caches: whatever is missing; the LMs
+    ``jobs`` at a time."""
     corpus = CorpusDir(corpus)
     build_corpus(preset, corpus.root)
     compute_features(corpus)
@@ -94,6 +100,7 @@ def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small") -> None:
     if not info.exists() or json.loads(info.read_text()).get("alignment", "") != plan.alignment:
         build_units(corpus, alignment=plan.alignment)
     units_digest = Units(corpus.units).digest()
+    todo = []
     for unit, sentences in plan.lm_sentences:
         meta_path = corpus.lm(unit).with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -101,20 +108,31 @@ def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small") -> None:
             log.info("%s LM was trained on other text or units than this demo plan; retraining", unit)
             meta_path.unlink()
         if not meta_path.exists():
-            meta = train_lm(corpus, unit, max_sentences=sentences)
-            log.info("%s LM: dev perplexity %.2f (%d s)", unit, meta["dev_perplexity"], meta["train_seconds"])
+            todo.append((str(corpus.root), unit, sentences, jobs == 1))
+    for unit, meta in zip((t[1] for t in todo), run_jobs(_train_lm, todo, jobs, plan.threads), strict=True):
+        log.info("%s LM: dev perplexity %.2f (%d s)", unit, meta["dev_perplexity"], meta["train_seconds"])
+    for unit, _ in plan.lm_sentences:
         spec = SoftLabelSpec(unit, *plan.soft_labels, alignment=plan.alignment)
         if not _cache_usable(corpus, spec):
             build_cache(corpus, spec)
 
 
-def run_demo(corpus: str | Path | None = None, quick: bool = False, seeds: int | None = None) -> Path:
+def _train_lm(corpus: str, unit: str, sentences: int, show_progress: bool) -> dict:
+    return train_lm(corpus, unit, max_sentences=sentences, show_progress=show_progress)
+
+
+def run_demo(
+    corpus: str | Path | None = None, quick: bool = False, seeds: int | None = None, jobs: int | None = None
+) -> Path:
     """Prepare everything, run the methods over seeds; returns the results table (Markdown).
-    ``corpus``: its directory (default: the plan's, data/small or data/quick)."""
+    ``corpus``: its directory (default: the plan's, data/small or data/quick); ``jobs``: LMs
+    and runs side by side (default: one per usable CPU), each with ``plan.threads`` threads."""
     plan = QUICK if quick else FULL
     corpus = corpus or plan.corpus
-    prepare(corpus, plan, plan.preset)
-    ablate(plan.ablation, seeds or plan.seeds, [f"data.corpus={corpus}", *plan.overrides], out_dir=plan.out_dir)
+    jobs = jobs or max(1, usable_cpus() // plan.threads)
+    prepare(corpus, plan, plan.preset, jobs)
+    extra = [f"data.corpus={corpus}", *plan.overrides]
+    ablate(plan.ablation, seeds or plan.seeds, extra, out_dir=plan.out_dir, jobs=jobs, threads=plan.threads)
     return Path(plan.out_dir) / "results.md"
 
 

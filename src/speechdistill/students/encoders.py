@@ -46,6 +46,9 @@ class EncoderConfig:
     conv_kernel: int = 15
     dropout: float = 0.1
     subsampling: int = 4  # 1, 2, 4 or 8: frame shift = 10 ms x subsampling
+    # channels of the subsampling's convolutions; their backward pass is most of its cost on a
+    # CPU (64: 157 ms, 32: 40 ms a demo step on one AVX2 core; docs/benchmarks.md)
+    subsampling_channels: int = 64
 
     def __post_init__(self):
         block = ENCODER_BLOCKS.check(self.kind)
@@ -62,7 +65,7 @@ class EncoderConfig:
                         "set preset: null to choose the sizes yourself"
                     )
                 setattr(self, name, value)
-        for name in ("num_blocks", "d_model", "num_heads", "ff_dim", "conv_kernel"):
+        for name in ("num_blocks", "d_model", "num_heads", "ff_dim", "conv_kernel", "subsampling_channels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.subsampling not in (1, 2, 4, 8):
@@ -256,7 +259,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, input_dim: int = 80):
         super().__init__()
         self.cfg = cfg
-        self.subsampling = ConvSubsampling(input_dim, cfg.d_model, cfg.subsampling)
+        self.subsampling = ConvSubsampling(input_dim, cfg.d_model, cfg.subsampling, cfg.subsampling_channels)
         self.blocks = nn.ModuleList(ENCODER_BLOCKS[cfg.kind](cfg) for _ in range(cfg.num_blocks))
         self.dropout = nn.Dropout(cfg.dropout)
 

@@ -1,0 +1,56 @@
+"""Independent jobs side by side: runs of an ablation, the demo's LMs.
+
+On a small CPU, one-thread processes side by side do more work than one process with
+every thread: torch's intra-op threads idle on the many small operations of a small
+model (two one-thread demo steps at once: 0.55 s each, against 0.40 s for one step on
+two threads, AMD EPYC AVX2; bench/parallel.py). A job's result depends on its thread
+count (the order of float sums), never on how many jobs run beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _worker(threads: int, level: int) -> None:
+    """A job's process: its thread count, and log lines that say whose they are."""
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(asctime)s %(processName)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_jobs(fn: Callable, calls: Sequence[tuple], jobs: int = 1, threads: int = 0) -> list:
+    """``[fn(*call) for call in calls]``, ``jobs`` at a time, each with ``threads`` torch
+    threads (0: torch's default). ``jobs == 1`` runs them here, one after another; more go
+    to fresh processes (spawned: forking a process that has run torch can deadlock in its
+    thread pools), so ``fn`` and its arguments must pickle. The first failure is raised
+    once the jobs under way have finished; no new one starts after it."""
+    if jobs < 1 or threads < 0:
+        raise ValueError(f"jobs={jobs} must be at least 1 and threads={threads} at least 0")
+    if jobs == 1:
+        if threads:
+            torch.set_num_threads(threads)
+        return [fn(*call) for call in calls]
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_worker, initargs=(threads, log.getEffectiveLevel())
+    ) as pool:
+        futures = [pool.submit(fn, *call) for call in calls]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
