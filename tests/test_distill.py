@@ -156,6 +156,9 @@ def test_hierarchical_taps_and_interpolation_train_end_to_end(tiny_units, tmp_pa
     rows = [line.split(",") for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     keys = {r[1] for r in rows}
     assert {"senone@1.kd", "phone@2.kd", "subword@3.kd", "interp", "interp_weight"} <= keys
+    assert {"senone@1", "dev_ctc"} <= keys
+    # dev batches carry no soft labels: the KD-only taps computed nothing there, and log no 0
+    assert not [k for k in keys if k.startswith("dev_") and "@" in k]
     weights = [float(r[2]) for r in rows if r[1] == "interp_weight"]
     assert weights == pytest.approx([0.0, 0.075, 0.15, 0.225])  # w * step / ramp_steps, before each update
     assert all(math.isfinite(float(r[2])) for r in rows)

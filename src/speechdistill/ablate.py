@@ -134,7 +134,7 @@ def ablate(
     for variant in abl.variants:  # check every config before any work starts
         run_config(abl, variant, 0, extra)
     runs = [(variant, seed) for variant in abl.variants for seed in range(seeds)]
-    log.info("ablation: %d runs, %d at a time, %s threads each", len(runs), jobs, threads or "torch's default")
+    log.info("ablation: %d runs, %d at a time; torch threads per run: %s", len(runs), jobs, threads or "default")
     extra = [*extra, "progress=false"] if jobs > 1 else extra  # one terminal cannot show several bars
     results = run_jobs(run_one, [(abl, variant, seed, extra) for variant, seed in runs], jobs, threads)
     write_report(results, Path(abl.out_dir), abl.baseline, abl.report)

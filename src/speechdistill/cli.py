@@ -28,7 +28,7 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from speechdistill.data.layout import SPLITS
-from speechdistill.downstream import ATTACKABLE, TASKS
+from speechdistill.downstream import ATTACKABLE, ATTACKS, TASKS
 from speechdistill.tune import TUNE_MODES
 from speechdistill.units.types import UNIT_TYPES
 from speechdistill.utils import UsageError, atomic_write_text
@@ -611,7 +611,7 @@ def _parser() -> argparse.ArgumentParser:
     at = top.add("attack", cmd_attack, "FGSM / PGD on the waveform: how much a probe's score drops", example)
     at.add_argument("--upstream", type=Path, required=True, help="the upstream attacked")
     at.add_argument("--task", choices=ATTACKABLE, required=True)
-    at.add_argument("--method", choices=("fgsm", "pgd"), default="pgd")
+    at.add_argument("--method", choices=ATTACKS, default="pgd")
     at.add_argument("--snr", type=float, default=30.0, help="the perturbation's SNR bound (dB)")
     at.add_argument("--steps", type=POSITIVE, default=10, help="PGD steps")
     at.add_argument("--surrogate", type=Path, default=None, help="zero knowledge: attack this one and transfer")

@@ -30,13 +30,11 @@ from pathlib import Path
 
 import torch
 
-from speechdistill.downstream import ATTACKABLE, CLASSIFY
+from speechdistill.downstream import ATTACKABLE, ATTACKS, CLASSIFY
 from speechdistill.probe import ProbeConfig, _score, train_probe
 from speechdistill.students.encoders import padding_mask
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.utils import DataError
-
-METHODS = ("fgsm", "pgd")
 
 
 @dataclass
@@ -52,8 +50,8 @@ class AttackConfig:
     def __post_init__(self):
         if self.probe.task not in ATTACKABLE:
             raise ValueError(f"attack task {self.probe.task!r}; valid: {', '.join(ATTACKABLE)}")
-        if self.method not in METHODS:
-            raise ValueError(f"attack method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.method not in ATTACKS:
+            raise ValueError(f"attack method {self.method!r}; valid: {', '.join(ATTACKS)}")
         if self.steps < 1 or not 0 < self.step_frac <= 1:
             raise ValueError("attack steps must be >= 1 and 0 < step_frac <= 1")
 

@@ -229,7 +229,8 @@ def compute_loss(
         term, named = TAP_LOSSES[tap.kind].loss(tap, out.taps[tap.name], out.lens, batch)
         total = total + weighted(i, tap.weight, term)
         terms |= named
-        terms[tap.name] = float(term.detach())
+        if named or not TAP_LOSSES[tap.kind].frames:  # a frame tap with no part computed (dev
+            terms[tap.name] = float(term.detach())  # batches have no soft labels) logs no 0
     if log_vars is not None:
         w = torch.exp(-log_vars.detach().float())
         for name, wi, share in zip(["main", *(t.name for t in mcfg.taps)], w, w / w.sum(), strict=True):

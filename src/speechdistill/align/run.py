@@ -82,42 +82,45 @@ def align_corpus(
         raise DataError(f"alignment name {name!r} is the manifests' own; choose another")
     splits = splits or corpus.splits()
     options = cls.prepare(corpus, name, _cuts(corpus, "train"), list(overrides), show_progress)
-    report = {}
-    for split in splits:
-        final = corpus.alignment(name, split)
-        if final.exists():
-            log.info("%s is done; remove it to align %s again", final, split)
-            report[split] = {"done": True}
-            continue
-        cuts = _cuts(corpus, split)
-        part = final.with_name(f".{split}.part.jsonl")
-        done = _read_part(part)
-        # by duration: a chunk's utterances are padded to its longest (the file is sorted by id)
-        todo = sorted((c for c in cuts if c.id not in done), key=lambda c: (c.duration, c.id))
-        chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
-        part.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "a") as f:
-            if jobs > 1:
-                with get_context("spawn").Pool(jobs, _init_worker, (backend, options)) as pool:
-                    results = pool.imap(_align_chunk, chunks)
-                    _collect(results, chunks, f, done, split, show_progress)
-            else:
-                worker = cls(options)
-                _collect(map(worker.align, chunks), chunks, f, done, split, show_progress)
-        failed = {u: v for u, v in done.items() if isinstance(v, str)}
-        for why in list(failed.values())[:5]:
-            log.warning("%s", why)
-        save_alignments(corpus, name, split, {u: v for u, v in done.items() if not isinstance(v, str)}, failed)
-        part.unlink()
-        report[split] = {"aligned": len(done) - len(failed), "failed": len(failed)}
-        log.info(
-            "%s %s: %d aligned, %d failed (%s)",
-            name,
-            split,
-            len(done) - len(failed),
-            len(failed),
-            final.with_name(f"{split}.failed.json"),
-        )
+    report, pool = {}, None
+    try:
+        for split in splits:
+            final = corpus.alignment(name, split)
+            if final.exists():
+                log.info("%s is done; remove it to align %s again", final, split)
+                report[split] = {"done": True}
+                continue
+            cuts = _cuts(corpus, split)
+            part = final.with_name(f".{split}.part.jsonl")
+            done = _read_part(part)
+            # by duration: a chunk's utterances are padded to its longest (the file is sorted by id)
+            todo = sorted((c for c in cuts if c.id not in done), key=lambda c: (c.duration, c.id))
+            chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "a") as f:
+                if jobs > 1:  # one pool for every split: a worker's start-up costs seconds
+                    pool = pool or get_context("spawn").Pool(jobs, _init_worker, (backend, options))
+                    _collect(pool.imap(_align_chunk, chunks), chunks, f, done, split, show_progress)
+                else:
+                    worker = cls(options)
+                    _collect(map(worker.align, chunks), chunks, f, done, split, show_progress)
+            failed = {u: v for u, v in done.items() if isinstance(v, str)}
+            for why in list(failed.values())[:5]:
+                log.warning("%s", why)
+            save_alignments(corpus, name, split, {u: v for u, v in done.items() if not isinstance(v, str)}, failed)
+            part.unlink()
+            report[split] = {"aligned": len(done) - len(failed), "failed": len(failed)}
+            log.info(
+                "%s %s: %d aligned, %d failed (%s)",
+                name,
+                split,
+                len(done) - len(failed),
+                len(failed),
+                final.with_name(f"{split}.failed.json"),
+            )
+    finally:
+        if pool is not None:
+            pool.terminate()  # every chunk has been collected, or the run is failing
     return report
 
 
