@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from speechdistill.ablate import ablate
-from speechdistill.parallel import run_jobs
+from speechdistill.parallel import call, run_jobs
 from speechdistill.report import markdown, summarize
 
 
@@ -145,8 +147,31 @@ def test_run_jobs_raises_a_jobs_failure_and_refuses_bad_counts():
         run_jobs(divmod, [(1, 1)], jobs=0)
 
 
+def _write_later(path, text):
+    import time
+
+    time.sleep(0.5)  # long enough that a job not made to wait would start first
+    Path(path).write_text(text)
+    return text
+
+
+def _read(path):
+    return Path(path).read_text()
+
+
+def test_run_jobs_starts_a_job_only_after_the_ones_it_waits_for(tmp_path):
+    """Two processes: the reader waits for the slow writer (``after``), the job without a
+    dependency goes beside it; results come back in call order."""
+    f = str(tmp_path / "made")
+    calls = [(_write_later, f, "lm"), (_read, f), (divmod, 7, 2)]
+    assert run_jobs(call, calls, jobs=2, after=[(), (0,), ()]) == ["lm", "lm", (3, 1)]
+    Path(f).unlink()
+    assert run_jobs(call, calls, jobs=1, after=[(), (0,), ()]) == ["lm", "lm", (3, 1)]
+    with pytest.raises(ValueError, match="indices of earlier calls only"):
+        run_jobs(call, calls, jobs=2, after=[(1,), (), ()])
+
+
 def test_shipped_ablation_variants_all_build_configs():
-    from pathlib import Path
 
     from speechdistill.ablate import load_ablation, run_config
 
@@ -162,7 +187,6 @@ def test_demo_variants_are_the_baseline_plus_their_method():
     """The demo's recipe files (merged into the baseline) give exactly the configs the
     demo ran when every variant was written out as overrides (session 3's demo.yaml,
     now on the `own` alignment)."""
-    from pathlib import Path
 
     from speechdistill.ablate import load_ablation, run_config
     from speechdistill.config import apply_override, from_dict, load_config, to_dict
@@ -194,3 +218,9 @@ def test_demo_variants_are_the_baseline_plus_their_method():
         ]:
             apply_override(data, o)
         assert to_dict(run_config(demo, variant, 1)) == to_dict(from_dict(TrainConfig, data)), variant
+    # what the demo's runs wait for (ablate's `first`): the LM caches on the own alignment
+    assert run_config(demo, "baseline", 0).soft_labels == set()
+    assert {(s.unit, s.top_k, s.temperature) for s in run_config(demo, "hier", 0).soft_labels} == {
+        (u, 8, 3.0) for u in ("senone", "phone", "subword")
+    }
+    assert {s.unit for s in run_config(demo, "interp", 0).soft_labels} == {"subword"}

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechdistill.config import ConfigError, apply_override, from_dict, load_config, merge, read_yaml, to_dict
 from speechdistill.evaluate import evaluate
-from speechdistill.parallel import run_jobs
+from speechdistill.parallel import call, run_jobs
 from speechdistill.report import write_report
 from speechdistill.train import TrainConfig, train
 from speechdistill.utils import atomic_write_text
@@ -124,19 +125,25 @@ def ablate(
     out_dir: str | Path | None = None,
     jobs: int = 1,
     threads: int = 0,
+    first: Sequence[tuple] = (),
 ) -> list[dict]:
     """Run (or resume) every variant with seeds 0..seeds-1, ``jobs`` runs at a time with
     ``threads`` torch threads each (0: torch's default); write the report (into ``out_dir``
-    when given, else the ablation file's)."""
+    when given, else the ablation file's). ``first``: ``(fn, *args)`` jobs that make what
+    the runs with soft labels read (the demo's LMs and caches); they share the runs' pool,
+    so runs without soft labels go beside them."""
     abl = load_ablation(path)
     if out_dir is not None:
         abl.out_dir = str(out_dir)
-    for variant in abl.variants:  # check every config before any work starts
-        run_config(abl, variant, 0, extra)
+    configs = [run_config(abl, variant, 0, extra) for variant in abl.variants]  # check all before any work
+    needs_first = {v: bool(cfg.soft_labels) for v, cfg in zip(abl.variants, configs, strict=True)}
     runs = [(variant, seed) for variant in abl.variants for seed in range(seeds)]
     log.info("ablation: %d runs, %d at a time; torch threads per run: %s", len(runs), jobs, threads or "default")
     extra = [*extra, "progress=false"] if jobs > 1 else extra  # one terminal cannot show several bars
-    results = run_jobs(run_one, [(abl, variant, seed, extra) for variant, seed in runs], jobs, threads)
+    calls = [*first, *((run_one, abl, variant, seed, extra) for variant, seed in runs)]
+    before = tuple(range(len(first)))
+    after = [()] * len(first) + [before if needs_first[variant] else () for variant, _ in runs]
+    results = run_jobs(call, calls, jobs, threads, after)[len(first) :]
     write_report(results, Path(abl.out_dir), abl.baseline, abl.report)
     return results
 

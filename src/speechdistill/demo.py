@@ -26,7 +26,7 @@ from speechdistill.data.layout import CorpusDir, SoftLabelSpec
 from speechdistill.data.units import build_units
 from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
 from speechdistill.distill.ssl_distill import DistillConfig, distill
-from speechdistill.parallel import run_jobs, usable_cpus
+from speechdistill.parallel import usable_cpus
 from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
@@ -88,11 +88,11 @@ def _cache_usable(corpus: CorpusDir, spec: SoftLabelSpec) -> bool:
     return True
 
 
-def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small", jobs: int = 1) -> None:
-    """Corpus, features, alignment, units, LMs and caches: whatever is missing; the LMs
-    ``jobs`` at a time."""
+def prepare(corpus: str | Path, plan: DemoPlan, show_progress: bool = True) -> list[tuple]:
+    """Corpus, features, alignment and units: whatever is missing. Returns the jobs that
+    make the LMs and soft-label caches still missing, as ``(fn, *args)``."""
     corpus = CorpusDir(corpus)
-    build_corpus(preset, corpus.root)
+    build_corpus(plan.preset, corpus.root)
     compute_features(corpus)
     if plan.alignment:
         align_corpus(corpus, "own", plan.alignment, overrides=list(plan.aligner), jobs=2)
@@ -107,18 +107,20 @@ def prepare(corpus: str | Path, plan: DemoPlan, preset: str = "small", jobs: int
         if meta and (meta.get("max_sentences", 0), meta.get("units")) != (sentences, units_digest):
             log.info("%s LM was trained on other text or units than this demo plan; retraining", unit)
             meta_path.unlink()
-        if not meta_path.exists():
-            todo.append((str(corpus.root), unit, sentences, jobs == 1))
-    for unit, meta in zip((t[1] for t in todo), run_jobs(_train_lm, todo, jobs, plan.threads), strict=True):
-        log.info("%s LM: dev perplexity %.2f (%d s)", unit, meta["dev_perplexity"], meta["train_seconds"])
-    for unit, _ in plan.lm_sentences:
         spec = SoftLabelSpec(unit, *plan.soft_labels, alignment=plan.alignment)
-        if not _cache_usable(corpus, spec):
-            build_cache(corpus, spec)
+        if not meta_path.exists() or not _cache_usable(corpus, spec):
+            todo.append((_lm_and_cache, str(corpus.root), spec, sentences, show_progress))
+    return todo
 
 
-def _train_lm(corpus: str, unit: str, sentences: int, show_progress: bool) -> dict:
-    return train_lm(corpus, unit, max_sentences=sentences, show_progress=show_progress)
+def _lm_and_cache(corpus: str, spec: SoftLabelSpec, sentences: int, show_progress: bool) -> None:
+    """One unit's LM (unless trained) and its soft-label cache: one job of the demo's pool,
+    at the plan's thread count like the runs (the cache's values depend on it too)."""
+    corpus = CorpusDir(corpus)
+    if not corpus.lm(spec.unit).with_suffix(".json").exists():
+        meta = train_lm(corpus.root, spec.unit, max_sentences=sentences, show_progress=show_progress)
+        log.info("%s LM: dev perplexity %.2f (%d s)", spec.unit, meta["dev_perplexity"], meta["train_seconds"])
+    build_cache(corpus, spec, show_progress=show_progress)
 
 
 def run_demo(
@@ -126,13 +128,15 @@ def run_demo(
 ) -> Path:
     """Prepare everything, run the methods over seeds; returns the results table (Markdown).
     ``corpus``: its directory (default: the plan's, data/small or data/quick); ``jobs``: LMs
-    and runs side by side (default: one per usable CPU), each with ``plan.threads`` threads."""
+    and runs side by side (default: one per usable CPU), each with ``plan.threads`` threads:
+    the LMs and caches go first and the baseline runs beside them; the runs that read soft
+    labels start once all of them are made."""
     plan = QUICK if quick else FULL
     corpus = corpus or plan.corpus
     jobs = jobs or max(1, usable_cpus() // plan.threads)
-    prepare(corpus, plan, plan.preset, jobs)
+    lms = prepare(corpus, plan, show_progress=jobs == 1)
     extra = [f"data.corpus={corpus}", *plan.overrides]
-    ablate(plan.ablation, seeds or plan.seeds, extra, out_dir=plan.out_dir, jobs=jobs, threads=plan.threads)
+    ablate(plan.ablation, seeds or plan.seeds, extra, plan.out_dir, jobs, plan.threads, first=lms)
     return Path(plan.out_dir) / "results.md"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
 import torch
@@ -32,25 +32,46 @@ def _worker(threads: int, level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(processName)s %(message)s", datefmt="%H:%M:%S")
 
 
-def run_jobs(fn: Callable, calls: Sequence[tuple], jobs: int = 1, threads: int = 0) -> list:
+def call(fn: Callable, *args):
+    """``fn(*args)``: lets jobs of different functions share one ``run_jobs``."""
+    return fn(*args)
+
+
+def run_jobs(
+    fn: Callable, calls: Sequence[tuple], jobs: int = 1, threads: int = 0, after: Sequence[Sequence[int]] = ()
+) -> list:
     """``[fn(*call) for call in calls]``, ``jobs`` at a time, each with ``threads`` torch
-    threads (0: torch's default). ``jobs == 1`` runs them here, one after another; more go
-    to fresh processes (spawned: forking a process that has run torch can deadlock in its
-    thread pools), so ``fn`` and its arguments must pickle. The first failure is raised
-    once the jobs under way have finished; no new one starts after it."""
+    threads (0: torch's default). ``after[i]``: the indices of the calls that must finish
+    before call ``i`` starts (each smaller than ``i``); a call starts as soon as a process
+    is free and its own are done, in the order given. ``jobs == 1`` runs them here, one
+    after another; more go to fresh processes (spawned: forking a process that has run
+    torch can deadlock in its thread pools), so ``fn`` and its arguments must pickle. The
+    first failure is raised once the jobs under way have finished; no new one starts after it."""
     if jobs < 1 or threads < 0:
         raise ValueError(f"jobs={jobs} must be at least 1 and threads={threads} at least 0")
+    after = [tuple(a) for a in after] or [()] * len(calls)
+    if len(after) != len(calls) or any(not 0 <= j < i for i, a in enumerate(after) for j in a):
+        raise ValueError("after must give, for every call, indices of earlier calls only")
     if jobs == 1:
         if threads:
             torch.set_num_threads(threads)
-        return [fn(*call) for call in calls]
+        return [fn(*c) for c in calls]
     ctx = get_context("spawn")
     with ProcessPoolExecutor(
         jobs, mp_context=ctx, initializer=_worker, initargs=(threads, log.getEffectiveLevel())
     ) as pool:
-        futures = [pool.submit(fn, *call) for call in calls]
+        results: dict[int, object] = {}
+        running: dict = {}
+        waiting = list(range(len(calls)))
         try:
-            return [f.result() for f in futures]
+            while waiting or running:
+                for i in [i for i in waiting if all(j in results for j in after[i])]:
+                    running[pool.submit(fn, *calls[i])] = i
+                    waiting.remove(i)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    results[running.pop(f)] = f.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+    return [results[i] for i in range(len(calls))]

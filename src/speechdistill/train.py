@@ -142,6 +142,13 @@ class TrainConfig(EngineConfig):
         """The soft labels of label interpolation: over the main output's unit."""
         return replace(self.interp.soft, unit=self.model.main_unit)
 
+    @property
+    def soft_labels(self) -> set[SoftLabelSpec]:
+        """Every soft label this run reads (taps' kd, label interpolation), as the model
+        holds them; their caches are those of ``data.alignment``."""
+        interp = {self.interp_soft} if self.interp.enabled else set()
+        return {t.kd for t in self.model.taps if t.kd is not None} | interp
+
 
 def spec_augment(feats: torch.Tensor, lens: torch.Tensor, cfg: SpecAugConfig, step: int = 10**9) -> torch.Tensor:
     """Frequency and time masks (Park et al. 2019) drawn from torch's global RNG, so
@@ -280,10 +287,7 @@ class AsrTask(Task):
         self._set_feature_stats()
         self.skipped = 0
         sub = self.model.encoder.subsampling
-        specs = {t.kd for t in cfg.model.taps if t.kd is not None} | (
-            {cfg.interp_soft} if cfg.interp.enabled else set()
-        )
-        caches = {s: SoftLabelCache.open_for(corpus, replace(s, alignment=cfg.data.alignment)) for s in specs}
+        caches = {s: SoftLabelCache.open_for(corpus, replace(s, alignment=cfg.data.alignment)) for s in cfg.soft_labels}
 
         def dataset(soft_frames=None, soft_positions=None, augment=None):
             return AsrDataset(
