@@ -224,3 +224,24 @@ def test_demo_variants_are_the_baseline_plus_their_method():
         (u, 8, 3.0) for u in ("senone", "phone", "subword")
     }
     assert {s.unit for s in run_config(demo, "interp", 0).soft_labels} == {"subword"}
+
+
+def test_a_student_run_waits_for_its_teacher_run_and_a_wrong_order_is_refused(tmp_path):
+    """oracle.yaml's pattern: a variant whose teacher.path is another run's checkpoint
+    waits for that run (index into ablate's job list, after the ``first`` jobs)."""
+    from speechdistill.ablate import _waits_for, load_ablation, run_config
+    from speechdistill.config import ConfigError
+
+    root = Path(__file__).parent.parent / "configs" / "asr"
+    abl = load_ablation(root / "oracle.yaml")
+    abl.out_dir = str(tmp_path / "oracle")
+    teacher = f"teacher.path={tmp_path / 'oracle' / 'teacher_labels' / 'seed0' / 'best'}"
+    abl.variants = {"baseline": [], "teacher_labels": ["model.oracle=labels"], "student": [teacher]}
+    configs = {v: run_config(abl, v, 0) for v in abl.variants}
+    runs = [(v, s) for v in abl.variants for s in range(2)]  # teacher_labels seed 0 is run 2
+    assert [_waits_for(abl, configs, runs, i, first=3) for i in range(6)] == [(), (), (), (), (3 + 2,), (3 + 2,)]
+    abl.variants = {"student": [teacher], "teacher_labels": ["model.oracle=labels"]}
+    configs = {v: run_config(abl, v, 0) for v in abl.variants}
+    runs = [(v, 0) for v in abl.variants]
+    with pytest.raises(ConfigError, match="'student' distils from .* list the teacher's variant first"):
+        _waits_for(abl, configs, runs, 0, first=0)

@@ -25,7 +25,8 @@ so an interrupted ablation resumes. Results: ``{report}.md``, ``.csv`` and
 Runs may go ``jobs`` at a time, each in its own process with ``threads`` torch threads
 (``--jobs 2 --threads 1``; speechdistill/parallel.py says why that pays on a small CPU). A
 run's result depends on its thread count, never on ``jobs``: the demo fixes one thread
-per run, so its table is the same on every machine.
+per run, so its table is the same on every machine. A run that distils from another run
+of the file (``teacher.path`` into its out_dir) starts once that one has finished.
 Two ablation files may share an ``out_dir`` (and so reuse each other's runs, e.g. a
 control reusing the demo's baseline) as long as their ``report`` names differ.
 """
@@ -131,21 +132,39 @@ def ablate(
     ``threads`` torch threads each (0: torch's default); write the report (into ``out_dir``
     when given, else the ablation file's). ``first``: ``(fn, *args)`` jobs that make what
     the runs with soft labels read (the demo's LMs and caches); they share the runs' pool,
-    so runs without soft labels go beside them."""
+    so runs without soft labels go beside them. A run whose ``teacher.path`` is another
+    run's checkpoint starts once that run has finished."""
     abl = load_ablation(path)
     if out_dir is not None:
         abl.out_dir = str(out_dir)
-    configs = [run_config(abl, variant, 0, extra) for variant in abl.variants]  # check all before any work
-    needs_first = {v: bool(cfg.soft_labels) for v, cfg in zip(abl.variants, configs, strict=True)}
+    configs = {v: run_config(abl, v, 0, extra) for v in abl.variants}  # check all before any work
     runs = [(variant, seed) for variant in abl.variants for seed in range(seeds)]
     log.info("ablation: %d runs, %d at a time; torch threads per run: %s", len(runs), jobs, threads or "default")
     extra = [*extra, "progress=false"] if jobs > 1 else extra  # one terminal cannot show several bars
     calls = [*first, *((run_one, abl, variant, seed, extra) for variant, seed in runs)]
-    before = tuple(range(len(first)))
-    after = [()] * len(first) + [before if needs_first[variant] else () for variant, _ in runs]
+    after = [()] * len(first) + [_waits_for(abl, configs, runs, i, len(first)) for i in range(len(runs))]
     results = run_jobs(call, calls, jobs, threads, after)[len(first) :]
     write_report(results, Path(abl.out_dir), abl.baseline, abl.report)
     return results
+
+
+def _waits_for(abl: AblationConfig, configs: dict, runs: list[tuple], i: int, first: int) -> tuple[int, ...]:
+    """The jobs run ``i`` must wait for: the ``first`` jobs when it reads soft labels, and
+    the run of this ablation whose checkpoint is its ``teacher.path`` (oracle.yaml's
+    students), which must come before it in the variants."""
+    variant, _ = runs[i]
+    cfg = configs[variant]
+    waits = tuple(range(first)) if cfg.soft_labels else ()
+    if cfg.teacher.path:
+        where = {(Path(abl.out_dir) / v / f"seed{s}").resolve(): k for k, (v, s) in enumerate(runs)}
+        k = where.get(Path(cfg.teacher.path).parent.resolve())
+        if k is not None and k >= i:
+            raise ConfigError(
+                f"variant {variant!r} distils from {cfg.teacher.path}, a run of variant {runs[k][0]!r} that comes "
+                "after it: list the teacher's variant first in the ablation file"
+            )
+        waits += (first + k,) if k is not None else ()
+    return waits
 
 
 def report_path(path: str | Path) -> Path:
