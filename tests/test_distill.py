@@ -60,6 +60,28 @@ def test_soft_labels_land_on_the_aligned_frames():
     owner = spread_to_frames(spans, frame_shift=0.04, num_frames=13)
     # frame centres: 0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30, ..., 0.42, 0.46, 0.50
     assert owner.tolist() == [-1, -1, 0, 0, 1, 1, -1, -1, -1, -1, 2, 2, -1]
+    # out of time order (the pass per position): the same frames for the same spans
+    assert spread_to_frames(spans[[2, 0, 1]], 0.04, 13).tolist() == [-1, -1, 1, 1, 2, 2, -1, -1, -1, -1, 0, 0, -1]
+    # a span of no length covers nothing, even one that starts inside the span before it (a
+    # subword piece rounded to nothing, as float32 word spans give)
+    spans = np.array([[0.09, 0.15], [0.2399, 0.0], [0.40, 0.08]], dtype=np.float32)
+    assert spread_to_frames(spans, 0.04, 13).tolist() == [-1, -1, 0, 0, 0, 0, -1, -1, -1, -1, 2, 2, -1]
+
+
+def test_spreading_in_time_order_agrees_with_a_pass_per_position():
+    """The binary search (spans in time order) against the definition: the last position
+    whose span covers a frame's centre; touching, overlapping and equal spans (the pieces
+    of one word), float32 spans as the caches store them."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        starts = np.cumsum(rng.choice([0.0, 0.01, 0.05, 0.1], size=rng.integers(1, 30)))  # 0: equal starts
+        ends = np.maximum.accumulate(starts + rng.choice([0.0, 0.01, 0.03, 0.2], size=len(starts)))
+        spans = np.stack([starts, ends - starts], 1).astype(np.float32)
+        centres = (np.arange(60) + 0.5) * 0.04
+        want = np.full(60, -1)
+        for p, (s, d) in enumerate(spans):
+            want[(centres >= s) & (centres < s + d)] = p
+        assert spread_to_frames(spans, 0.04, 60).tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("arch", ["lstm", "transformer", "masked"])
