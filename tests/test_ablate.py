@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from speechdistill.ablate import ablate
@@ -166,7 +167,9 @@ def test_run_jobs_starts_a_job_only_after_the_ones_it_waits_for(tmp_path):
     calls = [(_write_later, f, "lm"), (_read, f), (divmod, 7, 2)]
     assert run_jobs(call, calls, jobs=2, after=[(), (0,), ()]) == ["lm", "lm", (3, 1)]
     Path(f).unlink()
-    assert run_jobs(call, calls, jobs=1, after=[(), (0,), ()]) == ["lm", "lm", (3, 1)]
+    had = torch.get_num_threads()
+    assert run_jobs(call, calls, jobs=1, threads=1, after=[(), (0,), ()]) == ["lm", "lm", (3, 1)]
+    assert torch.get_num_threads() == had  # the caller's thread count is left as it was
     with pytest.raises(ValueError, match="indices of earlier calls only"):
         run_jobs(call, calls, jobs=2, after=[(1,), (), ()])
 

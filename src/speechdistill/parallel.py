@@ -45,17 +45,20 @@ def run_jobs(
     before call ``i`` starts (each smaller than ``i``); a call starts as soon as a process
     is free and its own are done, in the order given. ``jobs == 1`` runs them here, one
     after another; more go to fresh processes (spawned: forking a process that has run
-    torch can deadlock in its thread pools), so ``fn`` and its arguments must pickle. The
+    torch can deadlock in its thread pools), so ``fn`` and its arguments must be picklable. The
     first failure is raised once the jobs under way have finished; no new one starts after it."""
     if jobs < 1 or threads < 0:
         raise ValueError(f"jobs={jobs} must be at least 1 and threads={threads} at least 0")
     after = [tuple(a) for a in after] or [()] * len(calls)
     if len(after) != len(calls) or any(not 0 <= j < i for i, a in enumerate(after) for j in a):
         raise ValueError("after must give, for every call, indices of earlier calls only")
-    if jobs == 1:
-        if threads:
-            torch.set_num_threads(threads)
-        return [fn(*c) for c in calls]
+    if jobs == 1:  # here, at ``threads`` for these calls only (a caller's own work keeps its count)
+        had = torch.get_num_threads()
+        torch.set_num_threads(threads or had)
+        try:
+            return [fn(*c) for c in calls]
+        finally:
+            torch.set_num_threads(had)
     ctx = get_context("spawn")
     with ProcessPoolExecutor(
         jobs, mp_context=ctx, initializer=_worker, initargs=(threads, log.getEffectiveLevel())
