@@ -25,7 +25,7 @@ so an interrupted ablation resumes. Results: ``{report}.md``, ``.csv`` and
 Runs may go ``jobs`` at a time, each in its own process with ``threads`` torch threads
 (``--jobs 2 --threads 1``; speechdistill/parallel.py says why that pays on a small CPU). A
 run's result depends on its thread count, never on ``jobs``: the demo fixes one thread
-per run, so its table is the same on every machine. A run that distils from another run
+per run, so its table does not depend on the core count. A run that distils from another run
 of the file (``teacher.path`` into its out_dir) starts once that one has finished.
 Two ablation files may share an ``out_dir`` (and so reuse each other's runs, e.g. a
 control reusing the demo's baseline) as long as their ``report`` names differ.
@@ -142,28 +142,27 @@ def ablate(
     log.info("ablation: %d runs, %d at a time; torch threads per run: %s", len(runs), jobs, threads or "default")
     extra = [*extra, "progress=false"] if jobs > 1 else extra  # one terminal cannot show several bars
     calls = [*first, *((run_one, abl, variant, seed, extra) for variant, seed in runs)]
-    after = [()] * len(first) + [_waits_for(abl, configs, runs, i, len(first)) for i in range(len(runs))]
+    after = [()] * len(first) + _waits_for(abl, configs, runs, len(first))
     results = run_jobs(call, calls, jobs, threads, after)[len(first) :]
     write_report(results, Path(abl.out_dir), abl.baseline, abl.report)
     return results
 
 
-def _waits_for(abl: AblationConfig, configs: dict, runs: list[tuple], i: int, first: int) -> tuple[int, ...]:
-    """The jobs run ``i`` must wait for: the ``first`` jobs when it reads soft labels, and
-    the run of this ablation whose checkpoint is its ``teacher.path`` (oracle.yaml's
-    students), which must come before it in the variants."""
-    variant, _ = runs[i]
-    cfg = configs[variant]
-    waits = tuple(range(first)) if cfg.soft_labels else ()
-    if cfg.teacher.path:
-        where = {(Path(abl.out_dir) / v / f"seed{s}").resolve(): k for k, (v, s) in enumerate(runs)}
-        k = where.get(Path(cfg.teacher.path).parent.resolve())
+def _waits_for(abl: AblationConfig, configs: dict, runs: list[tuple], first: int) -> list[tuple[int, ...]]:
+    """For each run, the jobs it must wait for (indices into ``first`` jobs + runs): the
+    ``first`` jobs when it reads soft labels, and the run of this ablation whose checkpoint
+    is its ``teacher.path`` (oracle.yaml's students), which must come before it."""
+    where = {(Path(abl.out_dir) / v / f"seed{s}").resolve(): k for k, (v, s) in enumerate(runs)}
+    waits = []
+    for i, (variant, _) in enumerate(runs):
+        cfg = configs[variant]
+        k = where.get(Path(cfg.teacher.path).parent.resolve()) if cfg.teacher.path else None
         if k is not None and k >= i:
             raise ConfigError(
                 f"variant {variant!r} distils from {cfg.teacher.path}, a run of variant {runs[k][0]!r} that comes "
                 "after it: list the teacher's variant first in the ablation file"
             )
-        waits += (first + k,) if k is not None else ()
+        waits.append((tuple(range(first)) if cfg.soft_labels else ()) + ((first + k,) if k is not None else ()))
     return waits
 
 
