@@ -55,8 +55,9 @@ class DemoPlan:
     aligner: tuple[str, ...] = ()  # its options (align/own.py AlignerConfig), key=value
     overrides: tuple[str, ...] = ()
     # torch threads of each LM and run, whatever the machine: a result depends on it (the
-    # order of float sums), so the table is the same on every machine; the LMs and runs go
-    # side by side, one per CPU (speechdistill/parallel.py)
+    # order of float sums), so the table does not depend on the core count (it still may on
+    # the CPU model: docs/findings.md 0b); the LMs and runs go side by side, one per CPU
+    # (speechdistill/parallel.py)
     threads: int = 1
 
 
