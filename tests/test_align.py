@@ -211,6 +211,34 @@ def test_gmm_and_network_aligners_save_load_and_agree_with_training(tiny_units, 
         AlignerConfig(rounds=0, gmm_iterations=0)
 
 
+def test_network_and_gmms_together_score_their_weighted_sum(tiny_units, tmp_path):
+    """``gmm_weight``: the network's scaled log-likelihoods plus the weight times the GMMs';
+    both are in one checkpoint and reload to the same alignments."""
+    from speechdistill.align.own import Aligner, AlignerConfig, train_aligner
+    from speechdistill.config import apply_override, from_dict, to_dict
+    from speechdistill.data.corpus import load_split
+
+    cuts = load_split(tiny_units.parent, "train")
+    dev = sorted(load_split(tiny_units.parent, "dev"), key=lambda c: c.id)[:4]
+    data = to_dict(AlignerConfig(out_dir=str(tmp_path / "both"), progress=False))
+    for o in [*TINY_ALIGNER, "gmm_iterations=3", "rounds=1", "gmm_weight=0.5"]:
+        apply_override(data, o)
+    aligner = train_aligner(cuts, from_dict(AlignerConfig, data), show_progress=False)
+    assert aligner.mode == "both"
+    net = Aligner(aligner.model, aligner.cfg, aligner.log_prior)
+    gmm = Aligner(aligner.model, aligner.cfg, aligner.log_prior, aligner.gmm)
+    for c in dev:
+        fbank, mfcc = aligner.features(c)
+        assert np.array_equal(fbank, net.features(c)) and np.array_equal(mfcc, gmm.features(c))
+        (both,), (n,), (g,) = aligner.scores([(fbank, mfcc)]), net.scores([fbank]), gmm.scores([mfcc])
+        assert len(both) == min(len(n), len(g)) > 0
+        np.testing.assert_allclose(both, n[: len(both)] + 0.5 * g[: len(both)], rtol=1e-6)
+    loaded = Aligner.load(tmp_path / "both" / "aligner")
+    assert loaded.mode == "both" and loaded.align(dev) == aligner.align(dev)
+    with pytest.raises(ValueError, match="gmm_weight adds the GMMs to a network's scores: it needs rounds >= 1"):
+        AlignerConfig(gmm_weight=0.5)
+
+
 def test_failed_utterances_are_listed_and_training_goes_on(tiny_units, tmp_path):
     """An alignment that lacks utterances: they are listed, their taps learn nothing, the
     main CTC loss still trains on them, and the run finishes."""
