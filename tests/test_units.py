@@ -72,6 +72,12 @@ def test_states_split_each_phone_by_duration():
     ah = [tree.senone("AH", s) for s in range(3)]
     assert labels.tolist()[3:9] == [ah[0], ah[0], ah[1], ah[1], ah[2], ah[2]]
     assert len(tree.sequence(["AH", "T"])) == 6
+    # frames past the alignment's end stay in its last phone, in its last state
+    sil = [tree.senone(SIL, s) for s in range(3)]
+    want = [sil[0], sil[1], sil[2], ah[0], ah[0], ah[1], ah[1], ah[2], ah[2], sil[1], sil[2], sil[2]]
+    assert tree.frame_labels(ali, 0.01, 12).tolist() == want
+    assert tree.frame_states(ali, 0.01, 12)[8:] == [(1, 2), (2, 1), (2, 2), (2, 2)]
+    assert tree.frame_labels(ali, 0.01, 0).tolist() == []
 
 
 def test_accumulate_stats_counts_frames_per_triphone_state():
