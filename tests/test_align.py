@@ -233,6 +233,10 @@ def test_network_and_gmms_together_score_their_weighted_sum(tiny_units, tmp_path
         (both,), (n,), (g,) = aligner.scores([(fbank, mfcc)]), net.scores([fbank]), gmm.scores([mfcc])
         assert len(both) == min(len(n), len(g)) > 0
         np.testing.assert_allclose(both, n[: len(both)] + 0.5 * g[: len(both)], rtol=1e-6)
+        used = np.unique(aligner.graph(c.supervisions[0].text).classes)  # what align() computes
+        (sub,) = aligner.scores([(fbank, mfcc)], [used])
+        np.testing.assert_allclose(sub[:, used], both[:, used], rtol=1e-9)
+        assert np.isneginf(np.delete(sub, used, axis=1)).all()
     loaded = Aligner.load(tmp_path / "both" / "aligner")
     assert loaded.mode == "both" and loaded.align(dev) == aligner.align(dev)
     with pytest.raises(ValueError, match="gmm_weight adds the GMMs to a network's scores: it needs rounds >= 1"):

@@ -48,16 +48,27 @@ class StateGMMs:
         gmm.state = np.asarray(t["state"], np.int64)
         return gmm
 
-    def log_likelihoods(self, x: np.ndarray) -> np.ndarray:
-        """(T, D) frames -> (T, states) log-likelihoods."""
+    def log_likelihoods(self, x: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """(T, D) frames -> (T, states) log-likelihoods; with ``states`` (sorted ids) only
+        theirs are computed, the others are -inf (an utterance's graph uses about half)."""
         # torch in float64: NumPy + scipy's logsumexp to float64 rounding (1e-8 relative), 5x faster
-        inv = torch.from_numpy(1.0 / self.vars)
-        means = torch.from_numpy(self.means)
+        cols = (
+            slice(None)
+            if states is None
+            else (np.arange(0, len(self.state), self.num_states)[:, None] + states).ravel()
+        )
+        inv = torch.from_numpy(1.0 / self.vars[cols])
+        means = torch.from_numpy(self.means[cols])
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-        const = (means**2 * inv).sum(1) + torch.log(2 * torch.pi * torch.from_numpy(self.vars)).sum(1)
-        comp = -0.5 * ((xt * xt) @ inv.T - 2 * xt @ (means * inv).T + const) + torch.from_numpy(self.log_w)
+        const = (means**2 * inv).sum(1) + torch.log(2 * torch.pi * torch.from_numpy(self.vars[cols])).sum(1)
+        comp = -0.5 * ((xt * xt) @ inv.T - 2 * xt @ (means * inv).T + const) + torch.from_numpy(self.log_w[cols])
         # components are stored state-major within each copy: (T, copies, states)
-        return torch.logsumexp(comp.reshape(len(x), -1, self.num_states), dim=1).numpy()
+        ll = torch.logsumexp(comp.reshape(len(x), -1, self.num_states if states is None else len(states)), dim=1)
+        if states is None:
+            return ll.numpy()
+        out = np.full((len(x), self.num_states), -np.inf)
+        out[:, states] = ll.numpy()
+        return out
 
     def estimate(self, x: np.ndarray, labels: np.ndarray, em_steps: int = 2) -> None:
         """Re-estimate every state's mixture from its frames (``labels``: state per frame)."""

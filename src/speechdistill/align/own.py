@@ -106,7 +106,9 @@ class AlignerConfig(EngineConfig):
         if self.rounds == 0 and self.gmm_iterations < 1:
             raise ValueError("rounds=0 aligns with the GMMs: gmm_iterations must be at least 1")
         if self.gmm_weight < 0 or (self.gmm_weight and (self.rounds == 0 or self.gmm_iterations < 1)):
-            raise ValueError("gmm_weight adds the GMMs to a network's scores: it needs rounds >= 1 and gmm_iterations >= 1")
+            raise ValueError(
+                "gmm_weight adds the GMMs to a network's scores: it needs rounds >= 1 and gmm_iterations >= 1"
+            )
 
 
 class FrameClassifier(nn.Module):
@@ -203,8 +205,10 @@ class Aligner:
         return AlignmentGraph.build(words, self.cfg.states_per_phone, self.index)
 
     @torch.no_grad()
-    def scores(self, feats: list[np.ndarray]) -> list[np.ndarray]:
-        """(Scaled) log-likelihoods (T, states) of each utterance's frames (``features``)."""
+    def scores(self, feats: list, states: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """(Scaled) log-likelihoods (T, states) of each utterance's frames (``features``);
+        ``states``: the ones each utterance's graph uses (``both`` computes the GMMs' for
+        those alone, the others -inf)."""
         if self.mode == "gmm":
             return [self.gmm.log_likelihoods(f) for f in feats]
         fbank = [f[0] for f in feats] if self.mode == "both" else feats
@@ -215,22 +219,30 @@ class Aligner:
         if self.mode == "both":  # fbank and MFCC frames are both 10 ms from the start: the same count
             for i, (_, mfcc) in enumerate(feats):
                 n = min(len(out[i]), len(mfcc))
-                out[i] = out[i][:n] + self.cfg.gmm_weight * self.gmm.log_likelihoods(mfcc[:n])
+                gmm = self.gmm.log_likelihoods(mfcc[:n], None if states is None else states[i])
+                out[i] = out[i][:n] + self.cfg.gmm_weight * gmm
         return out
 
     def align(self, cuts) -> dict[str, dict | str]:
         """utterance -> {"phone": [...], "word": [...]}, or why it could not be aligned."""
         out: dict[str, dict | str] = {}
-        feats = [self.features(c) for c in cuts]
-        for cut, lp in zip(cuts, self.scores(feats), strict=True):
-            text = cut.supervisions[0].text
+        graphs = {}
+        for cut in cuts:
             try:
-                graph = self.graph(text)
+                graphs[cut.id] = self.graph(cut.supervisions[0].text)
+            except AlignmentError as e:
+                out[cut.id] = f"utterance {cut.id}: {e}"
+        todo = [c for c in cuts if c.id in graphs]
+        states = [np.unique(graphs[c.id].classes) for c in todo]
+        scores = self.scores([self.features(c) for c in todo], states) if todo else []
+        for cut, lp in zip(todo, scores, strict=True):
+            text, graph = cut.supervisions[0].text, graphs[cut.id]
+            try:
                 phones, words = segments(graph, viterbi(graph, lp), self.frame_shift, cut.duration, text.split())
                 out[cut.id] = {"phone": phones, "word": words}
             except AlignmentError as e:
                 out[cut.id] = f"utterance {cut.id}: {e}"
-        return out
+        return {c.id: out[c.id] for c in cuts}
 
     def state_labels(self, cut, feats: np.ndarray, lp: np.ndarray | None) -> np.ndarray:
         """(T,) class per frame: a flat start (``lp`` None) or the Viterbi path."""
