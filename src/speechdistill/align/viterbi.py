@@ -86,17 +86,20 @@ def viterbi(graph: AlignmentGraph, scores: np.ndarray) -> np.ndarray:
     neg = -np.inf
     score = np.full(S, neg)
     score[graph.starts] = emit[0, graph.starts]
-    back = np.zeros((T, S), dtype=np.int64)
-    has_skip = graph.skip >= 0
-    cols = np.arange(S)
-    cands = np.full((3, S), neg)
-    for t in range(1, T):
-        cands[0] = score
-        cands[1, 1:] = score[:-1]
-        cands[2] = np.where(has_skip, score[np.maximum(graph.skip, 0)], neg)
-        arg = cands.argmax(0)
+    back = np.zeros((T, S), dtype=np.int8)  # 0: stayed, 1: from the state before, 2: past a silence
+    skips = np.flatnonzero(graph.skip >= 0)
+    skip_from = graph.skip[skips]
+    prev = np.full(S, neg)
+    for t in range(1, T):  # ties go to the earlier candidate (stay, then the state before, then skip)
+        prev[1:] = score[:-1]
+        arg = (prev > score).view(np.int8)
+        best = np.maximum(score, prev)
+        from_skip = score[skip_from]
+        take = from_skip > best[skips]
+        arg[skips[take]] = 2
+        best[skips[take]] = from_skip[take]
         back[t] = arg
-        score = cands[arg, cols] + emit[t]
+        score = best + emit[t]
     end = max(graph.ends, key=lambda s: score[s])
     if not np.isfinite(score[end]):
         raise AlignmentError("no path through the transcript's states reaches the end of the audio")
