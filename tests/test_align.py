@@ -62,6 +62,17 @@ def test_viterbi_places_phones_and_optional_silences():
     assert [a.symbol for a in phones] == ["B", "AH", "K"]
 
 
+def test_viterbi_ties_go_to_the_earlier_candidate():
+    """Equal scores everywhere: staying beats moving on, moving on beats skipping a silence,
+    and the first end state wins (worked by hand over the graph's states)."""
+    graph = AlignmentGraph.build([["AH"]], 1, INDEX)  # SIL(0) AH(1) SIL(2)
+    assert viterbi(graph, np.zeros((3, len(INDEX)))).tolist() == [1, 1, 1]
+    graph = AlignmentGraph.build([["AH"], ["K"]], 1, INDEX)  # SIL AH SIL K SIL; K skips from AH
+    assert graph.skip.tolist() == [-1, -1, -1, 1, -1]
+    assert viterbi(graph, np.zeros((2, len(INDEX)))).tolist() == [1, 3]  # through the skip
+    assert viterbi(graph, np.zeros((3, len(INDEX)))).tolist() == [1, 3, 3]  # K stays rather than re-enter
+
+
 def test_three_states_per_phone_and_too_short_audio():
     graph = AlignmentGraph.build([["AH", "K"]], 3, INDEX)
     assert graph.min_frames == 6 and list(graph.word_states()) == [3, 4, 5, 6, 7, 8]
