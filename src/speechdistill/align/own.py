@@ -179,8 +179,8 @@ class Aligner:
         return cls(model, cfg, np.array(meta["log_prior"]), gmm, both=gmm is not None)
 
     def save(self, prefix: str | Path, extra: dict | None = None) -> None:
-        meta = {"kind": "gmm-aligner" if self.mode == "gmm" else "frame-aligner", "config": to_dict(self.cfg)}
-        meta["phones"] = list(PHONES)
+        kind = "gmm-aligner" if self.mode == "gmm" else "frame-aligner"
+        meta = {"kind": kind, "config": to_dict(self.cfg), "phones": list(PHONES)}
         tensors = {}
         if self.gmm is not None:
             tensors |= {f"gmm.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.gmm.tensors().items()}
@@ -233,7 +233,7 @@ class Aligner:
             except AlignmentError as e:
                 out[cut.id] = f"utterance {cut.id}: {e}"
         todo = [c for c in cuts if c.id in graphs]
-        states = [np.unique(graphs[c.id].classes) for c in todo]
+        states = [np.unique(graphs[c.id].classes) for c in todo] if self.mode == "both" else None
         scores = self.scores([self.features(c) for c in todo], states) if todo else []
         for cut, lp in zip(todo, scores, strict=True):
             text, graph = cut.supervisions[0].text, graphs[cut.id]
@@ -386,9 +386,9 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
         aligner.model.eval()
         new = {}
         ids = list(labels)
+        both = aligner.mode == "both"
         for i in range(0, len(ids), 16):  # re-align: the next round's labels
             chunk = [train[u] for u in ids[i : i + 16]]
-            both = aligner.mode == "both"
             chunk_feats = [(feats[c.id], _mfcc(c)) if both else feats[c.id] for c in chunk]
             for c, lp in zip(chunk, aligner.scores(chunk_feats), strict=True):
                 new[c.id] = _labels_or_none(aligner, c, feats[c.id], lp)

@@ -96,8 +96,9 @@ def viterbi(graph: AlignmentGraph, scores: np.ndarray) -> np.ndarray:
         best = np.maximum(score, prev)
         from_skip = score[skip_from]
         take = from_skip > best[skips]
-        arg[skips[take]] = 2
-        best[skips[take]] = from_skip[take]
+        won = skips[take]
+        arg[won] = 2
+        best[won] = from_skip[take]
         back[t] = arg
         score = best + emit[t]
     end = max(graph.ends, key=lambda s: score[s])
