@@ -53,6 +53,28 @@ def test_fast_extractor_is_kaldi_native_fbank_to_2e_3(tiny_corpus):
     )
 
 
+def test_fast_mfcc_is_kaldi_native_fbank_to_3e_3(tiny_corpus):
+    """The combined aligner's MFCCs through lhotse's torch layer: the same frames as
+    kaldi-native-fbank's, the same values to 3e-3 (C0 the raw log energy, floored as Kaldi
+    floors it on digital silence), on speech, silence, a whisper; short signals fall back."""
+    from speechdistill.data.corpus import load_split
+    from speechdistill.data.features import mfcc_with_deltas
+
+    signals = [load_audio(c.recording) for c in load_split(tiny_corpus, "dev").subset(first=3)]
+    rng = np.random.default_rng(0)
+    signals += [np.zeros(4000, np.float32), (1e-6 * rng.standard_normal(4001)).astype(np.float32)]
+    signals += [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (0, 100, 399, 400, 16001)]
+    for x in signals:
+        for shift in (10.0, 5.0):
+            a, b = mfcc_with_deltas(x, shift), mfcc_with_deltas(x, shift, fast=True)
+            assert a.shape == b.shape and a.shape[1] == 39
+            if len(a):
+                assert np.abs(a[:, :13] - b[:, :13]).max() < 3e-3, (len(x), shift)
+    silence = mfcc_with_deltas(np.zeros(4000, np.float32), fast=True)
+    assert np.allclose(silence[:, 0], np.log(np.finfo(np.float32).eps))
+    assert not np.array_equal(mfcc_with_deltas(signals[0]), mfcc_with_deltas(signals[0], fast=True))
+
+
 def _subcommands(parser, prefix=()):
     for action in parser._actions:
         if hasattr(action, "choices") and isinstance(action.choices, dict):

@@ -48,25 +48,32 @@ class StateGMMs:
         gmm.state = np.asarray(t["state"], np.int64)
         return gmm
 
-    def log_likelihoods(self, x: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+    def log_likelihoods(self, x: np.ndarray, states: np.ndarray | None = None, dtype=np.float64) -> np.ndarray:
         """(T, D) frames -> (T, states) log-likelihoods; with ``states`` (sorted ids) only
-        theirs are computed, the others are -inf (an utterance's graph uses about half)."""
+        theirs are computed, the others are -inf (an utterance's graph uses about half).
+        ``dtype=np.float32`` is 2x faster (the combined aligner, beside float32 network scores)."""
         # torch in float64: NumPy + scipy's logsumexp to float64 rounding (1e-8 relative), 5x faster
         cols = (
             slice(None)
             if states is None
             else (np.arange(0, len(self.state), self.num_states)[:, None] + states).ravel()
         )
-        inv = torch.from_numpy(1.0 / self.vars[cols])
-        means = torch.from_numpy(self.means[cols])
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-        const = (means**2 * inv).sum(1) + torch.log(2 * torch.pi * torch.from_numpy(self.vars[cols])).sum(1)
-        comp = -0.5 * ((xt * xt) @ inv.T - 2 * xt @ (means * inv).T + const) + torch.from_numpy(self.log_w[cols])
+        inv, means, var, log_w = (
+            torch.from_numpy(np.asarray(a, dtype))
+            for a in (1.0 / self.vars[cols], self.means[cols], self.vars[cols], self.log_w[cols])
+        )
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
+        const = (means**2 * inv).sum(1) + torch.log(2 * torch.pi * var).sum(1)
+        comp = -0.5 * ((xt * xt) @ inv.T - 2 * xt @ (means * inv).T + const) + log_w
         # components are stored state-major within each copy: (T, copies, states)
-        ll = torch.logsumexp(comp.reshape(len(x), -1, self.num_states if states is None else len(states)), dim=1)
+        comp = comp.reshape(len(x), -1, self.num_states if states is None else len(states))
+        if dtype == np.float32:  # a component 88 nats below its state's best exps to a float32
+            # denormal (10x slower on x86) and adds under 1e-38 to a sum of at least 1: floor it
+            comp = torch.maximum(comp, comp.amax(1, keepdim=True) - 80)
+        ll = torch.logsumexp(comp, dim=1)
         if states is None:
             return ll.numpy()
-        out = np.full((len(x), self.num_states), -np.inf)
+        out = np.full((len(x), self.num_states), -np.inf, dtype)
         out[:, states] = ll.numpy()
         return out
 

@@ -14,14 +14,15 @@ choice is recorded in ``features.json`` and checked when features are loaded.
 layers set to Kaldi's mel range (``high_freq=0``, the Nyquist frequency): within 2e-3 of
 kaldi-native-fbank in log-mel on speech (tested), 3-5x faster, so training on the fly
 (augmentation) costs little more than reading stored features. Stored features keep the
-reference implementation.
+reference implementation. ``mfcc_with_deltas(..., fast=True)`` does the same for MFCCs.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from functools import cached_property
+import math
+from functools import cache, cached_property
 from pathlib import Path
 
 import kaldi_native_fbank as knf
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, Features
 from lhotse.features.io import LilcomChunkyWriter
-from lhotse.features.kaldi.layers import Wav2LogFilterBank
+from lhotse.features.kaldi.layers import Wav2LogFilterBank, Wav2MFCC
 
 from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
 from speechdistill.data.corpus import check_count, load_split
@@ -172,21 +173,45 @@ def deltas(x: np.ndarray, window: int = 2) -> np.ndarray:
     return num / (2 * sum(n * n for n in range(1, window + 1)))
 
 
-def mfcc_with_deltas(samples: np.ndarray, frame_shift_ms: float = 10.0) -> np.ndarray:
+def mfcc_with_deltas(samples: np.ndarray, frame_shift_ms: float = 10.0, fast: bool = False) -> np.ndarray:
     """(S,) at 16 kHz -> (T, 39): 13 MFCCs (kaldi-native-fbank) + deltas + delta-deltas,
     10 ms frames, the features of HuBERT's first clustering iteration. A shorter shift
-    widens the delta window to keep its +-20 ms span."""
-    opts = knf.MfccOptions()
-    opts.frame_opts.dither = 0.0
-    opts.frame_opts.frame_shift_ms = frame_shift_ms
-    opts.frame_opts.snip_edges = False
-    mfcc = knf.OnlineMfcc(opts)
-    mfcc.accept_waveform(SAMPLE_RATE, samples.tolist())
-    mfcc.input_finished()
-    n = mfcc.num_frames_ready
-    if n == 0:
-        return np.zeros((0, 39), np.float32)
-    x = np.stack([mfcc.get_frame(i) for i in range(n)]).astype(np.float32)
+    widens the delta window to keep its +-20 ms span. ``fast``: the same MFCCs through
+    lhotse's torch layer (within 3e-3 of kaldi-native-fbank on speech, tested; 2x faster)."""
+    if fast and len(samples) >= WINDOW:
+        x = _torch_mfcc(samples, frame_shift_ms)
+    else:
+        opts = knf.MfccOptions()
+        opts.frame_opts.dither = 0.0
+        opts.frame_opts.frame_shift_ms = frame_shift_ms
+        opts.frame_opts.snip_edges = False
+        mfcc = knf.OnlineMfcc(opts)
+        mfcc.accept_waveform(SAMPLE_RATE, samples.tolist())
+        mfcc.input_finished()
+        n = mfcc.num_frames_ready
+        if n == 0:
+            return np.zeros((0, 39), np.float32)
+        x = np.stack([mfcc.get_frame(i) for i in range(n)]).astype(np.float32)
     window = max(1, round(20 / frame_shift_ms))
     d = deltas(x, window)
     return np.concatenate([x, d, deltas(d, window)], axis=1).astype(np.float32)
+
+
+@cache
+def _mfcc_layer(frame_shift_ms: float) -> Wav2MFCC:
+    # kaldi-native-fbank's MfccOptions: Kaldi's mel range (high_freq=0), C0 replaced by the raw log energy
+    return Wav2MFCC(frame_shift=frame_shift_ms / 1000, snip_edges=False, dither=0.0, high_freq=0.0, use_energy=True).eval()
+
+
+LOG_ENERGY_FLOOR = math.log(np.finfo(np.float32).eps)  # Kaldi's floor on a frame's energy (digital silence)
+
+
+def _torch_mfcc(samples: np.ndarray, frame_shift_ms: float) -> np.ndarray:
+    layer = _mfcc_layer(frame_shift_ms)
+    with torch.inference_mode():
+        frames, log_energy = layer.wav2win(torch.from_numpy(np.ascontiguousarray(samples, np.float32))[None])
+        # the energy set here, not by the layer: lhotse 1.33 indexes it as if unbatched
+        # (mfcc[:, 0] = log_e fails) and floors it at 1e-15, not Kaldi's float epsilon
+        x = layer._forward_strided(frames, None)[0]
+        x[:, 0] = log_energy[0].clamp(min=LOG_ENERGY_FLOOR)
+    return x.numpy()
