@@ -20,8 +20,8 @@ reference implementation. ``mfcc_with_deltas(..., fast=True)`` does the same for
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 import math
+from dataclasses import asdict, dataclass
 from functools import cache, cached_property
 from pathlib import Path
 
@@ -200,7 +200,9 @@ def mfcc_with_deltas(samples: np.ndarray, frame_shift_ms: float = 10.0, fast: bo
 @cache
 def _mfcc_layer(frame_shift_ms: float) -> Wav2MFCC:
     # kaldi-native-fbank's MfccOptions: Kaldi's mel range (high_freq=0), C0 replaced by the raw log energy
-    return Wav2MFCC(frame_shift=frame_shift_ms / 1000, snip_edges=False, dither=0.0, high_freq=0.0, use_energy=True).eval()
+    return Wav2MFCC(
+        frame_shift=frame_shift_ms / 1000, snip_edges=False, dither=0.0, high_freq=0.0, use_energy=True
+    ).eval()
 
 
 LOG_ENERGY_FLOOR = math.log(np.finfo(np.float32).eps)  # Kaldi's floor on a frame's energy (digital silence)
