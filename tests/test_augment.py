@@ -165,6 +165,9 @@ def test_speed_perturbation_moves_frames_and_alignment_together(tiny_units):
         got = batch.frame_targets[tap.name][i, :T].numpy()
         assert (got == want).mean() >= 0.98
         assert torch.equal(batch.targets["subword"][0][i], clean.targets["subword"][0][j]), "same transcript"
+    # a KD-only frame tap (ce_weight 0, as hier's) trains on soft labels alone: no truth labels built
+    kd_only = TapConfig(layer=1, unit="phone", ce_weight=0.0)
+    assert AsrDataset(units, "subword", [kd_only], frame_shift=0.01)[cuts].frame_targets == {}
 
 
 def test_batches_are_bucketed_on_the_perturbed_durations(tiny_units):

@@ -128,7 +128,7 @@ class AsrDataset(torch.utils.data.Dataset):
         T_out = [self.frames_fn(int(t)) for t in feat_lens]
         frame_targets = {}
         for tap in self.taps:
-            if not TAP_LOSSES[tap.kind].frames:
+            if not TAP_LOSSES[tap.kind].needs_frame_targets(tap):
                 continue
             lab = torch.full((len(cuts), max(T_out)), IGNORE, dtype=torch.long)
             for i, (cut, t) in enumerate(zip(cuts, T_out, strict=True)):

@@ -45,6 +45,11 @@ class TapLoss:
             raise ValueError(f"tap {tap.name}: kd applies to taps that learn soft labels, not kind={cls.name!r}")
 
     @classmethod
+    def needs_frame_targets(cls, tap) -> bool:
+        """Whether a batch must carry ``frame_targets[tap.name]`` for ``loss``."""
+        return cls.frames
+
+    @classmethod
     def loss(cls, tap, output: torch.Tensor, lens: torch.Tensor, batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
@@ -53,6 +58,10 @@ class TapLoss:
 class FrameTap(TapLoss):
     frames = True
     soft_labels = True
+
+    @classmethod
+    def needs_frame_targets(cls, tap) -> bool:
+        return tap.ce_weight > 0  # KD alone (hier, aux) reads the soft labels, not the truth
 
     @classmethod
     def loss(cls, tap, output, lens, batch):
