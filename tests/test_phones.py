@@ -53,6 +53,15 @@ def test_every_espeak_phoneme_of_every_accent_maps(accent):
         assert len([p for p in phones if p.symbol != SIL]) > 10
 
 
+def test_phonemizing_after_synthesis_sets_its_voice_again():
+    """G2P skips re-setting its voice between words, not after a synthesis in another."""
+    tts = Espeak.instance()
+    first = tts.phonemize("water")  # "t#" in en-us, "t" in en-gb-scotland
+    assert tts.phonemize("water") == first
+    tts.synthesize("hello there", "en-gb-scotland+f2", rate=220, pitch=80)
+    assert tts.phonemize("water") == first
+
+
 def test_espeak_events_become_a_tiling_alignment():
     # A transition marker (";") merges into the phone before it; pauses join.
     events = [("h", 0), ("@", 100), (";", 200), ("'oU", 250), ("_:", 400), ("_", 450)]

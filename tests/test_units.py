@@ -72,6 +72,13 @@ def test_states_split_each_phone_by_duration():
     ah = [tree.senone("AH", s) for s in range(3)]
     assert labels.tolist()[3:9] == [ah[0], ah[0], ah[1], ah[1], ah[2], ah[2]]
     assert len(tree.sequence(["AH", "T"])) == 6
+    tied = SenoneTree.build(_stats_two_contexts(), num_senones=121, min_count=50)
+    for phones in (["AH", "T"], ["AO", "AH", "AH", "T"], ["AH"], []):  # twice: then from its cache
+        for _ in range(2):
+            padded = [SIL, *phones, SIL]
+            triphones = [padded[i - 1 : i + 2] for i in range(1, len(padded) - 1)]
+            want = [tied.senone(c, s, lt, rt) for lt, c, rt in triphones for s in range(3)]
+            assert tied.sequence(phones) == want
     # frames past the alignment's end stay in its last phone, in its last state
     sil = [tree.senone(SIL, s) for s in range(3)]
     want = [sil[0], sil[1], sil[2], ah[0], ah[0], ah[1], ah[1], ah[2], ah[2], sil[1], sil[2], sil[2]]

@@ -86,6 +86,7 @@ class SenoneTree:
         self.rules = rules
         self.num_senones = 1 + max(i for leaves in rules.values() for _, i in leaves)
         self._cache: dict[Context, int] = {}
+        self._states: dict[tuple[str, str, str], list[int]] = {}  # (left, centre, right) -> its senones
 
     @classmethod
     def build(
@@ -181,11 +182,16 @@ class SenoneTree:
         """Token sequence: each phone expanded into its tied states, in order.
         Context at the edges is SIL."""
         padded = [SIL, *phones, SIL]
-        return [
-            self.senone(padded[i], s, padded[i - 1], padded[i + 1])
-            for i in range(1, len(padded) - 1)
-            for s in range(self.states_per_phone)
-        ]
+        out, states = [], self._states
+        for i in range(1, len(padded) - 1):  # a dict hit per phone
+            left, centre, right = padded[i - 1 : i + 2]
+            ids = states.get((left, centre, right))  # (the LM text meets 7.5 M states)
+            if ids is None:
+                ids = states[left, centre, right] = [
+                    self.senone(centre, s, left, right) for s in range(self.states_per_phone)
+                ]
+            out += ids
+        return out
 
     def frame_states(self, alignment, frame_shift: float, num_frames: int) -> list[tuple[int, int]]:
         """(phone index in the alignment, state) for each frame centre."""
