@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import zlib
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -122,7 +123,7 @@ def synthesize_utterance(utt: Utterance, out: Path) -> dict:
     v = utt.voice
     if v.engine == "espeak":
         audio, sr, events = Espeak.instance().synthesize(
-            _spoken(utt.sentence), v.name, v.rate, v.pitch, v.pitch_range, v.word_gap
+            _spoken(utt.sentence), v.name, v.rate, v.pitch, v.pitch_range, v.word_gap, seed=zlib.crc32(utt.id.encode())
         )
         phones = phones_from_espeak(events, sr, len(audio))
     else:

@@ -104,13 +104,23 @@ class Espeak:
         self._voice = (name, rate, pitch, pitch_range, word_gap)
 
     def synthesize(
-        self, text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50, word_gap: int = 0
+        self,
+        text: str,
+        voice: str,
+        rate: int = 175,
+        pitch: int = 50,
+        pitch_range: int = 50,
+        word_gap: int = 0,
+        seed: int = 0,
     ) -> tuple[np.ndarray, int, list[tuple[str, int]]]:
         """Speak ``text`` with ``voice`` (a language plus optional variant, e.g.
         ``en-gb-scotland+f2``) at ``rate`` words per minute, ``pitch`` and ``pitch_range``
         (0-100) and ``word_gap`` x 10 ms of extra pause between words. Returns (int16
-        samples, sample rate, [(phoneme mnemonic, start sample), ...])."""
+        samples, sample rate, [(phoneme mnemonic, start sample), ...]). ``seed``: eSpeak's
+        noise generator (the breath of the female variants), which it otherwise seeds from
+        the clock: the same call in two fresh processes gave different audio."""
         self._set_voice(voice, rate, pitch, pitch_range, word_gap)
+        self._lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
         self._chunks.clear()
         self._events.clear()
         data = text.encode()
