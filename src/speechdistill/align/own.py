@@ -194,9 +194,13 @@ class Aligner:
         (network), or both as (fbank, MFCCs): those through the torch layer, 2x faster and
         within 3e-3 of the GMMs' training MFCCs (the same paths on every test utterance)."""
         if self.mode == "gmm":
-            return _mfcc(cut, self.cfg.frame_shift_ms)
+            return self.mfcc(cut)
         fbank = _feats(cut, self.fbank)
-        return (fbank, _mfcc(cut, fast=True)) if self.mode == "both" else fbank
+        return (fbank, self.mfcc(cut)) if self.mode == "both" else fbank
+
+    def mfcc(self, cut) -> np.ndarray:
+        """The GMMs' normalised MFCCs; beside a network (``both``) through the torch layer."""
+        return _mfcc(cut, self.cfg.frame_shift_ms, fast=self.mode == "both")
 
     def graph(self, text: str) -> AlignmentGraph:
         try:
@@ -390,7 +394,7 @@ def train_aligner(cuts: CutSet, cfg: AlignerConfig, show_progress: bool = True) 
         both = aligner.mode == "both"
         for i in range(0, len(ids), 16):  # re-align: the next round's labels
             chunk = [train[u] for u in ids[i : i + 16]]
-            chunk_feats = [(feats[c.id], _mfcc(c, fast=True)) if both else feats[c.id] for c in chunk]
+            chunk_feats = [(feats[c.id], aligner.mfcc(c)) if both else feats[c.id] for c in chunk]
             for c, lp in zip(chunk, aligner.scores(chunk_feats), strict=True):
                 new[c.id] = _labels_or_none(aligner, c, feats[c.id], lp)
         changed = float(np.mean([np.mean(new[u] != labels[u]) for u in ids if new[u] is not None]))
