@@ -182,25 +182,26 @@ def test_shipped_ablation_variants_all_build_configs():
     for variant in abl.variants:
         cfg = run_config(abl, variant, seed=1)
         assert cfg.seed == 1 and cfg.out_dir.endswith(f"{variant}/seed1")
-    assert len(run_config(abl, "hier", 0).model.taps) == 4  # the phone CTC head + 3 KD taps
+    assert len(run_config(abl, "hier", 0).model.taps) == 4  # the phone CTC head + 3 aligned taps with KD
 
 
 def test_demo_variants_are_the_baseline_plus_their_method():
     """The demo's recipe files (merged into the baseline) give exactly the configs the
     demo ran when every variant was written out as overrides (session 3's demo.yaml,
-    now on the `own` alignment)."""
+    now on the `own` alignment, with the baseline's aligned taps since session 18)."""
     from speechdistill.ablate import load_ablation, run_config
     from speechdistill.config import apply_override, from_dict, load_config, to_dict
     from speechdistill.train import TrainConfig
 
     root = Path(__file__).parent.parent / "configs" / "asr"
     demo = load_ablation(root / "demo.yaml")
-    kd = "kd: {top_k: 8, temperature: 3.0}, ce_weight: 0.0"
+    kd = "kd: {top_k: 8, temperature: 3.0}, ce_weight: 1.0"
     head = "{layer: 3, unit: phone, kind: ctc, weight: 0.3}"  # the baseline's phone CTC head
+    senone, phone = (f"{{layer: {i}, unit: {u}, ce_weight: 1.0}}" for i, u in enumerate(("senone", "phone"), 2))
     written_out = {
         "baseline": [],
         "interp": ["interp.enabled=true"],
-        "aux": [f"model.taps=[{head}, {{layer: 4, unit: subword, {kd}}}]"],
+        "aux": [f"model.taps=[{head}, {senone}, {phone}, {{layer: 4, unit: subword, {kd}}}]"],
         "hier": [
             f"model.taps=[{head}, {{layer: 2, unit: senone, {kd}}}, {{layer: 3, unit: phone, {kd}}}, "
             f"{{layer: 4, unit: subword, {kd}}}]"

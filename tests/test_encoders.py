@@ -100,6 +100,53 @@ def test_taps_validated_and_dropped_for_inference():
     assert model.num_params(with_taps=False) == sum(p.numel() for p in inference.parameters())
 
 
+def test_self_conditioned_tap_feeds_the_blocks_above_and_is_decoded():
+    enc = tiny_encoder("conformer")
+    with pytest.raises(ValueError, match="condition=true needs kind=ctc"):
+        TapConfig(layer=1, unit="senone", condition=True)
+    with pytest.raises(ValueError, match="on the last block conditions nothing"):
+        ModelConfig(encoder=enc, taps=[TapConfig(layer=3, unit="phone", kind="ctc", condition=True)])
+    with pytest.raises(ValueError, match=r"at most one conditioned tap per block; blocks \[2, 2\]"):
+        ModelConfig(
+            encoder=enc,
+            taps=[
+                TapConfig(layer=2, unit="phone", kind="ctc", condition=True),
+                TapConfig(layer=2, unit="subword", kind="ctc", condition=True),
+            ],
+        )
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder=enc,
+        taps=[TapConfig(layer=2, unit="phone", kind="ctc", condition=True), TapConfig(layer=1, unit="senone")],
+    )
+    model = AcousticModel(cfg, {"subword": 50, "phone": 40, "senone": 120}).eval()
+    x, lens = torch.randn(2, 64, 80), torch.tensor([64, 50])
+    with torch.no_grad():
+        out = model(x, lens)
+        layers, _ = model.encoder.extract_features((x - model.feat_mean) / model.feat_std, lens)
+        head = model.encoder.condition["2"].head
+        # the tap's CTC log-probs come from its head on block 2's own output ...
+        torch.testing.assert_close(out.taps["phone-ctc@2"], head(layers[1]).log_softmax(-1))
+        # ... and block 3 reads that output plus the projected posteriors (zero on padding)
+        fed = (layers[1] + model.encoder.condition["2"].proj(head(layers[1]).softmax(-1))).masked_fill(
+            (torch.arange(15)[None] >= torch.tensor([15, 11])[:, None])[..., None], 0.0
+        )
+        pad = torch.arange(15)[None] >= torch.tensor([15, 11])[:, None]
+        torch.testing.assert_close(layers[2], model.encoder.blocks[2](fed, pad))
+        # the decodable model keeps the conditioning: same output, its head counted as inference
+        inference = model.without_taps()
+        log_probs, _ = inference(x, lens)
+        torch.testing.assert_close(log_probs, out.main)
+        assert any(k.startswith("encoder.condition.2.head") for k in inference.state_dict())
+        assert model.num_params(with_taps=False) == sum(p.numel() for p in inference.parameters())
+        # without the feedback (projection zeroed) the output changes, block 2 does not
+        model.encoder.condition["2"].proj.weight.zero_()
+        model.encoder.condition["2"].proj.bias.zero_()
+        plain = model(x, lens)
+        torch.testing.assert_close(plain.taps["phone-ctc@2"], out.taps["phone-ctc@2"])
+        assert not torch.allclose(plain.main, out.main)
+
+
 def test_config_errors_name_the_key():
     from speechdistill.train import TrainConfig
 
@@ -135,6 +182,7 @@ def test_every_shipped_config_loads():
         "learned_weights.yaml",
         "oracle.yaml",
         "recipe_sweep.yaml",
+        "recipe_sweep3.yaml",
     }
     assert len(configs) - len(ablations) >= 6
     for path in configs:
@@ -147,17 +195,20 @@ def test_every_shipped_config_loads():
     # a recipe is its base plus what it says: aux.yaml differs from baseline.yaml in name, out_dir and taps only
     base, aux = (to_dict(load_config(TrainConfig, root / "asr" / f"{n}.yaml")) for n in ("baseline", "aux"))
     assert {k for k in base if base[k] != aux[k]} == {"name", "out_dir", "model"}
-    assert aux["model"]["taps"][0] == base["model"]["taps"][0]  # the baseline's phone CTC head, kept
-    assert aux["model"]["taps"][1:] == [
-        {
-            "layer": 4,
-            "unit": "subword",
-            "kind": "frame",
-            "weight": 0.3,
-            "ce_weight": 0.0,
-            "kd": {"unit": "subword", "top_k": 8, "temperature": 3.0, "alignment": ""},
-        }
-    ]
+    # the baseline's four taps, kept; the LM's soft labels added on the subword one only
+    assert aux["model"]["taps"][:3] == base["model"]["taps"][:3]
+    assert aux["model"]["taps"][3] == base["model"]["taps"][3] | {
+        "kd": {"unit": "subword", "top_k": 8, "temperature": 3.0, "alignment": ""}
+    }
+    assert base["model"]["taps"][3] == {
+        "layer": 4,
+        "unit": "subword",
+        "kind": "frame",
+        "weight": 0.3,
+        "ce_weight": 1.0,
+        "kd": None,
+        "condition": False,
+    }
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind

@@ -255,6 +255,23 @@ class BLSTMBlock(nn.Module):
         return self.dropout(y).masked_fill(pad[..., None], 0.0)
 
 
+class SelfCondition(nn.Module):
+    """Self-conditioned CTC (Nozaki & Komatsu 2021): an intermediate CTC head's posteriors,
+    projected back to ``d`` and added to the stream, so that the blocks above see what it
+    predicts. Over a unit other than the output's (phones under subwords) this is
+    hierarchical conditional CTC (Higuchi et al. 2022). ``head`` is the tap's own output
+    layer: its CTC loss is computed on the same logits (students/model.py)."""
+
+    def __init__(self, d: int, num_classes: int):
+        super().__init__()
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes))
+        self.proj = nn.Linear(num_classes, d)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """(N, T, C), pad (N, T) -> (N, T, C)"""
+        return (x + self.proj(self.head(x).softmax(-1))).masked_fill(pad[..., None], 0.0)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, input_dim: int = 80):
         super().__init__()
@@ -262,6 +279,9 @@ class Encoder(nn.Module):
         self.subsampling = ConvSubsampling(input_dim, cfg.d_model, cfg.subsampling, cfg.subsampling_channels)
         self.blocks = nn.ModuleList(ENCODER_BLOCKS[cfg.kind](cfg) for _ in range(cfg.num_blocks))
         self.dropout = nn.Dropout(cfg.dropout)
+        # block number (a str, 1-based) -> SelfCondition applied to that block's output before
+        # the next block; the acoustic model adds one per conditioned CTC tap (none by default)
+        self.condition = nn.ModuleDict()
 
     @property
     def num_blocks(self) -> int:
@@ -272,16 +292,19 @@ class Encoder(nn.Module):
     ):
         """(N, T, F), (N,) -> [(N, T', C)] * num_blocks, (N,): the first ``num_blocks``
         block outputs (all by default); ``with_input`` puts the first block's input
-        (subsampled features + positions) in front, as index 0."""
+        (subsampled features + positions) in front, as index 0. A block's output is listed
+        before its ``condition`` (if any) is added for the blocks above."""
         x, lens = self.subsampling(x, lens)
         pad = padding_mask(lens, x.shape[1])
         if ENCODER_BLOCKS[self.cfg.kind].positional:
             x = x + sinusoidal(x.shape[1], x.shape[2], x.device)
         x = self.dropout(x).masked_fill(pad[..., None], 0.0)
         outs = [x] if with_input else []
-        for block in self.blocks[: num_blocks or len(self.blocks)]:
+        for i, block in enumerate(self.blocks[: num_blocks or len(self.blocks)], 1):
             x = block(x, pad)
             outs.append(x)
+            if str(i) in self.condition:
+                x = self.condition[str(i)](x, pad)
         return outs, lens
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor):

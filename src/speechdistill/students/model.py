@@ -26,7 +26,7 @@ from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_mode
 from speechdistill.config import from_dict
 from speechdistill.data.layout import SoftLabelSpec
 from speechdistill.distill.taps import TAP_LOSSES
-from speechdistill.students.encoders import Encoder, EncoderConfig, padding_mask
+from speechdistill.students.encoders import Encoder, EncoderConfig, SelfCondition, padding_mask
 from speechdistill.units.types import UNIT_TYPES
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
@@ -41,9 +41,16 @@ class TapConfig:
     weight: float = 0.3
     kd: SoftLabelSpec | None = None  # distil these soft labels (frame taps); the unit is the tap's
     ce_weight: float = 1.0  # frame taps: weight of CE to the aligned truth, beside KD
+    # CTC taps: feed the tap's posteriors back into the stream for the blocks above
+    # (self-conditioned CTC; encoders.SelfCondition). Part of the decodable model then.
+    condition: bool = False
 
     def __post_init__(self):
         UNIT_TYPES.check(self.unit)
+        if self.condition and self.kind != "ctc":
+            raise ValueError(
+                f"tap {self.name}: condition=true needs kind=ctc (self-conditioned CTC), not {self.kind!r}"
+            )
         if self.weight < 0 or self.ce_weight < 0:
             raise ValueError(f"tap weights must be >= 0, got {self.weight}, {self.ce_weight}")
         if self.kd is not None:
@@ -88,6 +95,11 @@ class ModelConfig:
                 raise ValueError(
                     f"tap {t.name}: layer {t.layer} is outside the encoder's blocks 1..{self.encoder.num_blocks}"
                 )
+            if t.condition and t.layer == self.encoder.num_blocks:
+                raise ValueError(f"tap {t.name}: condition=true on the last block conditions nothing; tap a lower one")
+        layers = [t.layer for t in self.taps if t.condition]
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"at most one conditioned tap per block; blocks {layers}")
 
 
 def hand_weights(cfg: ModelConfig) -> list[float]:
@@ -154,9 +166,17 @@ class AcousticModel(nn.Module):
         self.register_buffer("feat_std", torch.ones(cfg.input_dim))
         d = cfg.encoder.d_model
         self.main = nn.Linear(d, num_classes(cfg.main_unit, vocab))
+        # a conditioned tap's output layer lives in the encoder (it is needed to decode)
         self.taps = nn.ModuleDict(
-            {t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, vocab))) for t in cfg.taps}
+            {
+                t.name: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes(t.unit, vocab)))
+                for t in cfg.taps
+                if not t.condition
+            }
         )
+        for t in cfg.taps:
+            if t.condition:
+                self.encoder.condition[str(t.layer)] = SelfCondition(d, num_classes(t.unit, vocab))
         if cfg.oracle:
             self.oracle = OracleBlock(
                 d, cfg.encoder.num_heads, num_classes(cfg.main_unit, vocab), cfg.oracle == "blind"
@@ -176,7 +196,8 @@ class AcousticModel(nn.Module):
         main = self.main(top).log_softmax(-1)
         taps = {}
         for t in self.cfg.taps:
-            y = self.taps[t.name](layers[t.layer - 1])
+            head = self.encoder.condition[str(t.layer)].head if t.condition else self.taps[t.name]
+            y = head(layers[t.layer - 1])
             taps[t.name] = y.log_softmax(-1) if TAP_LOSSES[t.kind].log_probs else y
         return ModelOutput(main, lens, taps)
 
