@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from speechdistill.ablate import ablate
+from speechdistill.config import ConfigError
 from speechdistill.parallel import call, run_jobs
 from speechdistill.report import markdown, summarize
 
@@ -106,6 +107,14 @@ def test_tiny_ablation_runs_and_resumes(tiny_units, tmp_path):
     assert ablate(control, seeds=2) == results[:2]
     assert (tmp_path / "abl" / "results.md").stat().st_mtime_ns == table_stamp
     assert "| baseline | 2 |" in (tmp_path / "abl" / "results-control.md").read_text()
+    # a finished run is not reported under a config it was not made with (a changed recipe)
+    control.write_text(
+        yaml.safe_dump(yaml.safe_load(control.read_text()) | {"overrides": ["optim.lr=0.01", "progress=true"]})
+    )
+    with pytest.raises(
+        ConfigError, match=r"abl/baseline/seed0 holds a finished run .*\(optim.lr: 0.002 -> 0.01\); move"
+    ):
+        ablate(control, seeds=1)
     with pytest.raises(ValueError, match="report='x/y' must be a plain file name"):
         control.write_text(yaml.safe_dump(yaml.safe_load(spec.read_text()) | {"report": "x/y"}))
         ablate(control, seeds=1)
@@ -232,7 +241,6 @@ def test_a_student_run_waits_for_its_teacher_run_and_a_wrong_order_is_refused(tm
     """oracle.yaml's pattern: a variant whose teacher.path is another run's checkpoint
     waits for that run (index into ablate's job list, after the ``first`` jobs)."""
     from speechdistill.ablate import _waits_for, load_ablation, run_config
-    from speechdistill.config import ConfigError
 
     root = Path(__file__).parent.parent / "configs" / "asr"
     abl = load_ablation(root / "oracle.yaml")

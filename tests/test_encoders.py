@@ -183,6 +183,7 @@ def test_every_shipped_config_loads():
         "oracle.yaml",
         "recipe_sweep.yaml",
         "recipe_sweep3.yaml",
+        "recipe_sweep4.yaml",
     }
     assert len(configs) - len(ablations) >= 6
     for path in configs:

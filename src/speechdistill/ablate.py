@@ -20,7 +20,8 @@ overrides, the command line's, then seed, name and out_dir.
 
 Each run trains into ``{out_dir}/{variant}/seed{n}`` and is scored on dev and
 test (greedy decoding). A run whose ``result.json`` exists is not run again,
-so an interrupted ablation resumes. Results: ``{report}.md``, ``.csv`` and
+so an interrupted ablation resumes; if the run's config has changed since (its
+``config.yaml``), the ablation stops and says which keys, rather than report an old run. Results: ``{report}.md``, ``.csv`` and
 ``.png`` in ``out_dir`` (mean +- std over seeds, change relative to the baseline).
 Runs may go ``jobs`` at a time, each in its own process with ``threads`` torch threads
 (``--jobs 2 --threads 1``; speechdistill/parallel.py says why that pays on a small CPU). A
@@ -39,7 +40,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechdistill.config import ConfigError, apply_override, from_dict, load_config, merge, read_yaml, to_dict
+from speechdistill.config import (
+    ConfigError,
+    apply_override,
+    config_changes,
+    from_dict,
+    load_config,
+    merge,
+    read_yaml,
+    to_dict,
+)
 from speechdistill.evaluate import evaluate
 from speechdistill.parallel import call, run_jobs
 from speechdistill.report import write_report
@@ -99,6 +109,7 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
     out = Path(cfg.out_dir)
     result_path = out / "result.json"
     if result_path.exists():
+        _check_unchanged(out, cfg)
         return json.loads(result_path.read_text())
     log.info("ablation: %s seed %d", variant, seed)
     summary = train(cfg, start="auto")
@@ -117,6 +128,21 @@ def run_one(abl: AblationConfig, variant: str, seed: int, extra: list[str] = ())
         result[f"{split}_per"] = scores["per"]
     atomic_write_text(result_path, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _check_unchanged(out: Path, cfg: TrainConfig) -> None:
+    """A finished run is reused only under the config it was trained with: after a recipe
+    changes (a new baseline.yaml, an edited variant), an old table must not come back
+    as the new one's."""
+    if not (out / "config.yaml").exists():
+        return
+    before = to_dict(from_dict(TrainConfig, read_yaml(out / "config.yaml")))  # later fields: defaults
+    changed = config_changes(before, to_dict(cfg), ignore=("progress",))
+    if changed:
+        raise ConfigError(
+            f"{out} holds a finished run made with another config ({'; '.join(changed)}); move it aside "
+            "(or delete it) to run this variant again, or restore the config it was made with"
+        )
 
 
 def ablate(

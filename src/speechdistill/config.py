@@ -187,6 +187,19 @@ def to_dict(obj) -> Any:
     return obj
 
 
+def config_changes(before: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"key: old -> new"`` for each dotted key whose value differs between two config
+    dicts (lists, such as the taps, compare whole), leaving out the keys in ``ignore``."""
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    old, new = dict(flat(before)), dict(flat(now))
+    keys = sorted((set(old) | set(new)) - set(ignore))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
 def apply_override(data: dict, override: str) -> None:
     """``"a.b.c=value"`` sets ``data["a"]["b"]["c"]``; the value is parsed as YAML."""
     key, sep, raw = override.partition("=")
@@ -251,4 +264,4 @@ def save_config(cfg, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-__all__ = ["ConfigError", "dataclass", "field", "from_dict", "load_config", "save_config", "to_dict"]
+__all__ = ["ConfigError", "config_changes", "dataclass", "field", "from_dict", "load_config", "save_config", "to_dict"]

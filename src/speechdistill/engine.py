@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from speechdistill.checkpoint import finish_interrupted_save, load_training_state, save_training_state
-from speechdistill.config import read_yaml, save_config, to_dict
+from speechdistill.config import config_changes, read_yaml, save_config, to_dict
 from speechdistill.utils import DirLock, UsageError
 
 log = logging.getLogger(__name__)
@@ -357,16 +357,7 @@ class Engine:
         """A resumed run continues under the config it is given now; say what differs from
         the one it started with (a larger max_steps also stretches a linear schedule, so
         the weights will not be those of a run given that budget from the start)."""
-        now = to_dict(self.cfg)
-
-        def flat(d, prefix=""):
-            for k, v in d.items():
-                yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-
-        old, new = dict(flat(before)), dict(flat(now))
-        changed = [
-            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-        ]
+        changed = config_changes(before, to_dict(self.cfg))
         if changed:
             log.warning("resuming %s with a config that differs from the run's own: %s", self.out, "; ".join(changed))
 
