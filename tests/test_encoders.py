@@ -128,10 +128,10 @@ def test_self_conditioned_tap_feeds_the_blocks_above_and_is_decoded():
         # the tap's CTC log-probs come from its head on block 2's own output ...
         torch.testing.assert_close(out.taps["phone-ctc@2"], head(layers[1]).log_softmax(-1))
         # ... and block 3 reads that output plus the projected posteriors (zero on padding)
-        fed = (layers[1] + model.encoder.condition["2"].proj(head(layers[1]).softmax(-1))).masked_fill(
-            (torch.arange(15)[None] >= torch.tensor([15, 11])[:, None])[..., None], 0.0
-        )
         pad = torch.arange(15)[None] >= torch.tensor([15, 11])[:, None]
+        fed = (layers[1] + model.encoder.condition["2"].proj(head(layers[1]).softmax(-1))).masked_fill(
+            pad[..., None], 0.0
+        )
         torch.testing.assert_close(layers[2], model.encoder.blocks[2](fed, pad))
         # the decodable model keeps the conditioning: same output, its head counted as inference
         inference = model.without_taps()

@@ -21,8 +21,9 @@ overrides, the command line's, then seed, name and out_dir.
 Each run trains into ``{out_dir}/{variant}/seed{n}`` and is scored on dev and
 test (greedy decoding). A run whose ``result.json`` exists is not run again,
 so an interrupted ablation resumes; if the run's config has changed since (its
-``config.yaml``), the ablation stops and says which keys, rather than report an old run. Results: ``{report}.md``, ``.csv`` and
-``.png`` in ``out_dir`` (mean +- std over seeds, change relative to the baseline).
+``config.yaml``), the ablation stops and says which keys, rather than report an old
+run. Results: ``{report}.md``, ``.csv`` and ``.png`` in ``out_dir`` (mean +- std over
+seeds, change relative to the baseline).
 Runs may go ``jobs`` at a time, each in its own process with ``threads`` torch threads
 (``--jobs 2 --threads 1``; speechdistill/parallel.py says why that pays on a small CPU). A
 run's result depends on its thread count, never on ``jobs``: the demo fixes one thread
