@@ -191,13 +191,14 @@ def test_shipped_ablation_variants_all_build_configs():
     for variant in abl.variants:
         cfg = run_config(abl, variant, seed=1)
         assert cfg.seed == 1 and cfg.out_dir.endswith(f"{variant}/seed1")
-    assert len(run_config(abl, "hier", 0).model.taps) == 4  # the phone CTC head + 3 aligned taps with KD
+    assert len(run_config(abl, "hier", 0).model.taps) == 5  # the phone CTC head + 4 aligned taps with KD
 
 
 def test_demo_variants_are_the_baseline_plus_their_method():
     """The demo's recipe files (merged into the baseline) give exactly the configs the
     demo ran when every variant was written out as overrides (session 3's demo.yaml,
-    now on the `own` alignment, with the baseline's aligned taps since session 18)."""
+    now on the `own` alignment, with the baseline's aligned taps since session 18 and
+    the second subword tap since session 19)."""
     from speechdistill.ablate import load_ablation, run_config
     from speechdistill.config import apply_override, from_dict, load_config, to_dict
     from speechdistill.train import TrainConfig
@@ -210,10 +211,12 @@ def test_demo_variants_are_the_baseline_plus_their_method():
     written_out = {
         "baseline": [],
         "interp": ["interp.enabled=true"],
-        "aux": [f"model.taps=[{head}, {senone}, {phone}, {{layer: 4, unit: subword, {kd}}}]"],
+        "aux": [
+            f"model.taps=[{head}, {senone}, {phone}, {{layer: 4, unit: subword, {kd}}}, {{layer: 5, unit: subword, {kd}}}]"
+        ],
         "hier": [
             f"model.taps=[{head}, {{layer: 2, unit: senone, {kd}}}, {{layer: 3, unit: phone, {kd}}}, "
-            f"{{layer: 4, unit: subword, {kd}}}]"
+            f"{{layer: 4, unit: subword, {kd}}}, {{layer: 5, unit: subword, {kd}}}]"
         ],
     }
     for variant, overrides in written_out.items():

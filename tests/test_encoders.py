@@ -196,20 +196,23 @@ def test_every_shipped_config_loads():
     # a recipe is its base plus what it says: aux.yaml differs from baseline.yaml in name, out_dir and taps only
     base, aux = (to_dict(load_config(TrainConfig, root / "asr" / f"{n}.yaml")) for n in ("baseline", "aux"))
     assert {k for k in base if base[k] != aux[k]} == {"name", "out_dir", "model"}
-    # the baseline's four taps, kept; the LM's soft labels added on the subword one only
+    # the baseline's five taps, kept; the LM's soft labels added on the two subword ones only
+    kd = {"kd": {"unit": "subword", "top_k": 8, "temperature": 3.0, "alignment": ""}}
+    assert len(base["model"]["taps"]) == len(aux["model"]["taps"]) == 5
     assert aux["model"]["taps"][:3] == base["model"]["taps"][:3]
-    assert aux["model"]["taps"][3] == base["model"]["taps"][3] | {
-        "kd": {"unit": "subword", "top_k": 8, "temperature": 3.0, "alignment": ""}
-    }
-    assert base["model"]["taps"][3] == {
-        "layer": 4,
-        "unit": "subword",
-        "kind": "frame",
-        "weight": 0.3,
-        "ce_weight": 1.0,
-        "kd": None,
-        "condition": False,
-    }
+    assert aux["model"]["taps"][3:] == [tap | kd for tap in base["model"]["taps"][3:]]
+    assert base["model"]["taps"][3:] == [
+        {
+            "layer": layer,
+            "unit": "subword",
+            "kind": "frame",
+            "weight": 0.3,
+            "ce_weight": 1.0,
+            "kd": None,
+            "condition": False,
+        }
+        for layer in (4, 5)
+    ]
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind
