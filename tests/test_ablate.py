@@ -198,7 +198,7 @@ def test_demo_variants_are_the_baseline_plus_their_method():
     """The demo's recipe files (merged into the baseline) give exactly the configs the
     demo ran when every variant was written out as overrides (session 3's demo.yaml,
     now on the `own` alignment, with the baseline's aligned taps since session 18 and
-    the second subword tap since session 19)."""
+    the second subword tap, without an LM, since session 19)."""
     from speechdistill.ablate import load_ablation, run_config
     from speechdistill.config import apply_override, from_dict, load_config, to_dict
     from speechdistill.train import TrainConfig
@@ -208,15 +208,14 @@ def test_demo_variants_are_the_baseline_plus_their_method():
     kd = "kd: {top_k: 8, temperature: 3.0}, ce_weight: 1.0"
     head = "{layer: 3, unit: phone, kind: ctc, weight: 0.3}"  # the baseline's phone CTC head
     senone, phone = (f"{{layer: {i}, unit: {u}, ce_weight: 1.0}}" for i, u in enumerate(("senone", "phone"), 2))
+    sub5 = "{layer: 5, unit: subword, ce_weight: 1.0}"  # aligned truth alone: no LM at block 5
     written_out = {
         "baseline": [],
         "interp": ["interp.enabled=true"],
-        "aux": [
-            f"model.taps=[{head}, {senone}, {phone}, {{layer: 4, unit: subword, {kd}}}, {{layer: 5, unit: subword, {kd}}}]"
-        ],
+        "aux": [f"model.taps=[{head}, {senone}, {phone}, {{layer: 4, unit: subword, {kd}}}, {sub5}]"],
         "hier": [
             f"model.taps=[{head}, {{layer: 2, unit: senone, {kd}}}, {{layer: 3, unit: phone, {kd}}}, "
-            f"{{layer: 4, unit: subword, {kd}}}, {{layer: 5, unit: subword, {kd}}}]"
+            f"{{layer: 4, unit: subword, {kd}}}, {sub5}]"
         ],
     }
     for variant, overrides in written_out.items():
