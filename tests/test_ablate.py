@@ -191,7 +191,7 @@ def test_shipped_ablation_variants_all_build_configs():
     for variant in abl.variants:
         cfg = run_config(abl, variant, seed=1)
         assert cfg.seed == 1 and cfg.out_dir.endswith(f"{variant}/seed1")
-    assert len(run_config(abl, "hier", 0).model.taps) == 5  # the phone CTC head + 4 aligned taps with KD
+    assert len(run_config(abl, "hier", 0).model.taps) == 5  # the phone CTC head + 4 aligned taps, 3 of them with KD
 
 
 def test_demo_variants_are_the_baseline_plus_their_method():
