@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -257,3 +262,53 @@ def test_a_student_run_waits_for_its_teacher_run_and_a_wrong_order_is_refused(tm
     runs = [(v, 0) for v in abl.variants]
     with pytest.raises(ConfigError, match="'student' distils from .* list the teacher's variant first"):
         _waits_for(abl, configs, runs, first=0)
+
+
+JOB = """
+import os, time
+
+def job(folder):
+    open(os.path.join(folder, f"{os.getpid()}.pid"), "w").close()
+    time.sleep(300)  # a run that would outlive the test
+"""
+PARENT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import slow
+from speechdistill.parallel import run_jobs
+run_jobs(slow.job, [(sys.argv[1],), (sys.argv[1],)], jobs=2, threads=1)
+"""
+
+
+def _running(pid: int) -> bool:
+    """A process that exists and is not a zombie (PID 1 in a container may not reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PDEATHSIG is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_parent_stops_its_jobs(tmp_path, sig):
+    """`kill` (SIGTERM) of a running `ablate` stopped only the parent: its two workers went
+    on training, reparented to init (nineteenth session). Now SIGTERM stops the jobs before
+    the parent exits (143), and SIGKILL, which no handler sees, stops them through
+    PDEATHSIG."""
+    (tmp_path / "slow.py").write_text(JOB)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)])
+    deadline = time.monotonic() + 120
+    while len(pids := [int(p.stem) for p in tmp_path.glob("*.pid")]) < 2:
+        assert parent.poll() is None and time.monotonic() < deadline, "the jobs never started"
+        time.sleep(0.2)
+    assert all(_running(p) for p in pids)
+    parent.send_signal(sig)
+    code = parent.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if _running(p)]
+    for p in left:  # not to leave them to the next test
+        os.kill(p, signal.SIGKILL)
+    assert not left, "a job outlived its parent"
+    assert code == (128 + sig if sig == signal.SIGTERM else -sig)
