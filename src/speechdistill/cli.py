@@ -562,8 +562,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     de = top.add("demo", cmd_demo, "the whole distillation study on the built-in corpus", example)
     de.add_argument("--corpus", type=Path, default=None, help="default: data/small (data/quick with --quick)")
-    de.add_argument("--quick", action="store_true", help="the quick corpus, 1 seed, 2 epochs, LMs on part of the text")
-    de.add_argument("--seeds", type=POSITIVE, default=None, help="seeds per method (default 2; 1 with --quick)")
+    de.add_argument(
+        "--quick", action="store_true", help="the quick corpus, 1 seed, 80 updates, LMs on part of the text"
+    )
+    de.add_argument(
+        "--seeds", type=POSITIVE, default=None, help="seeds per method (default 1; 2 gives the README's table)"
+    )
     de.add_argument(
         "--jobs", type=POSITIVE, default=None, help="LMs and runs side by side, one thread each (default: one per CPU)"
     )
