@@ -178,6 +178,7 @@ def test_every_shipped_config_loads():
         "ablation.yaml",
         "augment_ablation.yaml",
         "demo.yaml",
+        "demo_budget.yaml",
         "demo_controls.yaml",
         "learned_weights.yaml",
         "lm_placement.yaml",
@@ -185,6 +186,7 @@ def test_every_shipped_config_loads():
         "recipe_sweep.yaml",
         "recipe_sweep3.yaml",
         "recipe_sweep4.yaml",
+        "recipe_sweep5.yaml",
     }
     assert len(configs) - len(ablations) >= 6
     for path in configs:

@@ -220,6 +220,19 @@ def test_learning_rate_schedules_hand_computed():
         from_dict(TrainConfig, {"optim": {"schedule": "cosine"}})
 
 
+def test_adamw_takes_its_second_moment_decay_from_the_config(tiny_units, tmp_path):
+    from speechdistill.train import setup
+
+    engine, _ = setup(tiny_config(tiny_units.parent, tmp_path / "b2", max_steps=1, beta2=0.98))
+    try:
+        assert [g["betas"] for g in engine.optimizer.param_groups] == [(0.9, 0.98)] * len(engine.optimizer.param_groups)
+    finally:
+        engine.close()
+    assert from_dict(TrainConfig, {}).optim.beta2 == 0.999  # torch's default unless a recipe says otherwise
+    with pytest.raises(ValueError, match=r"beta2=1.0 must be in \(0, 1\)"):
+        from_dict(TrainConfig, {"optim": {"beta2": 1.0}})
+
+
 def test_precision_auto_follows_the_cpu(tmp_path):
     """bf16 autocast only on a CPU with native bf16; fp32 on an AVX2-only one (where bf16
     is emulated and 8x slower); an explicit precision is kept."""

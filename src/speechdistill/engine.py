@@ -94,6 +94,7 @@ def resolve_precision(precision: str, accelerator: str, flags: set[str] | None =
 class OptimConfig:
     lr: float = 2e-3  # peak learning rate, reached after warmup
     weight_decay: float = 1e-3  # AdamW's
+    beta2: float = 0.999  # AdamW's second-moment decay (torch's default; ESPnet's Conformers use 0.98)
     warmup_steps: int = 300
     grad_clip: float = 5.0  # max gradient norm; 0: no clipping
     accumulate: int = 1
@@ -109,6 +110,8 @@ class OptimConfig:
     def __post_init__(self):
         if self.lr <= 0 or self.accumulate < 1 or self.max_epochs < 1 or self.warmup_steps < 0:
             raise ValueError("lr must be > 0, accumulate >= 1, max_epochs >= 1, warmup_steps >= 0")
+        if not 0.0 < self.beta2 < 1.0:
+            raise ValueError(f"beta2={self.beta2} must be in (0, 1)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if not 0.0 <= self.final_lr_ratio <= 1.0:
@@ -292,7 +295,7 @@ class Engine:
             if refused:
                 raise UsageError(refused)
         self.task, self.raw = task, task.model
-        optimizer = torch.optim.AdamW(task.param_groups(), lr=o.lr, weight_decay=o.weight_decay)
+        optimizer = torch.optim.AdamW(task.param_groups(), lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, o.beta2))
         total = o.max_steps
         if o.schedule == "linear" and not total:
             n = torch.tensor(float(task.num_batches()))
