@@ -15,7 +15,7 @@ setup:
 # `make demo SEEDS=2` keeps those runs and adds a second seed of each (the README's table).
 # Finished work is kept, so a second `make demo` only re-prints the table.
 # `make demo QUICK=1`: a first look in minutes: the `quick` corpus (data/quick, 600
-# training utterances), 1 seed, 1 epoch, LMs on part of the text.
+# training utterances), 1 seed, 80 updates, LMs on part of the text.
 demo: setup
 	$(BIN)/speechdistill demo $(if $(QUICK),--quick,--corpus $(DEMO_DIR)) $(if $(SEEDS),--seeds $(SEEDS))
 

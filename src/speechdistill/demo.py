@@ -2,7 +2,7 @@
 
     speechdistill demo            # `small` corpus, 4 methods x 1 seed (what `make demo` runs)
     speechdistill demo --seeds 2  # the same runs and a second seed of each (the README's table)
-    speechdistill demo --quick    # a first look: `quick` corpus (data/quick), 1 seed, 1 epoch
+    speechdistill demo --quick    # a first look: `quick` corpus (data/quick), 1 seed, 80 updates
 
 Steps, each kept when already done (so a second run only re-prints the table):
 corpus -> features -> units -> one LM per unit -> soft-label caches ->
