@@ -187,6 +187,7 @@ def test_every_shipped_config_loads():
         "recipe_sweep3.yaml",
         "recipe_sweep4.yaml",
         "recipe_sweep5.yaml",
+        "recipe_sweep6.yaml",
     }
     assert len(configs) - len(ablations) >= 6
     for path in configs:
