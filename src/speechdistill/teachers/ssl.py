@@ -26,7 +26,6 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from speechdistill.data.features import FbankExtractor
-from speechdistill.students.encoders import padding_mask
 from speechdistill.utils import DataError
 
 HF_FAMILIES = ("hubert", "wav2vec2", "wavlm")
@@ -34,7 +33,7 @@ HF_FAMILIES = ("hubert", "wav2vec2", "wavlm")
 
 def wave_mask(lens: torch.Tensor, num_samples: int) -> torch.Tensor:
     """(N,) -> (N, S) long attention mask, 1 on real samples."""
-    return (~padding_mask(lens, num_samples)).long()
+    return (torch.arange(num_samples, device=lens.device)[None, :] < lens[:, None]).long()
 
 
 class HFUpstream(nn.Module):
