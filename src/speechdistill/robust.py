@@ -32,9 +32,8 @@ import torch
 
 from speechdistill.downstream import ATTACKABLE, ATTACKS, CLASSIFY
 from speechdistill.probe import ProbeConfig, _score, train_probe
-from speechdistill.students.encoders import padding_mask
 from speechdistill.teachers.upstream import load_upstream
-from speechdistill.utils import DataError
+from speechdistill.utils import DataError, padding_mask
 
 
 @dataclass

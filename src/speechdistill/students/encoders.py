@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechdistill.registry import Registry
+from speechdistill.utils import padding_mask
 
 PRESETS = {
     # name: (num_blocks, d_model, num_heads, ff_dim); xs is for tests and the demo.
@@ -78,11 +79,6 @@ class EncoderConfig:
     @property
     def frame_shift(self) -> float:
         return 0.01 * self.subsampling
-
-
-def padding_mask(lens: torch.Tensor, T: int) -> torch.Tensor:
-    """(N,) lengths -> (N, T) bool, True on padded frames."""
-    return torch.arange(T, device=lens.device)[None, :] >= lens[:, None]
 
 
 class ConvSubsampling(nn.Module):

@@ -31,9 +31,9 @@ from torch import nn
 from transformers import HubertConfig
 from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
 
-from speechdistill.students.encoders import padding_mask, sinusoidal
+from speechdistill.students.encoders import sinusoidal
 from speechdistill.students.ssl import STUDENTS, DistilHuBERTStudent, FitHuBERTStudent, StudentConfig
-from speechdistill.utils import DataError
+from speechdistill.utils import DataError, padding_mask
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,10 @@ from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, m
 from speechdistill.data.features import mfcc_with_deltas
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.progress import progress
-from speechdistill.students.encoders import padding_mask
 from speechdistill.teachers.ssl import wave_mask
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.units.phones import SIL, SIL_ARPABET, strip_stress
-from speechdistill.utils import DataError, atomic_write_text
+from speechdistill.utils import DataError, atomic_write_text, padding_mask
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from speechdistill.data.features import FbankExtractor
-from speechdistill.utils import DataError
+from speechdistill.utils import DataError, padding_mask
 
 HF_FAMILIES = ("hubert", "wav2vec2", "wavlm")
 
 
 def wave_mask(lens: torch.Tensor, num_samples: int) -> torch.Tensor:
     """(N,) -> (N, S) long attention mask, 1 on real samples."""
-    return (torch.arange(num_samples, device=lens.device)[None, :] < lens[:, None]).long()
+    return (~padding_mask(lens, num_samples)).long()
 
 
 class HFUpstream(nn.Module):
