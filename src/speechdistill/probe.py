@@ -51,11 +51,12 @@ from speechdistill.data.layout import CorpusDir
 from speechdistill.decode import error_rates, greedy_decode
 from speechdistill.downstream import CLASSIFY, METRICS, POOLED, TASKS
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
+from speechdistill.masks import padding_mask
 from speechdistill.teachers.ssl import FrozenTeacher
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.tune import TUNE_MODES, add_adapters, set_trainable
 from speechdistill.units.inventory import Units
-from speechdistill.utils import DataError, atomic_write_bytes, atomic_write_text, padding_mask
+from speechdistill.utils import DataError, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from speechdistill.downstream import ATTACKABLE, ATTACKS, CLASSIFY
+from speechdistill.masks import padding_mask
 from speechdistill.probe import ProbeConfig, _score, train_probe
 from speechdistill.teachers.upstream import load_upstream
-from speechdistill.utils import DataError, padding_mask
+from speechdistill.utils import DataError
 
 
 @dataclass

@@ -1,5 +1,4 @@
-"""Small helpers shared by every module: atomic file writes, the project's error classes,
-length masks. A leaf: it imports nothing from the package."""
+"""Small helpers shared by every module: atomic file writes."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ import os
 import re
 import tempfile
 from pathlib import Path
-
-import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -140,8 +137,3 @@ def check_split_name(name: str, what: str = "split") -> str:
             "it becomes part of file names, so it cannot hold / or .."
         )
     return name
-
-
-def padding_mask(lens: torch.Tensor, T: int) -> torch.Tensor:
-    """(N,) lengths -> (N, T) bool, True on padded frames."""
-    return torch.arange(T, device=lens.device)[None, :] >= lens[:, None]

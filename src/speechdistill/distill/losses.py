@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from speechdistill.utils import padding_mask
+from speechdistill.masks import padding_mask
 
 IGNORE = -100
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechdistill.masks import padding_mask
 from speechdistill.registry import Registry
-from speechdistill.utils import padding_mask
 
 PRESETS = {
     # name: (num_blocks, d_model, num_heads, ff_dim); xs is for tests and the demo.

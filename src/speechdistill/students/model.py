@@ -26,9 +26,9 @@ from speechdistill.checkpoint import CheckpointError, load_checkpoint, load_mode
 from speechdistill.config import from_dict
 from speechdistill.data.layout import SoftLabelSpec
 from speechdistill.distill.taps import TAP_LOSSES
+from speechdistill.masks import padding_mask
 from speechdistill.students.encoders import Encoder, EncoderConfig, SelfCondition
 from speechdistill.units.types import UNIT_TYPES
-from speechdistill.utils import padding_mask
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 ORACLES = ("", "labels", "blind")

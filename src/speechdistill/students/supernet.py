@@ -31,9 +31,10 @@ from torch import nn
 from transformers import HubertConfig
 from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
 
+from speechdistill.masks import padding_mask
 from speechdistill.students.encoders import sinusoidal
 from speechdistill.students.ssl import STUDENTS, DistilHuBERTStudent, FitHuBERTStudent, StudentConfig
-from speechdistill.utils import DataError, padding_mask
+from speechdistill.utils import DataError
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,12 @@ from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
 from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
 from speechdistill.data.features import mfcc_with_deltas
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
+from speechdistill.masks import padding_mask
 from speechdistill.progress import progress
 from speechdistill.teachers.ssl import wave_mask
 from speechdistill.teachers.upstream import load_upstream
 from speechdistill.units.phones import SIL, SIL_ARPABET, strip_stress
-from speechdistill.utils import DataError, atomic_write_text, padding_mask
+from speechdistill.utils import DataError, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from speechdistill.data.features import FbankExtractor
-from speechdistill.utils import DataError, padding_mask
+from speechdistill.masks import padding_mask
+from speechdistill.utils import DataError
 
 HF_FAMILIES = ("hubert", "wav2vec2", "wavlm")
 
