@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 from speechdistill.cli import _parser, main
 from speechdistill.data.audio import load_audio
-from speechdistill.data.features import FbankExtractor, load_cuts_with_features
+from speechdistill.data.features import FbankExtractor, compute_features, load_cuts_with_features
 
 
 def test_stored_features_match_on_the_fly(tiny_units):
@@ -22,6 +23,18 @@ def test_stored_features_match_on_the_fly(tiny_units):
         fresh = fbank(load_audio(cut.recording))
         assert stored.shape == fresh.shape == (fbank.num_frames(cut.recording.num_samples), 80)
         assert np.abs(stored - fresh).max() < 0.1  # lilcom compression error only
+
+
+def test_features_in_worker_processes_write_the_same_archive(tiny_units, tmp_path):
+    corpus = tiny_units.parent
+    copy = tmp_path / "tiny"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("feats", "*_cuts.jsonl", "features.json", "units"))
+    compute_features(copy, splits=("dev",), show_progress=False, jobs=2)
+    assert (copy / "feats" / "dev.lca").read_bytes() == (corpus / "feats" / "dev.lca").read_bytes()
+    # the cuts name their audio by absolute path: the same but for the corpus's root
+    assert (copy / "dev_cuts.jsonl").read_text() == (corpus / "dev_cuts.jsonl").read_text().replace(
+        str(corpus), str(copy)
+    )
 
 
 def test_both_extractors_give_the_same_frame_count():

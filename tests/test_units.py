@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from lhotse.supervision import AlignmentItem as A
@@ -144,3 +146,15 @@ def test_subword_model_is_byte_identical_across_trainings(tmp_path):
     b = train_subword_model(text, tmp_path / "b" / "sp", vocab_size=40)
     assert a.read_bytes() == b.read_bytes()
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["sp.model", "sp.vocab"]  # no scratch left
+
+
+def test_units_with_worker_processes_are_the_same(tiny_units, tmp_path):
+    from speechdistill.data.units import build_units
+    from speechdistill.units.inventory import UnitsConfig
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_units.parent, copy, ignore=shutil.ignore_patterns("units", "feats", "*_cuts.jsonl"))
+    cfg = UnitsConfig(vocab_size=128, num_senones=160, min_senone_frames=20)  # the fixture's
+    build_units(copy, cfg, show_progress=False, jobs=2)
+    for name in ("senones.json", "durations.json", "phones.txt", "lexicon.txt"):
+        assert (copy / "units" / name).read_bytes() == (tiny_units / name).read_bytes(), name

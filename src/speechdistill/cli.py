@@ -83,7 +83,7 @@ def cmd_features(args):
     from speechdistill.data.features import FbankExtractor, compute_features
 
     for split, path in compute_features(
-        args.corpus, extractor=FbankExtractor(args.extractor, args.num_mel_bins)
+        args.corpus, extractor=FbankExtractor(args.extractor, args.num_mel_bins), jobs=args.jobs
     ).items():
         console.print(f"{split}: {path}")
 
@@ -95,7 +95,7 @@ def cmd_units(args):
     cfg = UnitsConfig(
         args.vocab_size, args.subword_type, args.num_senones, args.states_per_phone, args.min_senone_frames, args.g2p
     )
-    info = build_units(args.corpus, cfg, alignment=args.alignment)
+    info = build_units(args.corpus, cfg, alignment=args.alignment, jobs=args.jobs)
     info["unpronounceable_words"] = len(info["unpronounceable_words"])
     console.print_json(data=info)
 
@@ -445,6 +445,7 @@ def _parser() -> argparse.ArgumentParser:
     fc.add_argument("corpus", type=Path)
     fc.add_argument("--extractor", choices=("kaldi-native", "lhotse"), default="kaldi-native")
     fc.add_argument("--num-mel-bins", type=POSITIVE, default=80)
+    fc.add_argument("--jobs", type=POSITIVE, default=1, help="extraction processes (the archive is the same)")
 
     example = "  speechdistill units build data/small --vocab-size 256"
     about = f"lexicon + every unit type ({', '.join(units)}); converts the LM text"
@@ -461,6 +462,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ub.add_argument("--g2p", action=BOOL, default=True, help="pronounce words missing from CMUdict with eSpeak's rules")
     ub.add_argument("--alignment", default="", help="alignment the senone tree is grown on (default: the manifests')")
+    ub.add_argument("--jobs", type=POSITIVE, default=1, help="processes computing the training filterbanks")
 
     example = "  speechdistill lm train data/small --unit phone --arch lstm"
     lm = _Commands(top.add("lm", None, "train the unit language models (teachers)"), "action")

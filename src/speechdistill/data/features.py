@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from functools import cache, cached_property
+from multiprocessing import get_context
 from pathlib import Path
 
 import kaldi_native_fbank as knf
@@ -85,12 +86,37 @@ class FbankExtractor:
         ).eval()
 
 
+def _extract(job: tuple[FbankExtractor, object]) -> np.ndarray:
+    extractor, cut = job
+    torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
+    return extractor(load_cut_audio(cut))
+
+
+def extracted(cuts, extractor: FbankExtractor, jobs: int = 1):
+    """(cut, features) for each of ``cuts``, in their order; ``jobs`` > 1 extracts in worker
+    processes, a block of cuts at a time (the features of at most one block wait in memory)."""
+    if jobs <= 1:
+        for cut in cuts:
+            yield cut, extractor(load_cut_audio(cut))
+        return
+    cuts, block = list(cuts), 32 * jobs
+    with get_context("spawn").Pool(jobs) as pool:
+        for i in range(0, len(cuts), block):
+            part = cuts[i : i + block]
+            yield from zip(part, pool.map(_extract, [(extractor, c) for c in part], chunksize=4), strict=True)
+
+
 def compute_features(
-    corpus: str | Path | CorpusDir, splits=SPLITS, extractor: FbankExtractor | None = None, show_progress: bool = True
+    corpus: str | Path | CorpusDir,
+    splits=SPLITS,
+    extractor: FbankExtractor | None = None,
+    show_progress: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Path]:
     """Store features for each split as ``feats/{split}.lca`` plus a cut manifest
     ``{split}_cuts.jsonl`` that points at them. Splits already done with the same
-    extractor are kept; the archive is written under a temporary name first."""
+    extractor are kept; the archive is written under a temporary name first. ``jobs``
+    worker processes extract (the main process writes, in order: the same archive)."""
     corpus = CorpusDir(corpus)
     extractor = extractor or FbankExtractor()
     meta_path = corpus.features_info
@@ -107,8 +133,8 @@ def compute_features(
         tmp = archive.with_name(f".{split}.tmp.lca")  # the writer insists on ".lca"
         with LilcomChunkyWriter(str(tmp)) as writer:
             with_feats = []
-            for cut in progress(cuts, total=len(cuts), desc=f"features {split}", enable=show_progress):
-                feats = extractor(load_cut_audio(cut))
+            extracted_cuts = extracted(cuts, extractor, jobs)
+            for cut, feats in progress(extracted_cuts, total=len(cuts), desc=f"features {split}", enable=show_progress):
                 key = writer.write(cut.id, feats)
                 cut.features = Features(
                     type=f"fbank-{extractor.kind}",

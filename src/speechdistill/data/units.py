@@ -13,19 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from speechdistill.align.store import with_alignment
-from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.corpus import load_split
-from speechdistill.data.features import FRAME_SHIFT, FbankExtractor
+from speechdistill.data.features import FRAME_SHIFT, FbankExtractor, extracted
 from speechdistill.data.layout import CorpusDir
 from speechdistill.units.inventory import UnitsConfig, build_inventory
 
 
 def build_units(
-    corpus: str | Path | CorpusDir, cfg: UnitsConfig | None = None, show_progress: bool = True, alignment: str = ""
+    corpus: str | Path | CorpusDir,
+    cfg: UnitsConfig | None = None,
+    show_progress: bool = True,
+    alignment: str = "",
+    jobs: int = 1,
 ) -> dict:
     """Build every inventory of ``corpus`` into ``corpus/units``; the senone tree and the
     phone durations come from the training split's alignment ``alignment`` ("": the
-    manifests' own; without any, senones are left out until one exists). Returns units.json."""
+    manifests' own; without any, senones are left out until one exists). Returns units.json.
+    ``jobs`` processes compute the aligned utterances' filterbanks (the same inventory)."""
     corpus = CorpusDir(corpus)
     if not corpus.lm_text.exists():
         raise FileNotFoundError(f"{corpus.lm_text} is missing: build or import the corpus first")
@@ -36,9 +40,18 @@ def build_units(
     fbank = FbankExtractor()
 
     def train():
+        aligned = [c for c in cuts["train"] if (c.supervisions[0].alignment or {}).get("phone")]
+        stream, ready = extracted([c for c in aligned if not c.has_features], fbank, jobs), {}
+
+        def computed(cut_id):
+            while cut_id not in ready:  # the senone pass asks in the cuts' order: a short wait
+                c, f = next(stream)
+                ready[c.id] = f
+            return ready.pop(cut_id)
+
         for cut in cuts["train"]:
             sup = cut.supervisions[0]
-            feats = (lambda c=cut: c.load_features()) if cut.has_features else (lambda c=cut: fbank(load_cut_audio(c)))
+            feats = (lambda c=cut: c.load_features()) if cut.has_features else (lambda c=cut: computed(c.id))
             yield cut.id, (sup.alignment or {}).get("phone"), feats
 
     transcripts = [s.text or "" for cs in cuts.values() for c in cs for s in c.supervisions]
