@@ -277,7 +277,7 @@ def cmd_compare(args):
 def cmd_evaluate(args):
     from speechdistill.evaluate import evaluate
 
-    scores = evaluate(args.checkpoint, args.data, args.split, args.beam, args.units)
+    scores = evaluate(args.checkpoint, args.data, args.split, args.beam, args.units, device=args.device)
     words = f"WER {scores['wer']:.2f}%  CER {scores['cer']:.2f}%  " if scores["words"] else ""
     console.print(
         f"{args.split}: {words}PER {scores['per']:.2f}%  ({scores['num_utterances']} utterances, {scores['decoder']})"
@@ -638,6 +638,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test")
     ev.add_argument("--beam", type=COUNT, default=0, help="beam size; 0 or 1: greedy")
     ev.add_argument("--units", type=Path, default=None, help="unit inventory (default: the training corpus's)")
+    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: a GPU if there is one)")
     example = "  speechdistill export exp/baseline/best --out exp/baseline/export"
     ex = top.add("export", cmd_export, "export without taps (TorchScript, ONNX)", example)
     ex.add_argument("checkpoint", type=Path)

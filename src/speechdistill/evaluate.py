@@ -32,17 +32,20 @@ from speechdistill.utils import DataError, atomic_write_text, check_split_name
 
 @torch.no_grad()
 def decode_cuts(model, dataset, cuts, unit: str, units: Units, max_duration: float = 200.0, beam: int = 0) -> dict:
-    """Decode ``cuts`` with an InferenceModel; returns scores and per-utterance rows."""
+    """Decode ``cuts`` with an InferenceModel, on the device its weights are on; returns
+    scores and per-utterance rows."""
     model.eval()
     ut = units[unit]
     rows = []
+    device = next(model.parameters()).device
     for cut_batch in make_sampler(cuts, max_duration, shuffle=False, seed=0):
-        batch = dataset[cut_batch]
+        batch = dataset[cut_batch].to(device)
         refs = batch.targets[unit]
         if getattr(model, "needs_targets", False):  # an oracle teacher reads the answer too
             log_probs, lens = model(batch.feats, batch.feat_lens, *refs)
         else:
             log_probs, lens = model(batch.feats, batch.feat_lens)
+        log_probs, lens = log_probs.float().cpu(), lens.cpu()
         hyps = beam_decode(log_probs, lens, beam) if beam > 1 else greedy_decode(log_probs, lens)
         for i, utt in enumerate(batch.ids):
             ref_ids = refs[0][i, : refs[1][i]].tolist()
@@ -100,10 +103,15 @@ def evaluate(
     beam: int = 0,
     units_dir: str | Path | None = None,
     out: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Score a checkpoint on ``data``: a corpus directory (with ``split``), a Kaldi data
-    dir (``wav.scp`` + ``text``) or a lhotse supervision manifest beside its recordings."""
+    dir (``wav.scp`` + ``text``) or a lhotse supervision manifest beside its recordings.
+    ``device``: where the model runs ("auto": a GPU if there is one)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model, meta = load_inference_model(ckpt)
+    model.to(device)
     main_unit = meta["config"]["model"]["main_unit"]
     data = Path(data)
     check_split_name(split)
