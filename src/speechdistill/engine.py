@@ -128,7 +128,9 @@ class EngineConfig:
     # "auto": bf16 autocast where the hardware computes bf16 natively (a GPU that supports it,
     # a CPU with AVX512-BF16 / AMX / Arm BF16), else fp32 (see ``resolve_precision``)
     precision: str = "32-true"  # or "auto", "bf16-mixed", "16-mixed"
-    accelerator: str = "cpu"  # "cpu", "gpu", "auto"
+    # "cpu", "gpu", "auto". Not "auto" by default: only the acoustic-model loop (train.py,
+    # evaluate) has run on a GPU, and the LM and probe tasks leave their batches on the CPU.
+    accelerator: str = "cpu"
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"  # "ddp" for several processes
@@ -246,8 +248,10 @@ class Engine:
             precision=self.precision,
         )
         self.fabric.launch()
-        if cfg.precision == "auto" and self.fabric.is_global_zero:
-            log.info("precision auto -> %s: %s", self.precision, why)
+        if self.fabric.is_global_zero:
+            if cfg.precision == "auto":
+                log.info("precision auto -> %s: %s", self.precision, why)
+            log.info("device %s (%d process(es))", self.fabric.device, self.fabric.world_size)
         self.out = Path(cfg.out_dir) if cfg.out_dir else None
         self.state = State()
         self._tb = None
