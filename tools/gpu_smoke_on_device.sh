@@ -12,7 +12,8 @@ if [ -z "$CPU_TEST" ]; then
   export PYTHONPATH=/tmp/site:$PWD/src
 fi
 xz -dc .gpu/kjv.txt.xz > /tmp/kjv.txt
-C=${C:-/tmp/tinyc}; ACC=${ACC:-gpu}  # the LM and probe commands have no accelerator option: CPU; SD="python3 -m speechdistill.cli"; J=$(nproc)
+# the LM and probe commands have no accelerator option: they run on the CPU
+C=${C:-/tmp/tinyc}; ACC=${ACC:-gpu}; SD="python3 -m speechdistill.cli"; J=$(nproc)
 run() { local name=$1; shift; if "$@" > $OUT/$name.log 2>&1; then el "OK $name"; else el "FAIL $name"; tail -25 $OUT/$name.log; fi; }
 run corpus $SD corpus build --preset tiny --out $C --text /tmp/kjv.txt --jobs $J
 run features $SD features compute $C --jobs $J
