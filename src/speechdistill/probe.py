@@ -246,6 +246,7 @@ def _score(model, predict, cuts, target, task, max_duration, scale=(0.0, 1.0)) -
     with torch.no_grad():
         for batch, wavs, lens in _batches(cuts, max_duration, False, 0, 0):
             y, flens = predict(batch, wavs, lens)
+            y, flens = y.float().cpu(), flens.cpu()  # scored on the CPU, wherever the model ran
             if task in CLASSIFY:
                 correct += int((y.argmax(-1) == torch.tensor([target(c) for c in batch])).sum())
                 n += len(batch)
@@ -317,24 +318,25 @@ class ProbeTask(Task):
         return _batches(self.parts["train"], self.cfg.max_duration, True, self.cfg.seed, epoch)
 
     def predict(self, model, cuts, wavs, lens):
+        device = self.engine.fabric.device
         if self.tuned:
-            return model(wavs, lens)
-        states, flens = self.states.batch(cuts, wavs, lens)
-        return model(states, flens), flens
+            return model(wavs.to(device), lens.to(device))
+        states, flens = self.states.batch(cuts, wavs, lens)  # a frozen upstream stays where it was loaded
+        return model([s.to(device) for s in states], flens.to(device)), flens
 
     def step(self, model, batch):
         cuts, wavs, lens = batch
         y, flens = self.predict(model, cuts, wavs, lens)
         if self.cfg.task in CLASSIFY:
-            loss = F.cross_entropy(y, torch.tensor([self.target(c) for c in cuts]))
+            loss = F.cross_entropy(y, torch.tensor([self.target(c) for c in cuts], device=y.device))
         elif self.cfg.task == "rate":
-            z = (torch.tensor([self.target(c) for c in cuts]) - self.scale[0]) / self.scale[1]
+            z = (torch.tensor([self.target(c) for c in cuts], device=y.device) - self.scale[0]) / self.scale[1]
             loss = F.mse_loss(y[:, 0], z.to(y.dtype))
         else:
             tg = [torch.tensor(self.target(c)) for c in cuts]
             loss = F.ctc_loss(
                 y.log_softmax(-1).transpose(0, 1),
-                torch.cat(tg),
+                torch.cat(tg).to(y.device),
                 flens,
                 torch.tensor([len(t) for t in tg]),
                 zero_infinity=True,

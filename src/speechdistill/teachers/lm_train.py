@@ -61,10 +61,11 @@ def _batches(seqs: list[list[int]], max_tokens: int, shuffle: bool, rng: random.
 def dev_perplexity(lm: UnitLM, seqs: list[list[int]], max_tokens: int = 8000) -> float:
     lm.eval()
     total, count = 0.0, 0
+    device = next(lm.parameters()).device
     torch.manual_seed(0)  # masked LMs draw their masks
     for ids, lens in _batches(seqs, max_tokens, False, random.Random(0)):
         n = int(lens.sum())
-        total += float(lm.loss(ids, lens)) * n
+        total += float(lm.loss(ids.to(device), lens.to(device))) * n
         count += n
     return perplexity(total / max(1, count))
 
@@ -88,7 +89,7 @@ class LMTask(Task):
         return len(_buckets(self.seqs, self.max_tokens))
 
     def step(self, model, batch):
-        loss = model.loss(*batch)
+        loss = model.loss(*(t.to(self.engine.fabric.device) for t in batch))
         return loss, {"loss": float(loss.detach())}
 
     def validate(self, model) -> dict[str, float]:
