@@ -129,7 +129,7 @@ class EngineConfig:
     # a CPU with AVX512-BF16 / AMX / Arm BF16), else fp32 (see ``resolve_precision``)
     precision: str = "32-true"  # or "auto", "bf16-mixed", "16-mixed"
     # "cpu", "gpu", "auto". Not "auto" by default: only the acoustic-model loop (train.py,
-    # evaluate) has run on a GPU, and the LM and probe tasks leave their batches on the CPU.
+    # evaluate) has run on a GPU; the LM, probe and SSL tasks have not (tools/gpu_smoke_on_device.sh).
     accelerator: str = "cpu"
     devices: int = 1
     num_nodes: int = 1
