@@ -39,12 +39,13 @@ def decode_cuts(model, dataset, cuts, unit: str, units: Units, max_duration: flo
     rows = []
     device = next(model.parameters()).device
     for cut_batch in make_sampler(cuts, max_duration, shuffle=False, seed=0):
-        batch = dataset[cut_batch].to(device)
-        refs = batch.targets[unit]
+        batch = dataset[cut_batch]
+        refs = batch.targets[unit]  # stay on the CPU: read back per utterance below
+        feats, feat_lens = batch.feats.to(device), batch.feat_lens.to(device)
         if getattr(model, "needs_targets", False):  # an oracle teacher reads the answer too
-            log_probs, lens = model(batch.feats, batch.feat_lens, *refs)
+            log_probs, lens = model(feats, feat_lens, *(r.to(device) for r in refs))
         else:
-            log_probs, lens = model(batch.feats, batch.feat_lens)
+            log_probs, lens = model(feats, feat_lens)
         log_probs, lens = log_probs.float().cpu(), lens.cpu()
         hyps = beam_decode(log_probs, lens, beam) if beam > 1 else greedy_decode(log_probs, lens)
         for i, utt in enumerate(batch.ids):

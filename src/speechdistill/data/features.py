@@ -88,7 +88,6 @@ class FbankExtractor:
 
 def _extract(job: tuple[FbankExtractor, object]) -> np.ndarray:
     extractor, cut = job
-    torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
     return extractor(load_cut_audio(cut))
 
 
@@ -100,7 +99,8 @@ def extracted(cuts, extractor: FbankExtractor, jobs: int = 1):
             yield cut, extractor(load_cut_audio(cut))
         return
     cuts, block = list(cuts), 32 * jobs
-    with get_context("spawn").Pool(jobs) as pool:
+    # one process per core: torch's own threads in each would oversubscribe
+    with get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         for i in range(0, len(cuts), block):
             part = cuts[i : i + block]
             yield from zip(part, pool.map(_extract, [(extractor, c) for c in part], chunksize=4), strict=True)
