@@ -10,6 +10,11 @@ seeded gradients, and the three take turns step by step, so drift of the machine
 them alike. A step is what the engine does after backward: clip the gradient norm, then
 AdamW. Prints the median milliseconds per step, the ratios to the loop, and how far each
 one's weights end from the loop's (0: bit-identical).
+
+With ``--train-steps N`` (needs the config's corpus), also whole training steps: two
+engines of the config, ``optim.fused`` false and true, each on the same batches of the
+task's epoch-0 loader (data work not timed), forward + backward + optimizer step, taking
+turns; prints the median seconds per step and their ratio.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import tempfile
 import time
 
 import torch
@@ -24,7 +30,7 @@ import torch
 from speechdistill.config import load_config
 from speechdistill.engine import cpu_model
 from speechdistill.students.model import AcousticModel
-from speechdistill.train import TrainConfig
+from speechdistill.train import TrainConfig, setup
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -34,6 +40,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/asr/long_medium_aug.yaml")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--vocab", type=int, default=500, help="size of every unit's output layer")
+    ap.add_argument("--train-steps", type=int, default=0, help="also time this many whole training steps")
     args = ap.parse_args()
     cfg = load_config(TrainConfig, args.config, [])
     units = {cfg.model.main_unit} | {t.unit for t in cfg.model.taps}
@@ -68,8 +75,35 @@ def main() -> None:
     ref = runs["loop"][0]
     for name, (m, _) in runs.items():
         t = statistics.median(times[name])
-        diff = max(float((a - b).abs().max()) for a, b in zip(m.parameters(), ref.parameters(), strict=True))
+        diff = max(float((a - b).detach().abs().max()) for a, b in zip(m.parameters(), ref.parameters(), strict=True))
         print(f"  {name:8s} {t * 1e3:7.2f} ms/step  {loop / t:5.2f}x the loop's speed  max |w - w_loop| = {diff:.1e}")
+    if args.train_steps:
+        whole_steps(args.config, args.train_steps)
+
+
+def whole_steps(config: str, steps: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = {}
+        for fused in (False, True):
+            over = [f"out_dir={tmp}/{fused}", f"optim.fused={str(fused).lower()}", "progress=false"]
+            engines[fused], task = setup(load_config(TrainConfig, config, over))
+        batches = iter(task.batches(0, 0))
+        times = {fused: [] for fused in engines}
+        for i in range(steps + 3):
+            batch = next(batches)
+            for fused, engine in engines.items():
+                t0 = time.perf_counter()
+                engine.forward_backward(batch)
+                engine.optimizer_step()
+                if i >= 3:
+                    times[fused].append(time.perf_counter() - t0)
+        for engine in engines.values():
+            engine.close()
+    loop, fused = (statistics.median(times[f]) for f in (False, True))
+    print(f"whole training steps ({steps}, after 3 untimed; the task's batches, data work not timed):")
+    print(
+        f"  loop  {loop * 1e3:7.1f} ms/step\n  fused {fused * 1e3:7.1f} ms/step  {loop / fused:5.3f}x the loop's speed"
+    )
 
 
 if __name__ == "__main__":

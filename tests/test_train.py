@@ -233,6 +233,36 @@ def test_adamw_takes_its_second_moment_decay_from_the_config(tiny_units, tmp_pat
         from_dict(TrainConfig, {"optim": {"beta2": 1.0}})
 
 
+def test_fused_adamw_is_used_when_asked_learns_the_same_and_resumes_identically(trained, tiny_units, tmp_path):
+    """optim.fused: torch's fused kernel, not the loop (its weights differ in the last bits
+    from the loop's run, and only there), and a killed fused run resumes to the weights of
+    an uninterrupted fused one."""
+    from speechdistill.config import save_config
+    from speechdistill.train import setup
+
+    engine, _ = setup(tiny_config(tiny_units.parent, tmp_path / "probe", max_steps=1, fused=True))
+    try:
+        assert [g["fused"] for g in engine.optimizer.param_groups] == [True] * len(engine.optimizer.param_groups)
+    finally:
+        engine.close()
+    assert not from_dict(TrainConfig, {}).optim.fused  # the loop stays the default: the README's tables used it
+    loop, _ = trained
+    ref = tmp_path / "fused"
+    train(tiny_config(tiny_units.parent, ref, max_steps=16, fused=True))
+    a, b = load_file(loop / "last.safetensors"), load_file(ref / "last.safetensors")
+    keys = [k for k in a if k.startswith("model.") and a[k].is_floating_point()]
+    assert any(not torch.equal(a[k], b[k]) for k in keys), "optim.fused gave the loop's bits: was it used?"
+    for k in keys:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-3, msg=f"{k}: fused and loop AdamW drift apart")
+    killed = tmp_path / "killed"
+    save_config(tiny_config(tiny_units.parent, killed, max_steps=16, fused=True), tmp_path / "cfg.yaml")
+    assert _cli("train", tmp_path / "cfg.yaml", "debug_kill_at_step=10", check=False).returncode == -9
+    _cli("train", tmp_path / "cfg.yaml", "--resume")
+    c = load_file(killed / "last.safetensors")
+    for k in keys:
+        torch.testing.assert_close(b[k], c[k], rtol=0, atol=1e-6, msg=f"{k}: a fused run resumes identically")
+
+
 def test_precision_auto_follows_the_cpu(tmp_path):
     """bf16 autocast only on a CPU with native bf16; fp32 on an AVX2-only one (where bf16
     is emulated and 8x slower); an explicit precision is kept."""
