@@ -14,7 +14,9 @@ one's weights end from the loop's (0: bit-identical).
 With ``--train-steps N`` (needs the config's corpus), also whole training steps: two
 engines of the config, ``optim.fused`` false and true, each on the same batches of the
 task's epoch-0 loader (data work not timed), forward + backward + optimizer step, taking
-turns; prints the median seconds per step and their ratio.
+turns; prints the median seconds per step and their ratio. ``--profile N`` then runs N
+more steps of the loop's engine under torch.profiler and prints the operators that take
+the most time of the step (self CPU time): where a step of the recipe goes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--vocab", type=int, default=500, help="size of every unit's output layer")
     ap.add_argument("--train-steps", type=int, default=0, help="also time this many whole training steps")
+    ap.add_argument("--profile", type=int, default=0, help="then profile this many steps (needs --train-steps)")
     args = ap.parse_args()
     cfg = load_config(TrainConfig, args.config, [])
     units = {cfg.model.main_unit} | {t.unit for t in cfg.model.taps}
@@ -78,10 +81,10 @@ def main() -> None:
         diff = max(float((a - b).detach().abs().max()) for a, b in zip(m.parameters(), ref.parameters(), strict=True))
         print(f"  {name:8s} {t * 1e3:7.2f} ms/step  {loop / t:5.2f}x the loop's speed  max |w - w_loop| = {diff:.1e}")
     if args.train_steps:
-        whole_steps(args.config, args.train_steps)
+        whole_steps(args.config, args.train_steps, args.profile)
 
 
-def whole_steps(config: str, steps: int) -> None:
+def whole_steps(config: str, steps: int, profile: int = 0) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engines = {}
         for fused in (False, True):
@@ -97,6 +100,12 @@ def whole_steps(config: str, steps: int) -> None:
                 engine.optimizer_step()
                 if i >= 3:
                     times[fused].append(time.perf_counter() - t0)
+        if profile:
+            batches_ = [next(batches) for _ in range(profile)]
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for batch in batches_:
+                    engines[False].forward_backward(batch)
+                    engines[False].optimizer_step()
         for engine in engines.values():
             engine.close()
     loop, fused = (statistics.median(times[f]) for f in (False, True))
@@ -104,6 +113,12 @@ def whole_steps(config: str, steps: int) -> None:
     print(
         f"  loop  {loop * 1e3:7.1f} ms/step\n  fused {fused * 1e3:7.1f} ms/step  {loop / fused:5.3f}x the loop's speed"
     )
+    if profile:
+        ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in ops)
+        print(f"where {profile} steps of the loop's engine go (torch.profiler, self CPU time, top 10):")
+        for e in ops[:10]:
+            print(f"  {e.key:40s} {100 * e.self_cpu_time_total / total:5.1f}%  {e.count / profile:6.1f} calls/step")
 
 
 if __name__ == "__main__":
