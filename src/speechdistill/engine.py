@@ -106,8 +106,8 @@ class OptimConfig:
     # constant: warmup then lr
     schedule: str = "noam"
     final_lr_ratio: float = 0.05
-    # torch's fused AdamW kernel (CPU and CUDA): the optimizer step of the xs student 3.4x
-    # faster on 2 AVX2 cores (bench/optimizer.py), 5% of a long CPU run. Its arithmetic
+    # torch's fused AdamW kernel (CPU and CUDA): the optimizer step of the xs student 2.4-2.7x
+    # faster on 2 AVX2 cores, a whole training step 1.05x (bench/optimizer.py). Its arithmetic
     # differs from the per-parameter loop in the last bits (~1e-7 after a few steps), so
     # the recipes whose tables the README prints keep the loop.
     fused: bool = False
