@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=0, help="also time this many whole training steps")
     ap.add_argument("--profile", type=int, default=0, help="then profile this many steps (needs --train-steps)")
     args = ap.parse_args()
+    if args.profile and not args.train_steps:
+        ap.error("--profile profiles whole training steps: give --train-steps too")
     cfg = load_config(TrainConfig, args.config, [])
     units = {cfg.model.main_unit} | {t.unit for t in cfg.model.taps}
     torch.manual_seed(0)
