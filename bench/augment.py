@@ -9,7 +9,7 @@ clean audio; and the recipe with every augmentation on at its configured probabi
 step is what training does: the next batch of the task's own epoch-0 loader (the
 length-bucketed sampler, speed-perturbed durations included; the data work in the
 training process) + forward + backward + optimizer step. The three take turns step by
-step, so drift of the machine hits them alike. Then, from fresh engines and one after the
+step, who goes first rotating, so drift of the machine hits them alike. Then, from fresh engines and one after the
 other, stored features and augmentation with the data work in one loader worker process.
 Prints median step times and the ratios to stored features.
 """
@@ -50,7 +50,10 @@ def step_times(names: list[str], common: list[str], steps: int) -> dict[str, lis
         log.info("%s: precision %s", name, engine.precision)
     times = {name: [] for name in names}
     for i in range(steps + WARMUP):
-        for name, (engine, batches) in runs.items():
+        # who goes first rotates: a step right after another recipe's may find the caches
+        # in another state, and a fixed order would give that to the same recipe each time
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            engine, batches = runs[name]
             t0 = time.perf_counter()
             engine.forward_backward(next(batches))
             engine.optimizer_step()

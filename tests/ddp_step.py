@@ -2,7 +2,8 @@
 
 Run as ``torchrun --nproc-per-node 2 tests/ddp_step.py CORPUS OUT`` (each rank
 takes every second utterance) or ``python tests/ddp_step.py CORPUS OUT`` (one
-process, the whole batch). Writes the mean loss and the (all-reduced) gradients.
+process, the whole batch). Writes the mean loss and the (all-reduced) gradients, and
+each rank's dev scores and decoded rows.
 """
 
 import json
@@ -41,6 +42,9 @@ _, terms = engine.forward_backward(batch)
 # (e.g. attention key biases) into +-lr steps whose sign is noise.
 grads = {n: p.grad.detach().clone() for n, p in task.model.named_parameters() if p.grad is not None}
 loss = engine.fabric.all_reduce(torch.tensor(terms["total"]), reduce_op="mean")
+dev = task.validate(engine.model)  # each rank scores its share of dev; all get the totals
+with open(f"{out}/dev{rank}.json", "w") as f:
+    json.dump({"scores": dev, "rows": task.dev_rows}, f)
 if engine.is_main:
     save_file(grads, f"{out}/grads.safetensors")
     with open(f"{out}/loss.json", "w") as f:

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from speechdistill.checkpoint import CheckpointError, load_checkpoint
 from speechdistill.config import from_dict, to_dict
-from speechdistill.train import TrainConfig, train
+from speechdistill.evaluate import decode_cuts
+from speechdistill.train import TrainConfig, setup, train
 
 TESTS = Path(__file__).parent
 
@@ -137,6 +138,15 @@ def test_ddp_two_processes_match_one(tiny_units, tmp_path):
         # float32 sums in another order: tolerance relative to the tensor's largest gradient
         # (a missing or doubled all-reduce is off by 2x, a wrong batch split by far more)
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-3, atol=1e-4 * float(ga[k].abs().max()), msg=k)
+    # dev: two ranks, each decoding half of the batches, score what one process scores
+    d1 = json.loads((one / "dev0.json").read_text())
+    d2 = [json.loads((two / f"dev{r}.json").read_text()) for r in (0, 1)]
+    assert d2[0] == d2[1], "every rank must hold the same dev totals (best epoch, early stop)"
+    ids = [r[0] for r in d1["rows"]]
+    assert len(ids) == len(set(ids)) > 2 and [r[0] for r in d2[0]["rows"]] == ids
+    assert [r[1] for r in d2[0]["rows"]] == [r[1] for r in d1["rows"]]
+    assert d2[0]["scores"]["dev_error"] == pytest.approx(d1["scores"]["dev_error"], abs=1e-6)
+    assert d2[0]["scores"]["dev_ctc"] == pytest.approx(d1["scores"]["dev_ctc"], rel=0.05)
 
 
 def test_evaluate_writes_hypotheses(trained, tiny_units):
@@ -147,6 +157,35 @@ def test_evaluate_writes_hypotheses(trained, tiny_units):
     assert len(rows) == 16 and all(len(r.split("\t")) == 3 for r in rows)
     scores = json.loads((out / "test.scores.json").read_text())
     assert scores["num_utterances"] == 16 and scores["wer"] >= 0
+
+
+def test_dev_scoring_in_the_loss_pass_equals_decoding_the_checkpoint(trained, tiny_units, tmp_path):
+    """validate() decodes the main output of its loss pass; it must score exactly what the
+    separate decode of the inference model (what `evaluate` runs) scores."""
+    out, _ = trained
+    shutil.copytree(out, tmp_path / "run")
+    cfg = tiny_config(tiny_units.parent, tmp_path / "run", max_steps=16)
+    engine, task = setup(cfg, "resume")
+    try:
+        assert engine.state.step == 16
+        with torch.no_grad():  # 16 steps leave the output on blank: push it off, so that
+            task.model.main.bias[0] -= 20.0  # every frame's argmax is a piece, near ties included
+        scores = task.validate(engine.model)
+        alone = decode_cuts(
+            task.model.without_taps(),
+            task.dev_dataset,
+            task.dev_cuts,
+            "subword",
+            task.units,
+            max_duration=cfg.data.max_duration,
+        )
+    finally:
+        engine.close()
+    assert len(task.dev_rows) == len(task.dev_cuts) == alone["num_utterances"] > 0
+    assert task.dev_rows == alone["rows"]
+    assert all(hyp for _, _, hyp in alone["rows"])
+    assert scores["dev_error"] == alone["error_rate"]
+    assert {"dev_ctc", "dev_total"} <= scores.keys() and task.model.training
 
 
 def test_export_onnx_matches_pytorch(trained, tmp_path):

@@ -35,35 +35,51 @@ def decode_cuts(model, dataset, cuts, unit: str, units: Units, max_duration: flo
     """Decode ``cuts`` with an InferenceModel, on the device its weights are on; returns
     scores and per-utterance rows."""
     model.eval()
-    ut = units[unit]
     rows = []
     device = next(model.parameters()).device
     for cut_batch in make_sampler(cuts, max_duration, shuffle=False, seed=0):
         batch = dataset[cut_batch]
-        refs = batch.targets[unit]  # stay on the CPU: read back per utterance below
+        refs = batch.targets[unit]
         feats, feat_lens = batch.feats.to(device), batch.feat_lens.to(device)
         if getattr(model, "needs_targets", False):  # an oracle teacher reads the answer too
             log_probs, lens = model(feats, feat_lens, *(r.to(device) for r in refs))
         else:
             log_probs, lens = model(feats, feat_lens)
-        log_probs, lens = log_probs.float().cpu(), lens.cpu()
-        hyps = beam_decode(log_probs, lens, beam) if beam > 1 else greedy_decode(log_probs, lens)
-        for i, utt in enumerate(batch.ids):
-            ref_ids = refs[0][i, : refs[1][i]].tolist()
-            rows.append(
-                (utt, ut.to_text([j - ut.offset for j in ref_ids]), ut.to_text([j - ut.offset for j in hyps[i]]))
-            )
-    rows.sort()
+        rows += decoded_rows(batch, log_probs, lens, unit, units, beam)
+    return score_rows(rows, unit, units)
+
+
+def decoded_rows(batch, log_probs, lens, unit: str, units: Units, beam: int = 0) -> list[tuple[str, str, str]]:
+    """(id, reference text, hypothesis text) of each utterance of ``batch`` from the
+    model's (N, T, V) log-probs over ``unit``; greedy, or a prefix beam when ``beam > 1``."""
+    ut = units[unit]
+    refs, ref_lens = (t.cpu() for t in batch.targets[unit])  # read back per utterance below
+    log_probs, lens = log_probs.float().cpu(), lens.cpu()
+    hyps = beam_decode(log_probs, lens, beam) if beam > 1 else greedy_decode(log_probs, lens)
+    return [
+        (
+            utt,
+            ut.to_text([j - ut.offset for j in refs[i, : ref_lens[i]].tolist()]),
+            ut.to_text([j - ut.offset for j in hyps[i]]),
+        )
+        for i, utt in enumerate(batch.ids)
+    ]
+
+
+def score_rows(rows: list[tuple[str, str, str]], unit: str, units: Units) -> dict:
+    """Corpus-level WER, CER and PER of decoded rows (in any order; sorted by id here)."""
+    rows = sorted(rows)
     scores = error_rates([r[1] for r in rows], [r[2] for r in rows])
+    words = units[unit].words
     result = {
         "error_rate": scores["wer"],
         "wer": scores["wer"],
         "cer": scores["cer"],
         "rows": rows,
         "num_utterances": len(rows),
-        "words": ut.words,
+        "words": words,
     }
-    if ut.words:  # PER on the lexicon pronunciations of reference and hypothesis words
+    if words:  # PER on the lexicon pronunciations of reference and hypothesis words
         result["per"] = error_rates([_phones(r[1], units) for r in rows], [_phones(r[2], units) for r in rows])["wer"]
     else:
         result["per"] = result["wer"]

@@ -31,7 +31,7 @@ from speechdistill.distill.losses import ctc_loss, ctc_viterbi, teacher_kd
 from speechdistill.distill.soft_labels import SoftLabelCache
 from speechdistill.distill.taps import TAP_LOSSES
 from speechdistill.engine import Engine, EngineConfig, Task
-from speechdistill.evaluate import decode_cuts
+from speechdistill.evaluate import decoded_rows, score_rows
 from speechdistill.students.model import AcousticModel, ModelConfig, hand_weights, load_acoustic_model
 from speechdistill.units.inventory import Units
 from speechdistill.utils import DataError, atomic_write_text
@@ -197,7 +197,8 @@ def interp_ce(log_probs, lens, targets, target_lens, soft) -> torch.Tensor:
 def compute_loss(
     model, batch: Batch, cfg: TrainConfig, step: int = 0, teacher=None
 ) -> tuple[torch.Tensor, dict[str, float], dict]:
-    """Total loss, every named term (floats, for the logs), and info (skipped utterances).
+    """Total loss, every named term (floats, for the logs), and info: the skipped
+    utterances and the main output (``log_probs``, ``lens``: what dev scoring decodes).
 
     L = (1 - w_interp) (1 - sum w_ctc_taps) CTC_main + w_interp CE_interp + sum_taps w_tap L_tap
 
@@ -254,7 +255,7 @@ def compute_loss(
         terms["teacher_kd"] = float(kd.detach())
     terms["total"] = float(total.detach())
     skipped = [i for i, good in zip(batch.ids, ok.tolist(), strict=True) if not good]
-    return total, terms, {"skipped": skipped}
+    return total, terms, {"skipped": skipped, "log_probs": out.main.detach(), "lens": out.lens}
 
 
 class _Skip(torch.utils.data.Sampler):
@@ -283,6 +284,8 @@ class AsrTask(Task):
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = AcousticModel(cfg.model, self.vocab)
         self.train_cuts, self.dev_cuts = self._load_cuts()
+        self.dev_ids = frozenset(self.dev_cuts.ids)
+        self.dev_rows: list[tuple[str, str, str]] = []  # (id, reference, hypothesis) of the last dev pass
         self.teacher = self._load_teacher(engine)
         self._set_feature_stats()
         self.skipped = 0
@@ -426,25 +429,34 @@ class AsrTask(Task):
 
     @torch.no_grad()
     def validate(self, model) -> dict[str, float]:
-        """Dev loss terms and the greedy error rate of the main output."""
+        """Dev loss terms and the greedy error rate of the main output, in one pass: the
+        main output the loss reads is the one decoded. Under DDP each rank scores its
+        share of the batches and every rank gets the totals (the same best epoch and early
+        stop everywhere)."""
         model.eval()
+        unit = self.cfg.model.main_unit
         terms_sum: dict[str, float] = {}
-        n = 0
+        n, rows = 0, []
         for batch in self._loader(self.dev_cuts, False, 0, dataset=self.dev_dataset):
             batch = batch.to(self.engine.fabric.device)
-            _, terms, _ = compute_loss(model, batch, self.cfg, self.engine.state.step, self.teacher)
+            _, terms, info = compute_loss(model, batch, self.cfg, self.engine.state.step, self.teacher)
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v
             n += 1
+            rows += decoded_rows(batch, info["log_probs"], info["lens"], unit, self.units)
+        fabric = self.engine.fabric
+        if fabric.world_size > 1:
+            shares = [None] * fabric.world_size
+            torch.distributed.all_gather_object(shares, (terms_sum, n, rows))
+            terms_sum = {k: sum(s[0].get(k, 0.0) for s in shares) for k in terms_sum}
+            n = sum(s[1] for s in shares)
+            # lhotse hands the last batches out across ranks and, with fewer utterances than
+            # ranks, repeats some under new ids: keep each dev utterance once
+            by_id = {r[0]: r for s in shares for r in s[2] if r[0] in self.dev_ids}
+            rows = list(by_id.values())
         result = {f"dev_{k}": v / max(1, n) for k, v in terms_sum.items()}
-        scores = decode_cuts(
-            self.model.without_taps(),
-            self.dev_dataset,
-            self.dev_cuts,
-            self.cfg.model.main_unit,
-            self.units,
-            max_duration=self.cfg.data.max_duration,
-        )
+        scores = score_rows(rows, unit, self.units)
+        self.dev_rows = scores["rows"]
         result["dev_error"] = scores["error_rate"]
         model.train()
         return result
