@@ -182,6 +182,7 @@ def test_every_shipped_config_loads():
         "demo_controls.yaml",
         "learned_weights.yaml",
         "lm_placement.yaml",
+        "long_small_kd.yaml",
         "oracle.yaml",
         "recipe_sweep.yaml",
         "recipe_sweep3.yaml",
@@ -217,6 +218,17 @@ def test_every_shipped_config_loads():
         }
         for layer in (4, 5)
     ]
+    # the KD question at the long recipe: hier differs from its baseline in the taps' LMs only
+    abl = load_ablation(root / "asr" / "long_small_kd.yaml")
+    b, h = (to_dict(run_config(abl, v, 0)) for v in ("baseline", "hier"))
+    assert {k for k in b if b[k] != h[k]} == {"name", "out_dir", "model"}
+    assert {k for k in b["model"] if b["model"][k] != h["model"][k]} == {"taps"}
+    assert [t | {"kd": None} for t in h["model"]["taps"]] == b["model"]["taps"]
+    assert (b["optim"]["max_epochs"], b["model"]["encoder"]["dropout"], b["augment"]["speed"]["enabled"]) == (
+        20,
+        0.1,
+        True,
+    )
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind
