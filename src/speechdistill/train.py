@@ -448,7 +448,8 @@ class AsrTask(Task):
         if fabric.world_size > 1:
             shares = [None] * fabric.world_size
             torch.distributed.all_gather_object(shares, (terms_sum, n, rows))
-            terms_sum = {k: sum(s[0].get(k, 0.0) for s in shares) for k in terms_sum}
+            keys = dict.fromkeys(k for share in shares for k in share[0])  # every rank's, in order
+            terms_sum = {k: sum(share[0].get(k, 0.0) for share in shares) for k in keys}
             n = sum(s[1] for s in shares)
             # lhotse hands the last batches out across ranks and, with fewer utterances than
             # ranks, repeats some under new ids: keep each dev utterance once
