@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from speechdistill.checkpoint import load_checkpoint
+from speechdistill.checkpoint import load_checkpoint, load_model_state
 from speechdistill.config import load_config
 from speechdistill.engine import cpu_model
 from speechdistill.evaluate import decode_cuts
@@ -55,7 +55,7 @@ def main() -> None:
     engine, task = setup(cfg)
     if args.checkpoint:
         tensors, _ = load_checkpoint(args.checkpoint)
-        task.model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+        load_model_state(task.model, tensors, "model.", args.checkpoint)
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; precision {engine.precision}")
     print(f"dev: {len(task.dev_cuts)} utterances, batches of at most {cfg.data.max_duration:g} s")
     ways = {

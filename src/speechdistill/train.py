@@ -284,7 +284,6 @@ class AsrTask(Task):
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = AcousticModel(cfg.model, self.vocab)
         self.train_cuts, self.dev_cuts = self._load_cuts()
-        self.dev_ids = frozenset(self.dev_cuts.ids)
         self.dev_rows: list[tuple[str, str, str]] = []  # (id, reference, hypothesis) of the last dev pass
         self.teacher = self._load_teacher(engine)
         self._set_feature_stats()
@@ -453,7 +452,8 @@ class AsrTask(Task):
             n = sum(s[1] for s in shares)
             # lhotse hands the last batches out across ranks and, with fewer utterances than
             # ranks, repeats some under new ids: keep each dev utterance once
-            by_id = {r[0]: r for s in shares for r in s[2] if r[0] in self.dev_ids}
+            dev_ids = set(self.dev_cuts.ids)
+            by_id = {r[0]: r for s in shares for r in s[2] if r[0] in dev_ids}
             rows = list(by_id.values())
         result = {f"dev_{k}": v / max(1, n) for k, v in terms_sum.items()}
         scores = score_rows(rows, unit, self.units)
