@@ -227,7 +227,8 @@ def test_demo_variants_are_the_baseline_plus_their_method():
         data = to_dict(load_config(TrainConfig, root / "baseline.yaml"))
         for o in [
             "precision=auto",
-            "optim.max_epochs=3",
+            "optim.max_epochs=4",
+            "optim.fused=true",
             "data.alignment=own",
             *overrides,
             "seed=1",

@@ -189,6 +189,7 @@ def test_every_shipped_config_loads():
         "recipe_sweep4.yaml",
         "recipe_sweep5.yaml",
         "recipe_sweep6.yaml",
+        "recipe_sweep7.yaml",
     }
     assert len(configs) - len(ablations) >= 6
     for path in configs:
