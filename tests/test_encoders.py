@@ -225,6 +225,10 @@ def test_every_shipped_config_loads():
     assert {k for k in b if b[k] != h[k]} == {"name", "out_dir", "model"}
     assert {k for k in b["model"] if b["model"][k] != h["model"][k]} == {"taps"}
     assert [t | {"kd": None} for t in h["model"]["taps"]] == b["model"]["taps"]
+    # and interp in its label interpolation only
+    i = to_dict(run_config(abl, "interp", 0))
+    assert {k for k in b if b[k] != i[k]} == {"name", "out_dir", "interp"}
+    assert i["interp"]["enabled"] and not b["interp"]["enabled"]
     assert (b["optim"]["max_epochs"], b["model"]["encoder"]["dropout"], b["augment"]["speed"]["enabled"]) == (
         20,
         0.1,

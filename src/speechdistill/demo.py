@@ -43,8 +43,9 @@ class DemoPlan:
     corpus: str = "data/small"  # its directory unless the command names one
     ablation: str = "configs/asr/demo.yaml"
     out_dir: str = "exp/demo"
-    # One seed per method by default: the 45-minute budget (#14) on a 2-core CPU without
-    # native bf16, where a run is 13 min (eight runs: 71 min in all, one seed: four runs).
+    # One seed per method by default: the 45-minute budget (#14) on a 2-core CPU. A run of
+    # configs/asr/demo.yaml's 4 epochs is 9-10 min with bf16 (29.5 min in all), and about
+    # 14 min estimated on a CPU without native bf16 (about 44 min in all; README).
     # `--seeds 2` (`make demo SEEDS=2`) keeps these runs and adds the second seed, the
     # README's table: a difference between methods is read against the seed spread.
     seeds: int = 1
