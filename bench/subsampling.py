@@ -63,9 +63,7 @@ def main() -> None:
     lens[-1] = T - 37  # one padded utterance, as in a real batch
     grad = torch.randn_like(sub(x, lens)[0])
     autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-        if args.precision == "bf16"
-        else contextlib.nullcontext
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
     )
 
     def run(forward):
@@ -91,7 +89,9 @@ def main() -> None:
         print(f"{k:7s} {v:8.2f} ms forward + backward (median of {args.steps})")
     print(f"im2col / conv2d: {med['im2col'] / med['conv2d']:.3f}")
     print(f"max |output difference| {(y0 - y1).abs().max().item():.2e}")
-    print(f"max |weight-gradient difference| {max((a - b).abs().max().item() for a, b in zip(g0, g1, strict=True)):.2e}")
+    print(
+        f"max |weight-gradient difference| {max((a - b).abs().max().item() for a, b in zip(g0, g1, strict=True)):.2e}"
+    )
 
 
 if __name__ == "__main__":
