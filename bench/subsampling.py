@@ -34,12 +34,12 @@ from speechdistill.students.encoders import ConvSubsampling, padding_mask
 def im2col_forward(sub: ConvSubsampling, x: torch.Tensor, lens: torch.Tensor):
     """ConvSubsampling.forward with its first Conv2d as unfold + matmul (same weights)."""
     x = x.masked_fill(padding_mask(lens, x.shape[1])[..., None], 0.0)
-    first, rest = sub.convs[0], sub.convs[1:]
+    first = sub.convs[0]
     patches = x.unfold(1, 3, 2).unfold(2, 3, 2)  # (N, T', F', 3, 3)
     N, T, f = patches.shape[:3]
     w = first.weight.reshape(first.out_channels, 9)
     y = F.relu(patches.reshape(N, T, f, 9) @ w.t() + first.bias)  # (N, T', F', ch)
-    y = rest[1:](y.permute(0, 3, 1, 2))  # rest[0] is the ReLU applied above
+    y = sub.convs[2:](y.permute(0, 3, 1, 2))  # after the first Conv2d and its ReLU
     N, ch, T, f = y.shape
     return sub.out(y.transpose(1, 2).reshape(N, T, ch * f)), sub.out_lengths(lens)
 
