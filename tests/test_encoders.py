@@ -229,6 +229,11 @@ def test_every_shipped_config_loads():
     i = to_dict(run_config(abl, "interp", 0))
     assert {k for k in b if b[k] != i[k]} == {"name", "out_dir", "interp"}
     assert i["interp"]["enabled"] and not b["interp"]["enabled"]
+    # and aux in the LM on its block-4 subword tap only
+    a = to_dict(run_config(abl, "aux", 0))
+    assert {k for k in b if b[k] != a[k]} == {"name", "out_dir", "model"}
+    assert [t["kd"] is not None for t in a["model"]["taps"]] == [False, False, False, True, False]
+    assert [t | {"kd": None} for t in a["model"]["taps"]] == b["model"]["taps"]
     assert (b["optim"]["max_epochs"], b["model"]["encoder"]["dropout"], b["augment"]["speed"]["enabled"]) == (
         20,
         0.1,
