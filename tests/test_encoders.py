@@ -219,21 +219,20 @@ def test_every_shipped_config_loads():
         }
         for layer in (4, 5)
     ]
-    # the KD question at the long recipe: hier differs from its baseline in the taps' LMs only
+    # the KD question at the long recipe: hier and aux differ from their baseline in the
+    # taps' LMs only (hier on the blocks 2, 3 and 4 frame taps, aux on block 4's alone)
     abl = load_ablation(root / "asr" / "long_small_kd.yaml")
-    b, h = (to_dict(run_config(abl, v, 0)) for v in ("baseline", "hier"))
-    assert {k for k in b if b[k] != h[k]} == {"name", "out_dir", "model"}
-    assert {k for k in b["model"] if b["model"][k] != h["model"][k]} == {"taps"}
-    assert [t | {"kd": None} for t in h["model"]["taps"]] == b["model"]["taps"]
+    b = to_dict(run_config(abl, "baseline", 0))
+    for variant, taught in (("hier", [False, True, True, True, False]), ("aux", [False, False, False, True, False])):
+        v = to_dict(run_config(abl, variant, 0))
+        assert {k for k in b if b[k] != v[k]} == {"name", "out_dir", "model"}
+        assert {k for k in b["model"] if b["model"][k] != v["model"][k]} == {"taps"}
+        assert [t["kd"] is not None for t in v["model"]["taps"]] == taught
+        assert [t | {"kd": None} for t in v["model"]["taps"]] == b["model"]["taps"]
     # and interp in its label interpolation only
     i = to_dict(run_config(abl, "interp", 0))
     assert {k for k in b if b[k] != i[k]} == {"name", "out_dir", "interp"}
     assert i["interp"]["enabled"] and not b["interp"]["enabled"]
-    # and aux in the LM on its block-4 subword tap only
-    a = to_dict(run_config(abl, "aux", 0))
-    assert {k for k in b if b[k] != a[k]} == {"name", "out_dir", "model"}
-    assert [t["kd"] is not None for t in a["model"]["taps"]] == [False, False, False, True, False]
-    assert [t | {"kd": None} for t in a["model"]["taps"]] == b["model"]["taps"]
     assert (b["optim"]["max_epochs"], b["model"]["encoder"]["dropout"], b["augment"]["speed"]["enabled"]) == (
         20,
         0.1,
