@@ -295,6 +295,7 @@ def test_probe_and_compare_report(ssl_run, tiny_units):
     assert not plot_layer_weights(r, out / "fbank.probe-pr.png")  # one state: nothing to plot
     assert not (out / "fbank.probe-pr.png").exists()
     rows = compare(ups[0], ups[1:], tasks=("pr",), repeats=2)
+    assert all(r["threads"] == 1 for r in rows) and rows[0]["time_ratio"] == 1.0
     assert rows[0]["params_ratio"] == 1.0 and all(r["params_ratio"] < 1 for r in rows[1:])
     assert rows[2]["frame_shift_ms"] == 40 and rows[0]["frame_shift_ms"] == 20
     assert all(r["macs_per_second"] > 0 and r["pr"] is not None for r in rows[:3])
@@ -302,6 +303,28 @@ def test_probe_and_compare_report(ssl_run, tiny_units):
     assert fbank["upstream"].endswith("fbank (filterbank reference)") and fbank["params"] == 0
     assert fbank["frame_shift_ms"] == 10 and fbank["pr"] is not None
     assert "| params ratio |" in markdown(rows)
+
+
+def test_time_upstreams_counts_cpu_time_on_the_threads_asked_and_restores_them():
+    import time
+
+    from speechdistill.compare import time_upstreams
+
+    before, seen = torch.get_num_threads(), []
+
+    def sleeper(wav, lens):  # 50 ms of wall time, next to no CPU time
+        seen.append(torch.get_num_threads())
+        time.sleep(0.05)
+
+    def busy(wav, lens):  # 50 ms of CPU time
+        seen.append(torch.get_num_threads())
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.05:
+            pass
+
+    secs = time_upstreams({"sleep": sleeper, "busy": busy}, seconds=1.0, repeats=3, threads=1)
+    assert secs["sleep"] < 0.01 and 0.05 <= secs["busy"] < 0.5
+    assert seen == [1] * 8 and torch.get_num_threads() == before  # 2 warm-ups + 3 x 2 timed
 
 
 def test_fbank_reference_upstream_is_the_normalised_filterbank(tmp_path):

@@ -268,7 +268,7 @@ def cmd_attack(args):
 def cmd_compare(args):
     from speechdistill.compare import compare, markdown, write_report
 
-    rows = compare(args.teacher, args.students, repeats=args.repeats)
+    rows = compare(args.teacher, args.students, repeats=args.repeats, threads=args.threads)
     if args.out:
         write_report(rows, args.out)
     print(markdown(rows))
@@ -630,6 +630,7 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("students", type=Path, nargs="+")
     cp.add_argument("--out", type=Path, default=None, help="also write compare.md and compare.json here")
     cp.add_argument("--repeats", type=POSITIVE, default=7, help="timed runs per upstream (median)")
+    cp.add_argument("--threads", type=POSITIVE, default=1, help="intra-op threads while timing (CPU time is counted)")
 
     example = "  speechdistill evaluate exp/baseline/best --data data/small --split test"
     ev = top.add("evaluate", cmd_evaluate, "decode and score a checkpoint", example)

@@ -3,9 +3,9 @@
     speechdistill compare exp/ssl/teacher/hf exp/ssl/distilhubert/student exp/ssl/fithubert/student
 
 One row per upstream: parameters, MACs per second of audio (torch's FLOP counter,
-MACs = FLOPs / 2), CPU inference time per second of audio (median of repeated
-runs on the same 10 s input, the upstreams taking turns so machine noise hits all
-alike), the probe scores found beside each upstream (``speechdistill probe`` writes
+MACs = FLOPs / 2), CPU inference time per second of audio (this process's CPU time,
+on one intra-op thread unless told otherwise; median of repeated runs on the same 10 s
+input, the upstreams taking turns so machine noise hits all alike), the probe scores found beside each upstream (``speechdistill probe`` writes
 ``{upstream}.probe-{task}.json``), and each student's ratio to the teacher. An
 upstream named ``fbank`` (e.g. ``exp/ssl/fbank``) is the filterbank reference row:
 no parameters, what the features alone give the probes.
@@ -48,29 +48,40 @@ def count_macs(upstream, seconds: float = 1.0) -> float:
     return counter.get_total_flops() / 2
 
 
-def time_upstreams(upstreams: dict, seconds: float = 10.0, repeats: int = 7) -> dict[str, float]:
-    """Median wall time per second of audio of each upstream, taking turns."""
+def time_upstreams(upstreams: dict, seconds: float = 10.0, repeats: int = 7, threads: int = 1) -> dict[str, float]:
+    """Median CPU time per second of audio of each upstream on ``threads`` intra-op
+    threads, taking turns.
+
+    CPU time is the process's (``time.process_time``: every thread's, none of the time
+    spent waiting for a core that another job holds). On one thread it is also the wall
+    time of one core; on more, it counts each thread's share, OpenMP's spin-waits
+    included, so a small model that cannot keep a second core busy shows it."""
     torch.manual_seed(0)
     wav = torch.randn(1, int(16000 * seconds)) * 0.1
     lens = torch.tensor([wav.shape[1]])
     times = {name: [] for name in upstreams}
-    with torch.no_grad():
-        for up in upstreams.values():  # warm-up
-            up(wav, lens)
-        for _ in range(repeats):
-            for name, up in upstreams.items():
-                t0 = time.perf_counter()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for up in upstreams.values():  # warm-up
                 up(wav, lens)
-                times[name].append((time.perf_counter() - t0) / seconds)
+            for _ in range(repeats):
+                for name, up in upstreams.items():
+                    t0 = time.process_time()
+                    up(wav, lens)
+                    times[name].append((time.process_time() - t0) / seconds)
+    finally:
+        torch.set_num_threads(before)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
 def compare(
-    teacher: str | Path, students: list[str | Path], tasks=("pr", "asr", "sid"), repeats: int = 7
+    teacher: str | Path, students: list[str | Path], tasks=("pr", "asr", "sid"), repeats: int = 7, threads: int = 1
 ) -> list[dict]:
     paths = [Path(teacher), *map(Path, students)]
     ups = {str(p): load_teacher(p) for p in paths}
-    secs = time_upstreams(ups, repeats=repeats)
+    secs = time_upstreams(ups, repeats=repeats, threads=threads)
     rows = []
     for p in paths:
         up = ups[str(p)]
@@ -82,6 +93,7 @@ def compare(
             "params": params,
             "macs_per_second": count_macs(up),
             "cpu_seconds_per_second": secs[str(p)],
+            "threads": threads,
             "frame_shift_ms": round(1000 * up.frame_shift),
         }
         for task in tasks:
