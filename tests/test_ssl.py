@@ -656,6 +656,22 @@ def test_accent_and_rate_probes_and_their_controls(ssl_run, tiny_units):
     assert r["metric"] == "mae" and r["control"] == pytest.approx(mean_error) and 0 < r["test"] < 10
 
 
+def test_a_recipes_probe_cap_leaves_sid_all_of_train(tiny_units):
+    """``make demo-ssl`` and ``ssl shapes`` cap their probes' audio; SID, which splits the
+    training voices' own utterances, is given the whole train split instead."""
+    from speechdistill.data.corpus import load_split
+    from speechdistill.probe import ProbeConfig, probe_splits, probe_train_hours
+
+    corpus = str(tiny_units.parent)
+    n_train = len(load_split(corpus, "train"))
+    cap = 0.25 * sum(c.duration for c in load_split(corpus, "train")) / 3600
+    sid, _, _ = probe_splits(ProbeConfig("sid", corpus, max_hours=probe_train_hours("sid", cap)))
+    pr, _, _ = probe_splits(ProbeConfig("pr", corpus, max_hours=probe_train_hours("pr", cap)))
+    assert probe_train_hours("sid", cap) == 0.0 and probe_train_hours("pr", cap) == cap
+    assert sum(len(part) for part in sid.values()) == n_train
+    assert 0 < len(pr["train"]) < n_train / 2
+
+
 def test_tuning_trains_only_the_layers_it_names(ssl_run, tiny_units):
     """``top``: the top K transformer layers and the head move, everything else (the CNN,
     lower layers) keeps its bytes; the counts say so; ``all`` trains every parameter."""

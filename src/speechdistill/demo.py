@@ -28,7 +28,7 @@ from speechdistill.data.units import build_units
 from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
 from speechdistill.distill.ssl_distill import DistillConfig, distill
 from speechdistill.parallel import usable_cpus
-from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
+from speechdistill.probe import ProbeConfig, plot_layer_weights, probe, probe_train_hours
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
 from speechdistill.units.inventory import Units
@@ -157,8 +157,9 @@ def run_ssl_demo(
     """Pre-train the small teacher, distil it into both students, probe all three and the
     filterbank (the reference), compare.
     Every step is skipped when its result exists; returns the comparison table (Markdown).
-    Probes train on the first ``probe_hours`` of the training split (all of it for SID's
-    80/10/10 split) and score PR on the full dev and test splits."""
+    Probes train on ``probe_hours`` of the training split, drawn across its voices (SID on
+    all of it, for its 80/10/10 split: ``probe_train_hours``), and score PR on the full
+    dev and test splits."""
     corpus, out = CorpusDir(corpus), Path(out)
     build_corpus("small", corpus.root)
     if not (corpus.units / "units.json").exists():  # the phone inventory of the PR probe
@@ -180,7 +181,9 @@ def run_ssl_demo(
         for task in SSL_PROBES:
             path = probe_result_path(up, task)
             if not path.exists():
-                r = probe(up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_hours))
+                r = probe(
+                    up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours))
+                )
                 atomic_write_text(path, json.dumps(r, indent=1) + "\n")
             if not path.with_suffix(".png").exists():
                 plot_layer_weights(json.loads(path.read_text()), path.with_suffix(".png"))

@@ -34,7 +34,7 @@ from transformers import AutoConfig
 from speechdistill.compare import compare, probe_result_path, upstream_params
 from speechdistill.config import ConfigError, from_dict, load_config, read_yaml, to_dict
 from speechdistill.distill.ssl_distill import DistillConfig, distill
-from speechdistill.probe import ProbeConfig, probe
+from speechdistill.probe import ProbeConfig, probe, probe_train_hours
 from speechdistill.students.ssl import STUDENTS, StudentConfig
 from speechdistill.utils import atomic_write_bytes, atomic_write_text
 
@@ -48,7 +48,7 @@ class ShapesConfig:
     tolerance: float = 0.1  # parameter counts within this fraction of the first shape's
     tasks: list[str] = field(default_factory=lambda: ["pr", "sid"])
     probe_epochs: int = 20
-    probe_hours: float = 1.0
+    probe_hours: float = 1.0  # the content probes' training audio; SID takes all of train
 
     def __post_init__(self):
         if len(self.shapes) < 2:
@@ -98,7 +98,9 @@ def run_shapes(path: str | Path, overrides: list[str] | None = None) -> list[dic
             if not result.exists():
                 r = probe(
                     out / name / "student",
-                    ProbeConfig(task, cfg.data.corpus, plan.probe_epochs, max_hours=plan.probe_hours),
+                    ProbeConfig(
+                        task, cfg.data.corpus, plan.probe_epochs, max_hours=probe_train_hours(task, plan.probe_hours)
+                    ),
                 )
                 atomic_write_text(result, json.dumps(r, indent=1) + "\n")
     rows = compare(plan.teacher, [out / name / "student" for name in configs], tasks=plan.tasks)
