@@ -511,6 +511,50 @@ def test_ils_logits_come_from_the_intermediate_layer():
         dataclasses.replace(cfg, ils_layers=[3])
 
 
+def test_a_second_mfcc_codebook_has_its_own_head_and_adds_its_loss():
+    import numpy as np
+
+    from speechdistill.teachers.pretrain import HuBERTPretrainModel, MaskedPrediction, PretrainConfig, _Pretraining
+
+    cfg = PretrainConfig(
+        clusters=40,
+        hidden_size=32,
+        num_layers=3,
+        num_heads=2,
+        ff_dim=64,
+        conv_dim=16,
+        ils_layers=[1],
+        labels_alignment="synth",
+        mfcc_clusters=7,
+        mfcc_weight=0.5,
+    )
+    torch.manual_seed(0)
+    model = HuBERTPretrainModel(cfg).eval()
+    assert model.mfcc_embeddings.shape == (7, cfg.final_dim)
+    wavs, lens = _wavs()
+    with torch.no_grad():
+        np.random.seed(0)
+        logits, mask = model(wavs, lens)
+        assert [z.shape[1] for z in logits] == [40, 40, 7]  # last, ILS layer 1, the MFCC codebook
+        att = (torch.arange(wavs.shape[1])[None] < lens[:, None]).long()
+        out = model.hubert(wavs, attention_mask=att, mask_time_indices=mask)
+        want = model.logits(out.last_hidden_state[mask], model.mfcc_proj, model.mfcc_embeddings)
+        torch.testing.assert_close(logits[2], want)
+        g = torch.Generator().manual_seed(1)
+        labels = torch.randint(40, mask.shape, generator=g)
+        mfcc = torch.randint(7, mask.shape, generator=g)
+        np.random.seed(0)
+        loss, acc = _Pretraining(model, MaskedPrediction(0.1))(wavs, lens, labels, mfcc)
+    crit = MaskedPrediction(0.1)
+    main, main_acc = crit(logits[:2], labels[mask])
+    assert float(loss) == pytest.approx(float(main + 0.5 * crit(logits[2:], mfcc[mask])[0]), rel=1e-6)
+    assert acc == main_acc  # the accuracy stays the main labels'
+    with pytest.raises(ValueError, match="mfcc_clusters adds MFCC targets beside labels_alignment or labels_from"):
+        PretrainConfig(mfcc_clusters=50)
+    with pytest.raises(ValueError, match="mfcc_weight > 0"):
+        dataclasses.replace(cfg, mfcc_weight=0.0)
+
+
 def test_second_iteration_labels_cluster_a_models_layer(hubert_dir, tiny_units, tmp_path):
     from speechdistill.data.audio import load_cut_audio
     from speechdistill.data.batching import WaveData, load_wave_cuts
@@ -805,8 +849,10 @@ def test_black_box_distillation_keeps_its_query_budget(ssl_run, tiny_units, tmp_
 def test_pbert_and_ctc_clustering_targets(tiny_units, tmp_path):
     """PBERT: the aligned phone at each 20 ms frame's centre, as many frames as the MFCC
     labels; CTC-clustering: k-means on a 40 ms acoustic model's layer, each of its frames
-    serving two 20 ms frames; pre-training runs on both."""
+    serving two 20 ms frames; pre-training runs on both (PBERT with a second, MFCC codebook)."""
     import shutil
+
+    import numpy as np
 
     from speechdistill.align.store import save_alignments
     from speechdistill.data.audio import load_cut_audio
@@ -852,7 +898,8 @@ def test_pbert_and_ctc_clustering_targets(tiny_units, tmp_path):
     km = kmeans_labels(cuts, ctc, show_progress=False)
     assert {u: len(v) for u, v in km.items()} == {u: len(v) for u, v in labels.items()}
     data = WaveData(corpus=str(corpus), max_hours=0.005, max_duration=30.0)
-    for name, extra in (("pbert", {"labels_alignment": "synth", "clusters": 40}), ("ctc", {"clusters": 4})):
+    pbert = {"labels_alignment": "synth", "clusters": 40, "mfcc_clusters": 3, "kmeans_frames": 500}
+    for name, extra in (("pbert", pbert), ("ctc", {"clusters": 4})):
         extra |= {"labels_from": ctc.labels_from, "labels_layer": 2, "kmeans_frames": 500} if name == "ctc" else {}
         s = pretrain(
             PretrainConfig(
@@ -865,6 +912,9 @@ def test_pbert_and_ctc_clustering_targets(tiny_units, tmp_path):
         )
         assert s["epoch"] == 1 and (tmp_path / f"pre-{name}" / "hf" / "config.json").exists()
     assert (tmp_path / "pre-pbert" / "labels-alignment-synth.npz").exists()
+    mfcc = np.load(tmp_path / "pre-pbert" / "labels-mfcc3.npz")  # the second codebook, one id per 20 ms frame
+    assert {u: len(mfcc[u]) for u in labels} == {u: len(v) for u, v in labels.items()}
+    assert {int(v) for u in labels for v in mfcc[u]} == {0, 1, 2}
 
 
 def test_chapter_adapters_start_as_identity_and_train_alone(ssl_run, tiny_units):

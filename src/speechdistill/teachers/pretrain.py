@@ -19,10 +19,15 @@ Two options from the papers that followed:
   on the output of those intermediate layers (each with its own projection, sharing the
   cluster embeddings); the loss is the sum over the last layer and these.
 * WavLM's utterance mixing: ``mix_prob: 0.2`` (see :func:`mix_utterances`).
+* A second codebook: ``mfcc_clusters: 100`` beside PBERT's phones (or ``labels_from``'s
+  clusters) also predicts MFCC k-means ids, by its own projection and embeddings, as
+  fairseq's HuBERT trains on several label sets; phones alone teach a model to discard
+  the voice, MFCC clusters keep the spectrum.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -95,6 +100,10 @@ class PretrainConfig(EngineConfig):
     labels_alignment: str = ""
     ils_layers: list[int] = field(default_factory=list)  # ILS-SSL: the loss also on these layers (1-based)
     mix_prob: float = 0.0  # WavLM's utterance mixing: this share of utterances gets part of another added
+    # a second codebook beside labels_alignment / labels_from: MFCC k-means with this many
+    # clusters, its masked-prediction loss (last layer, own projection) added x mfcc_weight
+    mfcc_clusters: int = 0
+    mfcc_weight: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -112,6 +121,15 @@ class PretrainConfig(EngineConfig):
         if self.labels_alignment and self.clusters < len(ALIGNED_PHONES):
             raise ValueError(
                 f"labels_alignment: clusters must hold the {len(ALIGNED_PHONES)} phones, not {self.clusters}"
+            )
+        if self.mfcc_clusters < 0 or self.mfcc_weight <= 0:
+            raise ValueError(
+                f"mfcc_clusters must be >= 0 and mfcc_weight > 0, got {self.mfcc_clusters}, {self.mfcc_weight}"
+            )
+        if self.mfcc_clusters and not (self.labels_alignment or self.labels_from):
+            raise ValueError(
+                "mfcc_clusters adds MFCC targets beside labels_alignment or labels_from; "
+                "for MFCC targets alone set clusters"
             )
         bad = [k for k in self.ils_layers if not 1 <= k < self.num_layers]
         if bad:
@@ -250,17 +268,22 @@ class HuBERTPretrainModel(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.final_dim)
         self.ils_proj = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.final_dim) for _ in cfg.ils_layers)
         self.label_embeddings = nn.Parameter(torch.randn(cfg.clusters, cfg.final_dim) * 0.1)
+        if cfg.mfcc_clusters:  # the second codebook's own head
+            self.mfcc_proj = nn.Linear(cfg.hidden_size, cfg.final_dim)
+            self.mfcc_embeddings = nn.Parameter(torch.randn(cfg.mfcc_clusters, cfg.final_dim) * 0.1)
 
     def num_frames(self, num_samples: int) -> int:
         return int(self.hubert._get_feat_extract_output_lengths(torch.tensor(num_samples)))
 
-    def logits(self, h: torch.Tensor, proj: nn.Module) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, proj: nn.Module, embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """(M, C) hidden states -> (M, clusters) cosine similarities to the cluster embeddings."""
-        return F.cosine_similarity(proj(h)[:, None, :], self.label_embeddings[None], dim=-1)
+        embeddings = self.label_embeddings if embeddings is None else embeddings
+        return F.cosine_similarity(proj(h)[:, None, :], embeddings[None], dim=-1)
 
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(N, S), (N,) -> [(M, clusters)] cosine logits of the M masked frames, from the
-        last layer then each of ``ils_layers``; (N, T) the mask. The masks are drawn by
+        last layer then each of ``ils_layers``, then (``mfcc_clusters``) the last layer's
+        against the MFCC codebook; (N, T) the mask. The masks are drawn by
         HF's ``_compute_mask_indices`` (numpy's global RNG)."""
         frame_lens = self.hubert._get_feat_extract_output_lengths(lens).long()
         T = self.num_frames(wavs.shape[1])
@@ -278,6 +301,8 @@ class HuBERTPretrainModel(nn.Module):
         logits = [self.logits(out.last_hidden_state[mask], self.proj)]
         for k, proj in zip(self.cfg.ils_layers, self.ils_proj, strict=True):
             logits.append(self.logits(out.hidden_states[k][mask], proj))
+        if self.cfg.mfcc_clusters:
+            logits.append(self.logits(out.last_hidden_state[mask], self.mfcc_proj, self.mfcc_embeddings))
         return logits, mask
 
 
@@ -303,9 +328,16 @@ class _Pretraining(nn.Module):
         super().__init__()
         self.model, self.criterion = model, criterion
 
-    def forward(self, wavs, lens, labels):
+    def forward(self, wavs, lens, labels, mfcc_labels=None):
+        """The loss (plus ``mfcc_weight`` x the MFCC codebook's, when there is one) and the
+        accuracy of the last layer on the main labels."""
         logits, mask = self.model(wavs, lens)
-        return self.criterion(logits, labels[:, : mask.shape[1]][mask])
+        target = labels[:, : mask.shape[1]][mask]
+        if mfcc_labels is None:
+            return self.criterion(logits, target)
+        loss, acc = self.criterion(logits[:-1], target)
+        mfcc, _ = self.criterion(logits[-1:], mfcc_labels[:, : mask.shape[1]][mask])
+        return loss + self.model.cfg.mfcc_weight * mfcc, acc
 
 
 class WaveTask(Task):
@@ -335,26 +367,44 @@ class PretrainTask(WaveTask):
 
     def __init__(self, cfg: PretrainConfig, engine: Engine, cuts, labels: dict[str, np.ndarray] | None = None):
         self.cfg, self.engine, self.cuts, self.labels = cfg, engine, cuts, labels
+        self.mfcc_labels: dict[str, np.ndarray] | None = None
         torch.manual_seed(cfg.seed)
         self.hubert = HuBERTPretrainModel(cfg)
         self.model = _Pretraining(self.hubert, MaskedPrediction(cfg.logit_temperature))
 
+    @staticmethod
+    def padded(labels: dict[str, np.ndarray], ids, T: int) -> torch.Tensor:
+        lab = torch.zeros(len(ids), T, dtype=torch.long)
+        for i, u in enumerate(ids):
+            n = min(T, len(labels[u]))
+            lab[i, :n] = torch.from_numpy(labels[u][:n])
+        return lab
+
     def step(self, model, batch):
         ids, wavs, lens = batch
         T = self.hubert.num_frames(wavs.shape[1])
-        lab = torch.zeros(len(ids), T, dtype=torch.long)
-        for i, u in enumerate(ids):
-            n = min(T, len(self.labels[u]))
-            lab[i, :n] = torch.from_numpy(self.labels[u][:n])
+        lab = self.padded(self.labels, ids, T)
         if self.cfg.mix_prob:
             wavs, _ = mix_utterances(wavs, lens, self.cfg.mix_prob)
         device = self.engine.fabric.device
-        loss, acc = model(wavs.to(device), lens.to(device), lab.to(device))
+        extra = [self.padded(self.mfcc_labels, ids, T).to(device)] if self.cfg.mfcc_clusters else []
+        loss, acc = model(wavs.to(device), lens.to(device), lab.to(device), *extra)
         return loss, {"loss": float(loss.detach()), "masked_accuracy": acc}
 
     def on_epoch_end(self, engine: Engine) -> None:
         if engine.is_main:
             save_hf_dir(self.hubert.hubert, engine.out / "hf")
+
+
+def cached_labels(path: Path, make) -> dict[str, np.ndarray]:
+    """Labels per utterance from ``path``, or made by ``make()`` and written there (whole or not at all)."""
+    if path.exists():
+        return dict(np.load(path))
+    labels = make()
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **labels)
+    tmp.replace(path)
+    return labels
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -371,16 +421,19 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.labels_alignment:
         labels_path = out / f"labels-alignment-{cfg.labels_alignment}.npz"
     with engine.fabric.rank_zero_first():  # rank 0 clusters and writes; the others read
-        if labels_path.exists():
-            task.labels = dict(np.load(labels_path))
+        if cfg.labels_alignment:
+            task.labels = cached_labels(
+                labels_path, lambda: alignment_labels(cuts, cfg.data.corpus, cfg.labels_alignment)
+            )
         else:
-            if cfg.labels_alignment:
-                task.labels = alignment_labels(cuts, cfg.data.corpus, cfg.labels_alignment)
-            else:
-                task.labels = kmeans_labels(cuts, cfg, cfg.progress)
-            tmp = labels_path.with_suffix(".tmp.npz")
-            np.savez(tmp, **task.labels)
-            tmp.replace(labels_path)
+            task.labels = cached_labels(labels_path, lambda: kmeans_labels(cuts, cfg, cfg.progress))
+        if cfg.mfcc_clusters:
+            mfcc = dataclasses.replace(
+                cfg, clusters=cfg.mfcc_clusters, labels_from="", labels_alignment="", mfcc_clusters=0
+            )
+            task.mfcc_labels = cached_labels(
+                out / f"labels-mfcc{cfg.mfcc_clusters}.npz", lambda: kmeans_labels(cuts, mfcc, cfg.progress)
+            )
     state = engine.fit(task)
     summary = {
         "config": to_dict(cfg),
