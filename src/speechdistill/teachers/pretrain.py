@@ -11,7 +11,7 @@ cosine-similarity logits on masked frames) and its loss (``MaskedPrediction``:
 cross-entropy at temperature 0.1, and the accuracy) are separate classes; the task
 joins them. The result is a Hugging Face directory, a teacher like any downloaded HuBERT.
 
-Two options from the papers that followed:
+Options from the papers that followed:
 
 * HuBERT's second iteration: ``labels_from: exp/ssl/teacher/hf`` clusters the hidden
   states of layer ``labels_layer`` of a trained model instead of MFCCs.
