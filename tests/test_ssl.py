@@ -517,16 +517,7 @@ def test_a_second_mfcc_codebook_has_its_own_head_and_adds_its_loss():
     from speechdistill.teachers.pretrain import HuBERTPretrainModel, MaskedPrediction, PretrainConfig, _Pretraining
 
     cfg = PretrainConfig(
-        clusters=40,
-        hidden_size=32,
-        num_layers=3,
-        num_heads=2,
-        ff_dim=64,
-        conv_dim=16,
-        ils_layers=[1],
-        labels_alignment="synth",
-        mfcc_clusters=7,
-        mfcc_weight=0.5,
+        **TINY_TEACHER | {"clusters": 40, "ils_layers": [1]}, labels_alignment="synth", mfcc_clusters=7, mfcc_weight=0.5
     )
     torch.manual_seed(0)
     model = HuBERTPretrainModel(cfg).eval()
