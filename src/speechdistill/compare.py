@@ -5,7 +5,8 @@
 One row per upstream: parameters, MACs per second of audio (torch's FLOP counter,
 MACs = FLOPs / 2), CPU inference time per second of audio (this process's CPU time,
 on one intra-op thread unless told otherwise; median of repeated runs on the same 10 s
-input, the upstreams taking turns so machine noise hits all alike), the probe scores found beside each upstream (``speechdistill probe`` writes
+input, the upstreams taking turns so machine noise hits all alike), the probe scores
+found beside each upstream (``speechdistill probe`` writes
 ``{upstream}.probe-{task}.json``), and each student's ratio to the teacher. An
 upstream named ``fbank`` (e.g. ``exp/ssl/fbank``) is the filterbank reference row:
 no parameters, what the features alone give the probes.
