@@ -160,6 +160,29 @@ def test_distilhubert_student_copies_the_teacher_and_round_trips(hubert_dir, tmp
     torch.testing.assert_close(hf(wavs[:1]).last_hidden_state, student.model(wavs[:1]).last_hidden_state)
 
 
+def test_a_distilhubert_front_end_narrower_than_the_teachers_starts_afresh(hubert_dir, tmp_path):
+    from transformers import AutoModel
+
+    teacher = load_teacher(hubert_dir)  # CNN 16 channels, positional kernel 8
+    cfg = StudentConfig(kind="distilhubert", num_layers=2, cnn_channels=8, pos_kernel=4)
+    student = build_student(cfg, teacher)
+    hf = student.model.config
+    assert list(hf.conv_dim) == [8] * 7 and hf.num_conv_pos_embeddings == 4
+    copied = student.init_from(teacher.upstream.model)
+    front = [k for k in copied if k.startswith(("feature_extractor", "feature_projection", "encoder.pos_conv"))]
+    assert front == ["encoder.pos_conv_embed.conv.bias", "feature_projection.projection.bias"]  # the model's width
+    assert "encoder.layers.1.attention.q_proj.weight" in copied
+    wavs, lens = _wavs()
+    preds, flens, _, _ = student.eval().predict(wavs, lens)
+    assert [p.shape for p in preds] == [(2, 49, 32)] * 3 and flens.tolist() == [49, 34]  # same rate
+    save_student(student, tmp_path / "narrow")
+    torch.testing.assert_close(load_student(tmp_path / "narrow").predict(wavs, lens)[0][2], preds[2])
+    again = AutoModel.from_pretrained(tmp_path / "narrow.hf", local_files_only=True).eval()
+    torch.testing.assert_close(again(wavs[:1]).last_hidden_state, student.model(wavs[:1]).last_hidden_state)
+    with pytest.raises(ValueError, match="cnn_channels and student.pos_kernel must be >= 0"):
+        StudentConfig(kind="distilhubert", cnn_channels=-1)
+
+
 def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
     teacher = load_teacher(hubert_dir)
     student = build_student(

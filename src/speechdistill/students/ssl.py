@@ -4,7 +4,9 @@
   HuBERT / wav2vec 2.0 / WavLM model) cut to ``num_layers`` transformer layers (2),
   initialised from the teacher's CNN, projection, positions and first layers, with
   one linear prediction head per chosen teacher layer (4/8/12 of 12, scaled to the
-  teacher's depth) on its last layer. Saved so that
+  teacher's depth) on its last layer. ``cnn_channels`` / ``pos_kernel`` give it a
+  cheaper front end than the teacher's (learnt afresh: the teacher's front end is a
+  quarter of its CPU time, bench/ssl_front_end.py). Saved so that
   ``transformers.AutoModel.from_pretrained(dir / "hf")`` loads it.
 * ``fithubert`` (Lee et al. 2022): thin and deep; a narrow CNN, a stride-2 time
   reduction (20 ms -> 40 ms), ``num_layers`` narrow transformer blocks, and for each
@@ -56,6 +58,10 @@ class StudentConfig:
     ff_dim: int = 384
     conv_dim: int = 64  # channels of every CNN layer
     time_reduction: int = 2
+    # distilhubert only: a front end cheaper than the teacher's (0: the teacher's, copied
+    # from it); the CNN's channels and the positional convolution's kernel, learnt afresh
+    cnn_channels: int = 0
+    pos_kernel: int = 0
     # seqcomp only: the frame rate is 20 ms x rate, drawn per step from [rate_min, rate_max]
     # in training and chosen at inference (``student.rate``; ``rate`` is the default)
     rate: float = 2.0
@@ -75,6 +81,11 @@ class StudentConfig:
         STUDENTS.check(self.kind)
         if self.num_layers < 1:
             raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
+        if self.cnn_channels < 0 or self.pos_kernel < 0:
+            raise ValueError(
+                f"student.cnn_channels and student.pos_kernel must be >= 0 (0: the teacher's), "
+                f"got {self.cnn_channels} and {self.pos_kernel}"
+            )
         if self.time_reduction not in (1, 2):
             raise ValueError(f"student.time_reduction must be 1 or 2, got {self.time_reduction}")
         if not 1 <= self.rate_min <= self.rate_max or not 1 <= self.rate:
@@ -101,6 +112,10 @@ class DistilHuBERTStudent(nn.Module):
         super().__init__()
         hf_config = copy.deepcopy(hf_config)
         hf_config.num_hidden_layers = cfg.num_layers
+        if cfg.cnn_channels:
+            hf_config.conv_dim = [cfg.cnn_channels] * len(hf_config.conv_dim)
+        if cfg.pos_kernel:
+            hf_config.num_conv_pos_embeddings = cfg.pos_kernel
         self.cfg, self.targets, self.teacher_dim = cfg, targets, teacher_dim
         self.model = AutoModel.from_config(hf_config)
         self.heads = nn.ModuleList(nn.Linear(hf_config.hidden_size, teacher_dim) for _ in targets)
@@ -129,8 +144,9 @@ class DistilHuBERTStudent(nn.Module):
         return cls(AutoConfig.for_model(hf.pop("model_type"), **hf), cfg, meta["teacher_dim"], meta["targets"])
 
     def init_from(self, teacher_model: nn.Module) -> list[str]:
-        """Copy every teacher tensor the student has (CNN, projection, positions, first
-        layers); returns the names copied."""
+        """Copy every teacher tensor the student has at the same shape (CNN, projection,
+        positions, first layers; a narrower CNN or shorter positional kernel starts
+        afresh); returns the names copied."""
         own = self.model.state_dict()
         copied = {k: v for k, v in teacher_model.state_dict().items() if k in own and own[k].shape == v.shape}
         self.model.load_state_dict(copied, strict=False)
