@@ -300,19 +300,32 @@ def test_students_learn_and_stay_small(ssl_run):
         assert s["student_params"] < s["teacher_params"] and s["teacher_cached"]
 
 
-def test_probe_and_compare_report(ssl_run, tiny_units):
+def test_probe_and_compare_report(ssl_run, tiny_units, monkeypatch):
     import json
 
-    from speechdistill.compare import compare, markdown, probe_result_path
-    from speechdistill.probe import ProbeConfig, probe
+    from speechdistill.compare import compare, markdown
+    from speechdistill.probe import ProbeConfig, probe_kept, probe_result_path
 
     out = ssl_run[0]
     ups = [out / "teacher" / "hf", out / "distilhubert" / "student", out / "fithubert" / "student", out / "fbank"]
+    cfg = ProbeConfig("pr", str(tiny_units.parent), epochs=1)
     for up in ups:
-        r = probe(up, ProbeConfig("pr", str(tiny_units.parent), epochs=1), show_progress=False)
+        r, path = probe_kept(up, cfg)
         assert r["metric"] == "per" and r["test"] > 0 and len(r["layer_weights"]) in (1, 3, 5)
-        probe_result_path(up, "pr").write_text(json.dumps(r))
+        assert path == probe_result_path(up, "pr") and json.loads(path.read_text())["test"] == r["test"]
     assert (out / "fbank.probe-pr.json").exists()  # beside the virtual path, like any upstream
+    assert (out / "teacher" / "hf.probe-pr.png").exists()  # the layer weights, plotted
+    kept = (out / "distilhubert" / "student.probe-pr.json").read_text()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("probed again")
+
+    monkeypatch.setattr("speechdistill.probe.probe", fail)
+    assert probe_kept(ups[1], cfg)[0]["test"] == json.loads(kept)["test"]  # kept: read back, not probed
+    with pytest.raises(RuntimeError, match="probed again"):
+        probe_kept(ups[1], cfg, again=True)  # `speechdistill probe` always probes
+    assert (out / "distilhubert" / "student.probe-pr.json").read_text() == kept  # a failed probe loses nothing
+    monkeypatch.undo()
     from speechdistill.probe import plot_layer_weights
 
     assert not plot_layer_weights(r, out / "fbank.probe-pr.png")  # one state: nothing to plot

@@ -211,9 +211,8 @@ def cmd_distill_ssl(args):
 
 
 def cmd_probe(args):
-    from speechdistill.compare import probe_result_path
     from speechdistill.config import from_dict
-    from speechdistill.probe import ProbeConfig, plot_layer_weights, probe
+    from speechdistill.probe import ProbeConfig, probe_kept
 
     cfg = from_dict(
         ProbeConfig,
@@ -230,10 +229,7 @@ def cmd_probe(args):
             "upstream_lr": args.upstream_lr,
         },
     )
-    r = probe(args.upstream, cfg)
-    path = probe_result_path(args.upstream, args.task, args.rate, r["tune"])
-    atomic_write_text(path, json.dumps(r, indent=1) + "\n")
-    plot_layer_weights(r, path.with_suffix(".png"))
+    r, path = probe_kept(args.upstream, cfg, again=True)
     unit = " phones/s" if r["metric"] == "mae" else "%"
     console.print(
         f"{args.upstream} {args.task} ({r['tune']}): test {r['metric']} {r['test']:.2f}{unit} "
@@ -242,8 +238,7 @@ def cmd_probe(args):
 
 
 def cmd_attack(args):
-    from speechdistill.compare import probe_result_path
-    from speechdistill.probe import ProbeConfig
+    from speechdistill.probe import ProbeConfig, probe_result_path
     from speechdistill.robust import AttackConfig, attack
 
     cfg = AttackConfig(

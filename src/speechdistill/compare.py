@@ -22,18 +22,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from speechdistill.probe import probe_result_path
 from speechdistill.teachers.ssl import is_fbank
 from speechdistill.teachers.upstream import load_teacher
 from speechdistill.utils import atomic_write_text
-
-
-def probe_result_path(upstream: str | Path, task: str, rate: float = 0.0, tune: str = "frozen") -> Path:
-    """Where a probe's result is kept, beside the upstream (``@r{rate}`` for a seqcomp
-    student run at a chosen frame rate, ``+{tune}`` when the upstream was tuned too, e.g.
-    ``+top2``)."""
-    upstream = Path(upstream)
-    tuned = "" if tune == "frozen" else f"+{tune}"
-    return upstream.parent / f"{upstream.name}.probe-{task}{f'@r{rate:g}' if rate else ''}{tuned}.json"
 
 
 def upstream_params(model) -> int:

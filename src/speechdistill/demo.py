@@ -19,7 +19,7 @@ from pathlib import Path
 
 from speechdistill.ablate import ablate
 from speechdistill.align.run import align_corpus
-from speechdistill.compare import compare, markdown, probe_result_path, write_report
+from speechdistill.compare import compare, markdown, write_report
 from speechdistill.config import load_config
 from speechdistill.data.corpus import build_corpus
 from speechdistill.data.features import compute_features
@@ -28,11 +28,10 @@ from speechdistill.data.units import build_units
 from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
 from speechdistill.distill.ssl_distill import DistillConfig, distill
 from speechdistill.parallel import usable_cpus
-from speechdistill.probe import ProbeConfig, plot_layer_weights, probe, probe_train_hours
+from speechdistill.probe import ProbeConfig, probe_kept, probe_train_hours
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
 from speechdistill.units.inventory import Units
-from speechdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +178,7 @@ def run_ssl_demo(
     upstreams.append(out / "fbank")  # the reference: probes on the filterbank itself
     for up in upstreams:
         for task in SSL_PROBES:
-            path = probe_result_path(up, task)
-            if not path.exists():
-                r = probe(
-                    up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours))
-                )
-                atomic_write_text(path, json.dumps(r, indent=1) + "\n")
-            if not path.with_suffix(".png").exists():
-                plot_layer_weights(json.loads(path.read_text()), path.with_suffix(".png"))
+            probe_kept(up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours)))
     rows = compare(teacher, upstreams[1:], tasks=SSL_PROBES)
     write_report(rows, out)
     return markdown(rows)

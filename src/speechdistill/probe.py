@@ -78,6 +78,11 @@ class ProbeConfig:
     tune_layers: int = 2
     upstream_lr: float = 1e-4  # the tuned upstream parameters' peak rate (the head's: lr)
 
+    @property
+    def tune_name(self) -> str:
+        """How the upstream was tuned, as results name it: ``frozen``, ``all``, ``top2``..."""
+        return self.tune if self.tune != "top" else f"top{self.tune_layers}"
+
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"--task {self.task!r}; valid: {', '.join(TASKS)}")
@@ -174,6 +179,28 @@ def probe_train_hours(task: str, hours: float) -> float:
     voice: there the filterbank and the 4- and 8-epoch PBERT teachers of docs/findings.md
     6b scored 14, 14 and 15 of 88 test utterances, on all of it 73, 53 and 68 of 275."""
     return 0.0 if task == "sid" else hours
+
+
+def probe_result_path(upstream: str | Path, task: str, rate: float = 0.0, tune: str = "frozen") -> Path:
+    """Where a probe's result is kept, beside the upstream (``@r{rate}`` for a seqcomp
+    student run at a chosen frame rate, ``+{tune}`` when the upstream was tuned too, e.g.
+    ``+top2``); ``speechdistill compare`` reads it from there."""
+    upstream = Path(upstream)
+    tuned = "" if tune == "frozen" else f"+{tune}"
+    return upstream.parent / f"{upstream.name}.probe-{task}{f'@r{rate:g}' if rate else ''}{tuned}.json"
+
+
+def probe_kept(upstream: str | Path, cfg: ProbeConfig, again: bool = False) -> tuple[dict, Path]:
+    """Probe ``upstream`` and keep the result beside it (JSON, written whole, and the plot
+    of its layer weights), or read the result already kept there unless ``again``: a
+    recipe stopped between probes resumes at the first probe it lacks."""
+    path = probe_result_path(upstream, cfg.task, cfg.rate, cfg.tune_name)
+    if again or not path.exists():
+        atomic_write_text(path, json.dumps(probe(upstream, cfg), indent=1) + "\n")
+    result = json.loads(path.read_text())
+    if again or not path.with_suffix(".png").exists():
+        plot_layer_weights(result, path.with_suffix(".png"))
+    return result, path
 
 
 def phone_rate(cut, phones) -> float:
@@ -423,7 +450,7 @@ def train_probe(
         "dev": st["best"],
         "test": test,
         "control": control(cfg.task, parts["train"], parts["test"], target),
-        "tune": cfg.tune if cfg.tune != "top" else f"top{cfg.tune_layers}",
+        "tune": cfg.tune_name,
         "upstream_params_trained": counts["trainable"],
         "upstream_params": counts["total"],
         "head_params": sum(p.numel() for p in task.head.parameters()),

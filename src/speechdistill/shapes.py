@@ -31,10 +31,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from transformers import AutoConfig
 
-from speechdistill.compare import compare, probe_result_path, upstream_params
+from speechdistill.compare import compare, upstream_params
 from speechdistill.config import ConfigError, from_dict, load_config, read_yaml, to_dict
 from speechdistill.distill.ssl_distill import DistillConfig, distill
-from speechdistill.probe import ProbeConfig, probe, probe_train_hours
+from speechdistill.probe import ProbeConfig, probe_kept, probe_train_hours
 from speechdistill.students.ssl import STUDENTS, StudentConfig
 from speechdistill.utils import atomic_write_bytes, atomic_write_text
 
@@ -94,15 +94,8 @@ def run_shapes(path: str | Path, overrides: list[str] | None = None) -> list[dic
         if not (out / name / "summary.json").exists():
             distill(cfg)
         for task in plan.tasks:
-            result = probe_result_path(out / name / "student", task)
-            if not result.exists():
-                r = probe(
-                    out / name / "student",
-                    ProbeConfig(
-                        task, cfg.data.corpus, plan.probe_epochs, max_hours=probe_train_hours(task, plan.probe_hours)
-                    ),
-                )
-                atomic_write_text(result, json.dumps(r, indent=1) + "\n")
+            hours = probe_train_hours(task, plan.probe_hours)
+            probe_kept(out / name / "student", ProbeConfig(task, cfg.data.corpus, plan.probe_epochs, max_hours=hours))
     rows = compare(plan.teacher, [out / name / "student" for name in configs], tasks=plan.tasks)
     for row, (name, cfg) in zip(rows[1:], configs.items(), strict=True):
         row |= {"shape": name, "num_layers": cfg.student.num_layers, "d_model": cfg.student.d_model}
