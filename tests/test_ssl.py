@@ -160,7 +160,7 @@ def test_distilhubert_student_copies_the_teacher_and_round_trips(hubert_dir, tmp
     torch.testing.assert_close(hf(wavs[:1]).last_hidden_state, student.model(wavs[:1]).last_hidden_state)
 
 
-def test_a_distilhubert_front_end_narrower_than_the_teachers_starts_afresh(hubert_dir, tmp_path):
+def test_a_distilhubert_front_end_narrower_than_the_teachers_is_cut_from_it(hubert_dir, tmp_path):
     from transformers import AutoModel
 
     teacher = load_teacher(hubert_dir)  # CNN 16 channels, positional kernel 8
@@ -168,10 +168,23 @@ def test_a_distilhubert_front_end_narrower_than_the_teachers_starts_afresh(huber
     student = build_student(cfg, teacher)
     hf = student.model.config
     assert list(hf.conv_dim) == [8] * 7 and hf.num_conv_pos_embeddings == 4
-    copied = student.init_from(teacher.upstream.model)
-    front = [k for k in copied if k.startswith(("feature_extractor", "feature_projection", "encoder.pos_conv"))]
-    assert front == ["encoder.pos_conv_embed.conv.bias", "feature_projection.projection.bias"]  # the model's width
-    assert "encoder.layers.1.attention.q_proj.weight" in copied
+    t, s = teacher.upstream.model.state_dict(), student.model.state_dict()
+    # by hand: layer 0 keeps the 8 filters of largest L1 norm, layer 1 those of its
+    # filters over the kept inputs, and the projection reads the last layer's kept channels
+    w0, w1 = t["feature_extractor.conv_layers.0.conv.weight"], t["feature_extractor.conv_layers.1.conv.weight"]
+    k0 = sorted(w0.abs().sum(dim=(1, 2)).argsort(descending=True)[:8].tolist())
+    assert torch.equal(s["feature_extractor.conv_layers.0.conv.weight"], w0[k0])
+    assert torch.equal(
+        s["feature_extractor.conv_layers.0.layer_norm.weight"],
+        t["feature_extractor.conv_layers.0.layer_norm.weight"][k0],
+    )
+    k1 = sorted(w1[:, k0].abs().sum(dim=(1, 2)).argsort(descending=True)[:8].tolist())
+    assert torch.equal(s["feature_extractor.conv_layers.1.conv.weight"], w1[k1][:, k0])
+    assert s["feature_projection.projection.weight"].shape == (32, 8)
+    # the positional kernel is the teacher's centre: taps 2..5 of 8, the weight norm included
+    pos_t, pos_s = teacher.upstream.model.encoder.pos_conv_embed.conv, student.model.encoder.pos_conv_embed.conv
+    torch.testing.assert_close(pos_s.weight, pos_t.weight[:, :, 2:6])
+    assert "encoder.layers.1.attention.q_proj.weight" in student.init_from(teacher.upstream.model)
     wavs, lens = _wavs()
     preds, flens, _, _ = student.eval().predict(wavs, lens)
     assert [p.shape for p in preds] == [(2, 49, 32)] * 3 and flens.tolist() == [49, 34]  # same rate

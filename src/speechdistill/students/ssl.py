@@ -5,8 +5,9 @@
   initialised from the teacher's CNN, projection, positions and first layers, with
   one linear prediction head per chosen teacher layer (4/8/12 of 12, scaled to the
   teacher's depth) on its last layer. ``cnn_channels`` / ``pos_kernel`` give it a
-  cheaper front end than the teacher's (learnt afresh: the teacher's front end is a
-  quarter of its CPU time, bench/ssl_front_end.py). Saved so that
+  cheaper front end than the teacher's (the teacher's cut to fit: its largest filters,
+  its kernel's centre; the teacher's front end is a quarter of its CPU time,
+  bench/ssl_front_end.py). Saved so that
   ``transformers.AutoModel.from_pretrained(dir / "hf")`` loads it.
 * ``fithubert`` (Lee et al. 2022): thin and deep; a narrow CNN, a stride-2 time
   reduction (20 ms -> 40 ms), ``num_layers`` narrow transformer blocks, and for each
@@ -58,8 +59,8 @@ class StudentConfig:
     ff_dim: int = 384
     conv_dim: int = 64  # channels of every CNN layer
     time_reduction: int = 2
-    # distilhubert only: a front end cheaper than the teacher's (0: the teacher's, copied
-    # from it); the CNN's channels and the positional convolution's kernel, learnt afresh
+    # distilhubert only: a front end cheaper than the teacher's (0: the teacher's); the
+    # CNN's channels and the positional convolution's kernel, cut from the teacher's
     cnn_channels: int = 0
     pos_kernel: int = 0
     # seqcomp only: the frame rate is 20 ms x rate, drawn per step from [rate_min, rate_max]
@@ -144,11 +145,13 @@ class DistilHuBERTStudent(nn.Module):
         return cls(AutoConfig.for_model(hf.pop("model_type"), **hf), cfg, meta["teacher_dim"], meta["targets"])
 
     def init_from(self, teacher_model: nn.Module) -> list[str]:
-        """Copy every teacher tensor the student has at the same shape (CNN, projection,
-        positions, first layers; a narrower CNN or shorter positional kernel starts
-        afresh); returns the names copied."""
+        """Copy every teacher tensor the student has (CNN, projection, positions, first
+        layers); a narrower CNN or a shorter positional kernel gets the teacher's, cut to
+        fit (``cut_front_end``). Returns the names copied (cut ones too)."""
         own = self.model.state_dict()
-        copied = {k: v for k, v in teacher_model.state_dict().items() if k in own and own[k].shape == v.shape}
+        teacher = teacher_model.state_dict()
+        copied = {k: v for k, v in teacher.items() if k in own and own[k].shape == v.shape}
+        copied |= cut_front_end(teacher, {k: v for k, v in own.items() if k not in copied})
         self.model.load_state_dict(copied, strict=False)
         return sorted(copied)
 
@@ -179,6 +182,43 @@ class DistilHuBERTStudent(nn.Module):
         """Also a Hugging Face directory ``{prefix}.hf`` that AutoModel loads."""
         meta["hf_config"] = self.model.config.to_dict()
         save_hf_dir(self.model, prefix.with_suffix(".hf"))
+
+
+def cut_front_end(teacher: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The teacher's front-end tensors cut to a narrower student's ``own`` shapes.
+
+    CNN: each layer keeps the output channels whose filters have the largest L1 norm
+    (Li et al. 2017, "Pruning filters for efficient ConvNets"), and the next layer the
+    input channels kept below it; the norms and the feature projection follow the last
+    layer's channels. Positional convolution: the centre taps of the teacher's kernel
+    (weight norm's direction and its per-tap norm alike, so the student's weight is the
+    teacher's centre). Hand-written: torch.nn.utils.prune masks weights in place and
+    cannot shrink a Hugging Face feature encoder."""
+    cut: dict[str, torch.Tensor] = {}
+    kept = None  # the channels kept by the layer below
+    i = 0
+    while (name := f"feature_extractor.conv_layers.{i}.conv.weight") in own:
+        w = teacher[name]
+        if kept is not None:
+            w = w[:, kept]
+        kept = w.abs().sum(dim=(1, 2)).topk(own[name].shape[0]).indices.sort().values
+        cut[name] = w[kept]
+        for k, v in teacher.items():  # this layer's norm and bias: one value per channel
+            if k.startswith(f"feature_extractor.conv_layers.{i}.") and k != name and k in own:
+                cut[k] = v[kept]
+        i += 1
+    if kept is not None:
+        for k in ("feature_projection.layer_norm.weight", "feature_projection.layer_norm.bias"):
+            if k in own:
+                cut[k] = teacher[k][kept]
+        k = "feature_projection.projection.weight"
+        if k in own:
+            cut[k] = teacher[k][:, kept]
+    for k, v in own.items():
+        if k.startswith("encoder.pos_conv_embed.conv.") and v.dim() == 3 and k in teacher:
+            start = (teacher[k].shape[2] - v.shape[2]) // 2
+            cut[k] = teacher[k][:, :, start : start + v.shape[2]]
+    return {k: v for k, v in cut.items() if own[k].shape == v.shape}
 
 
 @STUDENTS.register("fithubert")
