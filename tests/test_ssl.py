@@ -17,6 +17,7 @@ from speechdistill.students.ssl import StudentConfig, build_student, load_studen
 from speechdistill.teachers.pretrain import ssl_optim
 from speechdistill.teachers.ssl import HFUpstream
 from speechdistill.teachers.upstream import load_teacher, load_upstream
+from speechdistill.utils import DataError
 
 TINY = dict(
     conv_dim=(16,) * 7,
@@ -164,7 +165,7 @@ def test_a_distilhubert_front_end_narrower_than_the_teachers_is_cut_from_it(hube
     from transformers import AutoModel
 
     teacher = load_teacher(hubert_dir)  # CNN 16 channels, positional kernel 8
-    cfg = StudentConfig(kind="distilhubert", num_layers=2, cnn_channels=8, pos_kernel=4)
+    cfg = StudentConfig(kind="distilhubert", num_layers=2, cnn_channels=[8], pos_kernel=4)
     student = build_student(cfg, teacher)
     hf = student.model.config
     assert list(hf.conv_dim) == [8] * 7 and hf.num_conv_pos_embeddings == 4
@@ -192,8 +193,18 @@ def test_a_distilhubert_front_end_narrower_than_the_teachers_is_cut_from_it(hube
     torch.testing.assert_close(load_student(tmp_path / "narrow").predict(wavs, lens)[0][2], preds[2])
     again = AutoModel.from_pretrained(tmp_path / "narrow.hf", local_files_only=True).eval()
     torch.testing.assert_close(again(wavs[:1]).last_hidden_state, student.model(wavs[:1]).last_hidden_state)
-    with pytest.raises(ValueError, match="cnn_channels and student.pos_kernel must be >= 0"):
-        StudentConfig(kind="distilhubert", cnn_channels=-1)
+    # one value per layer: only the first narrower, the rest the teacher's but for their inputs
+    first = build_student(dataclasses.replace(cfg, cnn_channels=[8, *[16] * 6], pos_kernel=0), teacher)
+    f = first.model.state_dict()
+    assert list(first.model.config.conv_dim) == [8, *[16] * 6]
+    assert torch.equal(f["feature_extractor.conv_layers.1.conv.weight"], w1[:, k0])  # all 16 filters, 8 inputs
+    assert torch.equal(
+        f["feature_extractor.conv_layers.2.conv.weight"], t["feature_extractor.conv_layers.2.conv.weight"]
+    )
+    with pytest.raises(ValueError, match="cnn_channels must be >= 1"):
+        StudentConfig(kind="distilhubert", cnn_channels=[0])
+    with pytest.raises(DataError, match=r"cnn_channels \[8, 8\]: give one value or one per CNN layer \(7\)"):
+        build_student(dataclasses.replace(cfg, cnn_channels=[8, 8]), teacher)
 
 
 def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
@@ -599,7 +610,6 @@ def test_second_iteration_labels_cluster_a_models_layer(hubert_dir, tiny_units, 
     from speechdistill.data.audio import load_cut_audio
     from speechdistill.data.batching import WaveData, load_wave_cuts
     from speechdistill.teachers.pretrain import PretrainConfig, kmeans_labels, label_features
-    from speechdistill.utils import DataError
 
     cuts = load_wave_cuts(WaveData(corpus=str(tiny_units.parent), max_hours=0.005))
     cfg = PretrainConfig(clusters=4, labels_from=str(hubert_dir), labels_layer=2, kmeans_frames=500)

@@ -59,9 +59,10 @@ class StudentConfig:
     ff_dim: int = 384
     conv_dim: int = 64  # channels of every CNN layer
     time_reduction: int = 2
-    # distilhubert only: a front end cheaper than the teacher's (0: the teacher's); the
-    # CNN's channels and the positional convolution's kernel, cut from the teacher's
-    cnn_channels: int = 0
+    # distilhubert only: a front end cheaper than the teacher's, cut from it: the CNN's
+    # channels, one per layer or one for all ([]: the teacher's), and the positional
+    # convolution's kernel (0: the teacher's)
+    cnn_channels: list[int] = field(default_factory=list)
     pos_kernel: int = 0
     # seqcomp only: the frame rate is 20 ms x rate, drawn per step from [rate_min, rate_max]
     # in training and chosen at inference (``student.rate``; ``rate`` is the default)
@@ -82,9 +83,9 @@ class StudentConfig:
         STUDENTS.check(self.kind)
         if self.num_layers < 1:
             raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
-        if self.cnn_channels < 0 or self.pos_kernel < 0:
+        if any(c < 1 for c in self.cnn_channels) or self.pos_kernel < 0:
             raise ValueError(
-                f"student.cnn_channels and student.pos_kernel must be >= 0 (0: the teacher's), "
+                f"student.cnn_channels must be >= 1 and student.pos_kernel >= 0 (0: the teacher's), "
                 f"got {self.cnn_channels} and {self.pos_kernel}"
             )
         if self.time_reduction not in (1, 2):
@@ -114,7 +115,12 @@ class DistilHuBERTStudent(nn.Module):
         hf_config = copy.deepcopy(hf_config)
         hf_config.num_hidden_layers = cfg.num_layers
         if cfg.cnn_channels:
-            hf_config.conv_dim = [cfg.cnn_channels] * len(hf_config.conv_dim)
+            layers = len(hf_config.conv_dim)
+            if len(cfg.cnn_channels) not in (1, layers):
+                raise DataError(
+                    f"student.cnn_channels {cfg.cnn_channels}: give one value or one per CNN layer ({layers})"
+                )
+            hf_config.conv_dim = list(cfg.cnn_channels) * (layers if len(cfg.cnn_channels) == 1 else 1)
         if cfg.pos_kernel:
             hf_config.num_conv_pos_embeddings = cfg.pos_kernel
         self.cfg, self.targets, self.teacher_dim = cfg, targets, teacher_dim
