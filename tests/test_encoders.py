@@ -241,3 +241,10 @@ def test_every_shipped_config_loads():
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind
+    # the cut front end: DistilHuBERT's recipe, a narrower first CNN layer and positional kernel
+    dh, cut = (
+        to_dict(load_config(DistillConfig, root / "ssl" / f"{n}.yaml")) for n in ("distilhubert", "distilhubert-cut")
+    )
+    assert {k for k in dh if dh[k] != cut[k]} == {"out_dir", "student"}
+    assert {k for k in dh["student"] if dh["student"][k] != cut["student"][k]} == {"cnn_channels", "pos_kernel"}
+    assert (cut["student"]["cnn_channels"][:2], cut["student"]["pos_kernel"]) == ([16, 32], 32)
