@@ -8,7 +8,9 @@ less of the teacher's CPU time than that front end does, whatever it cuts from t
 blocks. This prints, on one intra-op thread as ``speechdistill compare`` times (this
 process's CPU time, median of ``--repeats``, the variants taking turns): the whole
 model, the CNN alone, and the model with no transformer blocks; their shares of the
-whole; and the cost of one block, (whole - no blocks) / blocks.
+whole; the cost of one block, (whole - no blocks) / blocks; and each CNN layer's share
+(fed the layer below's output). ``--student`` adds a student's whole model beside them
+(e.g. ``configs/ssl/distilhubert-cut.yaml``'s, whose first CNN layer is narrower).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     p.add_argument("model", help="a local Hugging Face HuBERT / wav2vec 2.0 / WavLM directory")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--student", help="a student's Hugging Face directory ({prefix}.hf), timed beside the teacher")
     args = p.parse_args()
     torch.set_num_threads(1)
     whole = AutoModel.from_pretrained(args.model, local_files_only=True).eval()
@@ -40,6 +43,15 @@ def main() -> None:
         "CNN": lambda: whole.feature_extractor(wav),
         "no blocks": lambda: front(wav),
     }
+    with torch.no_grad():  # each CNN layer's input, made once
+        inputs = [wav[:, None]]
+        for layer in whole.feature_extractor.conv_layers:
+            inputs.append(layer(inputs[-1]))
+    for i, layer in enumerate(whole.feature_extractor.conv_layers):
+        variants[f"CNN layer {i}"] = lambda layer=layer, x=inputs[i]: layer(x)
+    if args.student:
+        student = AutoModel.from_pretrained(args.student, local_files_only=True).eval()
+        variants["student"] = lambda: student(wav)
     times = {name: [] for name in variants}
     with torch.no_grad():
         for f in variants.values():  # warm-up
