@@ -146,15 +146,15 @@ def run_demo(
     return Path(plan.out_dir) / "results.md"
 
 
-SSL_STUDENTS = ("distilhubert", "fithubert")
+SSL_STUDENTS = ("distilhubert", "distilhubert-cut", "fithubert")  # configs/ssl/{name}.yaml
 SSL_PROBES = ("pr", "sid")
 
 
 def run_ssl_demo(
     corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 20, probe_hours: float = 1.0
 ) -> str:
-    """Pre-train the small teacher, distil it into both students, probe all three and the
-    filterbank (the reference), compare.
+    """Pre-train the small teacher, distil it into each student of ``SSL_STUDENTS``, probe
+    them, the teacher and the filterbank (the reference), compare.
     Every step is skipped when its result exists; returns the comparison table (Markdown).
     Probes train on ``probe_hours`` of the training split, drawn across its voices (SID on
     all of it, for its 80/10/10 split: ``probe_train_hours``), and score PR on the full
