@@ -201,6 +201,14 @@ def test_a_distilhubert_front_end_narrower_than_the_teachers_is_cut_from_it(hube
     assert torch.equal(
         f["feature_extractor.conv_layers.2.conv.weight"], t["feature_extractor.conv_layers.2.conv.weight"]
     )
+    # a narrower middle layer: the layers below it whole, the one above it cut on its inputs
+    mid = build_student(dataclasses.replace(cfg, cnn_channels=[16, 8, *[16] * 5], pos_kernel=0), teacher)
+    m = mid.model.state_dict()
+    w2 = t["feature_extractor.conv_layers.2.conv.weight"]
+    k1 = sorted(w1.abs().sum(dim=(1, 2)).argsort(descending=True)[:8].tolist())
+    assert torch.equal(m["feature_extractor.conv_layers.0.conv.weight"], w0)
+    assert torch.equal(m["feature_extractor.conv_layers.1.conv.weight"], w1[k1])
+    assert torch.equal(m["feature_extractor.conv_layers.2.conv.weight"], w2[:, k1])
     with pytest.raises(ValueError, match="cnn_channels must be >= 1"):
         StudentConfig(kind="distilhubert", cnn_channels=[0])
     with pytest.raises(DataError, match=r"cnn_channels \[8, 8\]: give one value or one per CNN layer \(7\)"):

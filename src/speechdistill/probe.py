@@ -196,8 +196,10 @@ def probe_kept(upstream: str | Path, cfg: ProbeConfig, again: bool = False) -> t
     recipe stopped between probes resumes at the first probe it lacks."""
     path = probe_result_path(upstream, cfg.task, cfg.rate, cfg.tune_name)
     if again or not path.exists():
-        atomic_write_text(path, json.dumps(probe(upstream, cfg), indent=1) + "\n")
-    result = json.loads(path.read_text())
+        result = probe(upstream, cfg)
+        atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    else:
+        result = json.loads(path.read_text())
     if again or not path.with_suffix(".png").exists():
         plot_layer_weights(result, path.with_suffix(".png"))
     return result, path

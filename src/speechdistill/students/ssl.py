@@ -157,7 +157,7 @@ class DistilHuBERTStudent(nn.Module):
         own = self.model.state_dict()
         teacher = teacher_model.state_dict()
         copied = {k: v for k, v in teacher.items() if k in own and own[k].shape == v.shape}
-        copied |= cut_front_end(teacher, {k: v for k, v in own.items() if k not in copied})
+        copied |= cut_front_end(teacher, own)  # a layer of the teacher's width comes out whole
         self.model.load_state_dict(copied, strict=False)
         return sorted(copied)
 
@@ -191,7 +191,8 @@ class DistilHuBERTStudent(nn.Module):
 
 
 def cut_front_end(teacher: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The teacher's front-end tensors cut to a narrower student's ``own`` shapes.
+    """The teacher's front-end tensors cut to a narrower student's ``own`` shapes (a
+    layer as wide as the teacher's keeps every channel, in order: the teacher's own).
 
     CNN: each layer keeps the output channels whose filters have the largest L1 norm
     (Li et al. 2017, "Pruning filters for efficient ConvNets"), and the next layer the
