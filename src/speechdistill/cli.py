@@ -183,7 +183,7 @@ def cmd_demo(args):
     from speechdistill.demo import run_demo, run_ssl_demo
 
     if args.ssl:
-        print(run_ssl_demo(args.corpus or "data/small"))
+        print(run_ssl_demo(args.corpus or "data/small", jobs=args.jobs))
     else:
         print(run_demo(args.corpus, args.quick, args.seeds, args.jobs).read_text())
 
@@ -566,7 +566,10 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds", type=POSITIVE, default=None, help="seeds per method (default 1; 2 gives the README's table)"
     )
     de.add_argument(
-        "--jobs", type=POSITIVE, default=None, help="LMs and runs side by side, one thread each (default: one per CPU)"
+        "--jobs",
+        type=POSITIVE,
+        default=None,
+        help="LMs and runs (with --ssl: its steps) side by side, one thread each (default: one per CPU)",
     )
     de.add_argument("--ssl", action="store_true", help="the SSL part instead (make demo-ssl)")
 

@@ -7,7 +7,7 @@
 Steps, each kept when already done (so a second run only re-prints the table):
 corpus -> features -> units -> one LM per unit -> soft-label caches ->
 ``configs/asr/demo.yaml`` (baseline, interp, aux, hier) through the ablation command.
-The SSL demo: teacher pre-training, two students, probes, comparison.
+The SSL demo: teacher pre-training, three students, probes, comparison, the steps side by side.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from speechdistill.data.layout import CorpusDir, SoftLabelSpec
 from speechdistill.data.units import build_units
 from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
 from speechdistill.distill.ssl_distill import DistillConfig, distill
-from speechdistill.parallel import usable_cpus
-from speechdistill.probe import ProbeConfig, probe_kept, probe_train_hours
+from speechdistill.parallel import call, run_jobs, usable_cpus
+from speechdistill.probe import ProbeConfig, probe_kept, probe_result_path, probe_train_hours
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
 from speechdistill.units.inventory import Units
@@ -151,34 +151,74 @@ SSL_PROBES = ("pr", "sid")
 
 
 def run_ssl_demo(
-    corpus: str | Path = "data/small", out: str | Path = "exp/ssl", probe_epochs: int = 20, probe_hours: float = 1.0
+    corpus: str | Path = "data/small",
+    out: str | Path = "exp/ssl",
+    probe_epochs: int = 20,
+    probe_hours: float = 1.0,
+    jobs: int | None = None,
 ) -> str:
     """Pre-train the small teacher, distil it into each student of ``SSL_STUDENTS``, probe
     them, the teacher and the filterbank (the reference), compare.
     Every step is skipped when its result exists; returns the comparison table (Markdown).
     Probes train on ``probe_hours`` of the training split, drawn across its voices (SID on
     all of it, for its 80/10/10 split: ``probe_train_hours``), and score PR on the full
-    dev and test splits."""
+    dev and test splits. The steps go ``jobs`` at a time (default: one per usable CPU), each
+    with one torch thread, as the LM demo's runs do: the table does not depend on the core
+    count, and one-thread jobs side by side do more on a small CPU (speechdistill/parallel.py);
+    the filterbank's probes run beside the teacher's pre-training."""
     corpus, out = CorpusDir(corpus), Path(out)
     build_corpus("small", corpus.root)
     if not (corpus.units / "units.json").exists():  # the phone inventory of the PR probe
         build_units(corpus)
-    common = [f"data.corpus={corpus}"]
-    teacher = out / "teacher" / "hf"
-    if not (out / "teacher" / "summary.json").exists():
-        pretrain(load_config(PretrainConfig, "configs/ssl/pretrain.yaml", [*common, f"out_dir={out / 'teacher'}"]))
-    upstreams = [teacher]
-    for kind in SSL_STUDENTS:
-        d = out / kind
-        if not (d / "summary.json").exists():
-            distill(
-                load_config(DistillConfig, f"configs/ssl/{kind}.yaml", [*common, f"teacher={teacher}", f"out_dir={d}"])
-            )
-        upstreams.append(d / "student")
-    upstreams.append(out / "fbank")  # the reference: probes on the filterbank itself
-    for up in upstreams:
-        for task in SSL_PROBES:
-            probe_kept(up, ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours)))
-    rows = compare(teacher, upstreams[1:], tasks=SSL_PROBES)
+    jobs = jobs or usable_cpus()
+    calls, after, upstreams = ssl_demo_steps(corpus, out, probe_epochs, probe_hours, show_progress=jobs == 1)
+    log.info("SSL demo: %d steps to run, %d at a time, one torch thread each", len(calls), jobs)
+    run_jobs(call, calls, jobs, threads=1, after=after)
+    rows = compare(upstreams[0], upstreams[1:], tasks=SSL_PROBES)
     write_report(rows, out)
     return markdown(rows)
+
+
+def ssl_demo_steps(
+    corpus: CorpusDir, out: Path, probe_epochs: int, probe_hours: float, show_progress: bool = True
+) -> tuple[list[tuple], list[tuple[int, ...]], list[Path]]:
+    """The SSL demo's steps still to run, as ``run_jobs`` calls of ``parallel.call`` with
+    what each must wait for, and the upstreams to compare (the teacher first, the
+    filterbank last). A step whose result exists is left out, and so is a wait on it."""
+    common = [f"data.corpus={corpus}", f"progress={str(show_progress).lower()}"]
+    calls: list[tuple] = []
+    after: list[tuple[int, ...]] = []
+
+    def step(done: bool, job: tuple, deps: tuple[int | None, ...] = ()) -> int | None:
+        if done:
+            return None
+        calls.append(job)
+        after.append(tuple(d for d in deps if d is not None))
+        return len(calls) - 1
+
+    teacher_dir = out / "teacher"
+    trained = {
+        teacher_dir / "hf": step(
+            (teacher_dir / "summary.json").exists(),
+            (_configured, pretrain, PretrainConfig, "configs/ssl/pretrain.yaml", [*common, f"out_dir={teacher_dir}"]),
+        ),
+        out / "fbank": None,  # the reference: probes on the filterbank itself
+    }
+    for kind in SSL_STUDENTS:
+        d = out / kind
+        overrides = [*common, f"teacher={teacher_dir / 'hf'}", f"out_dir={d}"]
+        job = (_configured, distill, DistillConfig, f"configs/ssl/{kind}.yaml", overrides)
+        trained[d / "student"] = step((d / "summary.json").exists(), job, (trained[teacher_dir / "hf"],))
+    upstreams = [teacher_dir / "hf", *(out / k / "student" for k in SSL_STUDENTS), out / "fbank"]
+    for up in upstreams:
+        for task in SSL_PROBES:
+            cfg = ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours))
+            kept = probe_result_path(up, task, cfg.rate, cfg.tune_name).exists()
+            step(kept, (probe_kept, up, cfg, False, show_progress), (trained[up],))
+    return calls, after, upstreams
+
+
+def _configured(fn, config_cls, path: str, overrides: list[str]) -> None:
+    """``fn`` of the config at ``path`` with ``overrides``, loaded in the job's own process
+    (a student's config names a teacher that is made by an earlier job)."""
+    fn(load_config(config_cls, path, overrides))

@@ -190,13 +190,15 @@ def probe_result_path(upstream: str | Path, task: str, rate: float = 0.0, tune: 
     return upstream.parent / f"{upstream.name}.probe-{task}{f'@r{rate:g}' if rate else ''}{tuned}.json"
 
 
-def probe_kept(upstream: str | Path, cfg: ProbeConfig, again: bool = False) -> tuple[dict, Path]:
+def probe_kept(
+    upstream: str | Path, cfg: ProbeConfig, again: bool = False, show_progress: bool = True
+) -> tuple[dict, Path]:
     """Probe ``upstream`` and keep the result beside it (JSON, written whole, and the plot
     of its layer weights), or read the result already kept there unless ``again``: a
     recipe stopped between probes resumes at the first probe it lacks."""
     path = probe_result_path(upstream, cfg.task, cfg.rate, cfg.tune_name)
     if again or not path.exists():
-        result = probe(upstream, cfg)
+        result = probe(upstream, cfg, show_progress=show_progress)
         atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     else:
         result = json.loads(path.read_text())
