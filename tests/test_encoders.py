@@ -239,6 +239,17 @@ def test_every_shipped_config_loads():
         True,
     )
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
+    # the demo's teacher: pretrain.yaml's, with PBERT's targets and the MFCC codebook beside them
+    mfcc, pbert = (
+        to_dict(load_config(PretrainConfig, root / "ssl" / f"{n}.yaml")) for n in ("pretrain", "pretrain-pbert")
+    )
+    assert {k: pbert[k] for k in pbert if pbert[k] != mfcc[k]} == {
+        "out_dir": "exp/ssl/teacher-pbert",
+        "labels_alignment": "own",
+        "clusters": 40,
+        "mfcc_clusters": 100,
+        "mfcc_weight": 0.3,
+    }
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind
     # the cut front end: DistilHuBERT's recipe, a narrower first CNN layer and positional kernel

@@ -349,7 +349,7 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path):
     calls, after, upstreams = ssl_demo_steps(corpus, out, 20, 1.0, show_progress=False)
     assert upstreams == [teacher, *students, fbank]
     assert len(calls) == len(after) == 1 + 3 + 5 * 2
-    assert calls[0][:4] == (_configured, pretrain, PretrainConfig, "configs/ssl/pretrain.yaml") and after[0] == ()
+    assert calls[0][:4] == (_configured, pretrain, PretrainConfig, "configs/ssl/pretrain-pbert.yaml") and after[0] == ()
     assert calls[0][4] == [f"data.corpus={corpus}", "progress=false", f"out_dir={out / 'teacher'}"]
     for i, kind in enumerate(SSL_STUDENTS, 1):
         assert calls[i][1:4] == (distill, DistillConfig, f"configs/ssl/{kind}.yaml")
