@@ -332,16 +332,19 @@ def test_students_learn_and_stay_small(ssl_run):
         assert s["student_params"] < s["teacher_params"] and s["teacher_cached"]
 
 
-def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path):
+def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, monkeypatch):
     """make demo-ssl's plan: the teacher first, each student after it, each probe after its
     upstream (the filterbank's after nothing, so they run beside the pre-training); a kept
-    result drops its step and every wait on it."""
+    result drops its step and every wait on it; a kept run of other settings is refused."""
+    from speechdistill.config import save_config
     from speechdistill.data.layout import CorpusDir
-    from speechdistill.demo import SSL_STUDENTS, _configured, ssl_demo_steps
-    from speechdistill.distill.ssl_distill import DistillConfig, distill
+    from speechdistill.demo import SSL_STUDENTS, ssl_demo_steps
+    from speechdistill.distill.ssl_distill import distill
     from speechdistill.probe import probe_kept, probe_result_path
-    from speechdistill.teachers.pretrain import PretrainConfig, pretrain
+    from speechdistill.teachers.pretrain import pretrain
+    from speechdistill.utils import UsageError
 
+    monkeypatch.chdir(Path(__file__).parent.parent)  # the configs/ the demo names
     assert SSL_STUDENTS == ("distilhubert", "distilhubert-cut", "fithubert")
     corpus, out = CorpusDir(tmp_path / "corpus"), tmp_path / "ssl"
     teacher, fbank = out / "teacher" / "hf", out / "fbank"
@@ -349,30 +352,47 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path):
     calls, after, upstreams = ssl_demo_steps(corpus, out, 20, 1.0, show_progress=False)
     assert upstreams == [teacher, *students, fbank]
     assert len(calls) == len(after) == 1 + 3 + 5 * 2
-    assert calls[0][:4] == (_configured, pretrain, PretrainConfig, "configs/ssl/pretrain-pbert.yaml") and after[0] == ()
-    assert calls[0][4] == [f"data.corpus={corpus}", "progress=false", f"out_dir={out / 'teacher'}"]
+    fn, cfg = calls[0]
+    assert fn is pretrain and after[0] == ()
+    assert (cfg.labels_alignment, cfg.mfcc_clusters, cfg.out_dir, cfg.data.corpus, cfg.progress) == (
+        "own",
+        100,
+        str(out / "teacher"),
+        str(corpus),
+        False,
+    )
     for i, kind in enumerate(SSL_STUDENTS, 1):
-        assert calls[i][1:4] == (distill, DistillConfig, f"configs/ssl/{kind}.yaml")
-        assert f"teacher={teacher}" in calls[i][4] and f"out_dir={out / kind}" in calls[i][4] and after[i] == (0,)
+        fn, cfg = calls[i]
+        assert fn is distill and after[i] == (0,)
+        assert (cfg.teacher, cfg.out_dir, cfg.student.kind) == (str(teacher), str(out / kind), kind.split("-")[0])
     probes = {(c[1], c[2].task): (a, c[2].max_hours) for c, a in zip(calls[4:], after[4:], strict=True)}
     assert {c[0] for c in calls[4:]} == {probe_kept} and all(c[3:] == (False, False) for c in calls[4:])
     assert probes[(teacher, "pr")] == ((0,), 1.0) and probes[(teacher, "sid")] == ((0,), 0.0)  # SID: all of train
     assert [probes[(s, "pr")][0] for s in students] == [(1,), (2,), (3,)]
     assert probes[(fbank, "pr")][0] == probes[(fbank, "sid")][0] == ()
 
+    teacher_cfg = calls[0][1]
     (out / "teacher").mkdir(parents=True)
     (out / "teacher" / "summary.json").write_text("{}")
+    save_config(teacher_cfg, out / "teacher" / "config.yaml")  # as the run saved it
     probe_result_path(teacher, "pr").write_text("{}")
     (out / "fithubert").mkdir()
     (out / "fithubert" / "summary.json").write_text("{}")
-    calls, after, _ = ssl_demo_steps(corpus, out, 20, 1.0)
+    calls, after, _ = ssl_demo_steps(corpus, out, 20, 1.0)  # its progress bars differ: still the same run
     assert len(calls) == 14 - 3
-    assert [c[3] for c in calls[:2]] == ["configs/ssl/distilhubert.yaml", "configs/ssl/distilhubert-cut.yaml"]
-    assert after[:2] == [(), ()] and "progress=true" in calls[0][4]
+    assert [c[1].out_dir for c in calls[:2]] == [str(out / "distilhubert"), str(out / "distilhubert-cut")]
+    assert after[:2] == [(), ()] and calls[0][1].progress
     probes = {(c[1], c[2].task): a for c, a in zip(calls[2:], after[2:], strict=True)}
     assert (teacher, "pr") not in probes and probes[(teacher, "sid")] == ()
     assert probes[(students[0], "sid")] == (0,) and probes[(students[1], "pr")] == (1,)
     assert probes[(students[2], "pr")] == probes[(students[2], "sid")] == ()
+
+    # an older demo's teacher (MFCC targets) is not compared as if this demo had made it
+    save_config(dataclasses.replace(teacher_cfg, labels_alignment="", mfcc_clusters=0), out / "teacher" / "config.yaml")
+    with pytest.raises(
+        UsageError, match=r"teacher holds a finished run of other settings .*labels_alignment: '' -> 'own'"
+    ):
+        ssl_demo_steps(corpus, out, 20, 1.0)
 
 
 def test_probe_and_compare_report(ssl_run, tiny_units, monkeypatch):

@@ -21,7 +21,7 @@ from pathlib import Path
 from speechdistill.ablate import ablate
 from speechdistill.align.run import align_corpus
 from speechdistill.compare import compare, markdown, write_report
-from speechdistill.config import load_config
+from speechdistill.config import config_changes, load_config, read_yaml, to_dict
 from speechdistill.data.corpus import build_corpus
 from speechdistill.data.features import compute_features
 from speechdistill.data.layout import CorpusDir, SoftLabelSpec
@@ -33,6 +33,7 @@ from speechdistill.probe import ProbeConfig, probe_kept, probe_result_path, prob
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
 from speechdistill.units.inventory import Units
+from speechdistill.utils import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +205,21 @@ def ssl_demo_steps(
         after.append(tuple(d for d in deps if d is not None))
         return len(calls) - 1
 
-    teacher_dir = out / "teacher"
+    def run(fn, config_cls, path: str, run_dir: Path, overrides: list[str], deps=()) -> int | None:
+        cfg = load_config(config_cls, path, [*common, *overrides, f"out_dir={run_dir}"])
+        return step(_finished(run_dir, cfg, path), (fn, cfg), deps)
+
+    teacher = out / "teacher" / "hf"
     trained = {
-        teacher_dir / "hf": step(
-            (teacher_dir / "summary.json").exists(),
-            (_configured, pretrain, PretrainConfig, SSL_TEACHER, [*common, f"out_dir={teacher_dir}"]),
-        ),
+        teacher: run(pretrain, PretrainConfig, SSL_TEACHER, teacher.parent, []),
         out / "fbank": None,  # the reference: probes on the filterbank itself
     }
     for kind in SSL_STUDENTS:
         d = out / kind
-        overrides = [*common, f"teacher={teacher_dir / 'hf'}", f"out_dir={d}"]
-        job = (_configured, distill, DistillConfig, f"configs/ssl/{kind}.yaml", overrides)
-        trained[d / "student"] = step((d / "summary.json").exists(), job, (trained[teacher_dir / "hf"],))
-    upstreams = [teacher_dir / "hf", *(out / k / "student" for k in SSL_STUDENTS), out / "fbank"]
+        trained[d / "student"] = run(
+            distill, DistillConfig, f"configs/ssl/{kind}.yaml", d, [f"teacher={teacher}"], (trained[teacher],)
+        )
+    upstreams = [teacher, *(out / k / "student" for k in SSL_STUDENTS), out / "fbank"]
     for up in upstreams:
         for task in SSL_PROBES:
             cfg = ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours))
@@ -226,7 +228,17 @@ def ssl_demo_steps(
     return calls, after, upstreams
 
 
-def _configured(fn, config_cls, path: str, overrides: list[str]) -> None:
-    """``fn`` of the config at ``path`` with ``overrides``, loaded in the job's own process
-    (a student's config names a teacher that is made by an earlier job)."""
-    fn(load_config(config_cls, path, overrides))
+def _finished(run_dir: Path, cfg, path: str) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``cfg``. A finished run of other settings
+    (an older demo's teacher, a hand-edited config) is refused: the table would compare
+    what this demo did not make."""
+    if not (run_dir / "summary.json").exists():
+        return False
+    saved = run_dir / "config.yaml"
+    changed = config_changes(read_yaml(saved), to_dict(cfg), ignore=("progress",)) if saved.exists() else []
+    if changed:
+        raise UsageError(
+            f"{run_dir} holds a finished run of other settings than {path} ({'; '.join(changed)}): move it "
+            f"aside (or the whole {run_dir.parent}) to make the SSL demo again"
+        )
+    return True
