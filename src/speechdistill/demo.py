@@ -97,16 +97,10 @@ def _cache_usable(corpus: CorpusDir, spec: SoftLabelSpec) -> bool:
 
 
 def prepare(corpus: str | Path, plan: DemoPlan, show_progress: bool = True) -> list[tuple]:
-    """Corpus, features, alignment and units: whatever is missing. Returns the jobs that
-    make the LMs and soft-label caches still missing, as ``(fn, *args)``."""
+    """Corpus, features, alignment and units (``prepare_corpus``), then the jobs that make
+    the LMs and soft-label caches still missing, as ``(fn, *args)``."""
     corpus = CorpusDir(corpus)
-    build_corpus(plan.preset, corpus.root)
-    compute_features(corpus)
-    if plan.alignment:
-        align_corpus(corpus, "own", plan.alignment, overrides=list(plan.aligner), jobs=2)
-    info = corpus.units / "units.json"
-    if not info.exists() or json.loads(info.read_text()).get("alignment", "") != plan.alignment:
-        build_units(corpus, alignment=plan.alignment)
+    prepare_corpus(corpus, plan)
     units_digest = Units(corpus.units).digest()
     todo = []
     for unit, sentences in plan.lm_sentences:
@@ -119,6 +113,18 @@ def prepare(corpus: str | Path, plan: DemoPlan, show_progress: bool = True) -> l
         if not meta_path.exists() or not _cache_usable(corpus, spec):
             todo.append((_lm_and_cache, str(corpus.root), spec, sentences, show_progress))
     return todo
+
+
+def prepare_corpus(corpus: CorpusDir, plan: DemoPlan) -> None:
+    """The plan's corpus, its features, the own alignment and the units on it: whatever is
+    missing (both demos share them)."""
+    build_corpus(plan.preset, corpus.root)
+    compute_features(corpus)
+    if plan.alignment:
+        align_corpus(corpus, "own", plan.alignment, overrides=list(plan.aligner), jobs=2)
+    info = corpus.units / "units.json"
+    if not info.exists() or json.loads(info.read_text()).get("alignment", "") != plan.alignment:
+        build_units(corpus, alignment=plan.alignment)
 
 
 def _lm_and_cache(corpus: str, spec: SoftLabelSpec, sentences: int, show_progress: bool) -> None:
@@ -174,11 +180,7 @@ def run_ssl_demo(
     count, and one-thread jobs side by side do more on a small CPU (speechdistill/parallel.py);
     the filterbank's probes run beside the teacher's pre-training."""
     corpus, out = CorpusDir(corpus), Path(out)
-    build_corpus(FULL.preset, corpus.root)
-    compute_features(corpus)  # the aligner's
-    align_corpus(corpus, "own", FULL.alignment, overrides=list(FULL.aligner), jobs=2)  # the teacher's targets
-    if not (corpus.units / "units.json").exists():  # the phone inventory of the PR probe
-        build_units(corpus, alignment=FULL.alignment)
+    prepare_corpus(corpus, FULL)  # the alignment: the teacher's targets; the units: the PR probe's phones
     jobs = jobs or usable_cpus()
     calls, after, upstreams = ssl_demo_steps(corpus, out, probe_epochs, probe_hours, show_progress=jobs == 1)
     log.info("SSL demo: %d steps to run, %d at a time, one torch thread each", len(calls), jobs)
@@ -210,16 +212,14 @@ def ssl_demo_steps(
         return step(_finished(run_dir, cfg, path), (fn, cfg), deps)
 
     teacher = out / "teacher" / "hf"
-    trained = {
-        teacher: run(pretrain, PretrainConfig, SSL_TEACHER, teacher.parent, []),
-        out / "fbank": None,  # the reference: probes on the filterbank itself
-    }
+    trained = {teacher: run(pretrain, PretrainConfig, SSL_TEACHER, teacher.parent, [])}  # upstream -> its step
     for kind in SSL_STUDENTS:
         d = out / kind
         trained[d / "student"] = run(
             distill, DistillConfig, f"configs/ssl/{kind}.yaml", d, [f"teacher={teacher}"], (trained[teacher],)
         )
-    upstreams = [teacher, *(out / k / "student" for k in SSL_STUDENTS), out / "fbank"]
+    trained[out / "fbank"] = None  # the reference: probes on the filterbank itself
+    upstreams = list(trained)
     for up in upstreams:
         for task in SSL_PROBES:
             cfg = ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours))
