@@ -239,7 +239,8 @@ def test_every_shipped_config_loads():
         True,
     )
     assert load_config(PretrainConfig, root / "ssl" / "pretrain.yaml").num_layers == 12
-    # the demo's teacher: pretrain.yaml's, with PBERT's targets and the MFCC codebook beside them
+    # the demo's teacher: pretrain.yaml's, with PBERT's targets and the MFCC codebook beside
+    # them, the unmasked frames' loss, no dropout, all of the corpus's audio for 3 epochs
     mfcc, pbert = (
         to_dict(load_config(PretrainConfig, root / "ssl" / f"{n}.yaml")) for n in ("pretrain", "pretrain-pbert")
     )
@@ -249,6 +250,10 @@ def test_every_shipped_config_loads():
         "clusters": 40,
         "mfcc_clusters": 100,
         "mfcc_weight": 0.3,
+        "nomask_weight": 1.0,
+        "dropout": 0.0,
+        "data": mfcc["data"] | {"max_hours": 0.0},
+        "optim": mfcc["optim"] | {"lr": 0.001, "max_epochs": 3},
     }
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind

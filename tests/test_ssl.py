@@ -334,11 +334,12 @@ def test_students_learn_and_stay_small(ssl_run):
 
 def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, monkeypatch):
     """make demo-ssl's plan: the teacher first, each student after it, each probe after its
-    upstream (the filterbank's after nothing, so they run beside the pre-training); a kept
-    result drops its step and every wait on it; a kept run of other settings is refused."""
+    upstream (the filterbank's after nothing); once the teacher has run alone, nothing waits
+    on it; a kept result drops its step and every wait on it; a kept run of other settings
+    is refused."""
     from speechdistill.config import save_config
     from speechdistill.data.layout import CorpusDir
-    from speechdistill.demo import SSL_STUDENTS, ssl_demo_steps
+    from speechdistill.demo import SSL_STUDENTS, after_first, ssl_demo_steps
     from speechdistill.distill.ssl_distill import distill
     from speechdistill.probe import probe_kept, probe_result_path
     from speechdistill.teachers.pretrain import pretrain
@@ -370,6 +371,11 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, 
     assert probes[(teacher, "pr")] == ((0,), 1.0) and probes[(teacher, "sid")] == ((0,), 0.0)  # SID: all of train
     assert [probes[(s, "pr")][0] for s in students] == [(1,), (2,), (3,)]
     assert probes[(fbank, "pr")][0] == probes[(fbank, "sid")][0] == ()
+    rest = after_first(after)  # the teacher pre-trained alone: nothing waits on it any more
+    shifted = {(c[1], c[2].task): a for c, a in zip(calls[4:], rest[3:], strict=True)}
+    assert rest[:3] == [(), (), ()]
+    assert [shifted[(s, t)] for s in students for t in ("pr", "sid")] == [(0,), (0,), (1,), (1,), (2,), (2,)]
+    assert shifted[(teacher, "pr")] == shifted[(teacher, "sid")] == shifted[(fbank, "sid")] == ()
 
     teacher_cfg = calls[0][1]
     (out / "teacher").mkdir(parents=True)
@@ -675,6 +681,71 @@ def test_a_second_mfcc_codebook_has_its_own_head_and_adds_its_loss():
         PretrainConfig(mfcc_clusters=50)
     with pytest.raises(ValueError, match="mfcc_weight > 0"):
         dataclasses.replace(cfg, mfcc_weight=0.0)
+
+
+def test_the_unmasked_frames_loss_is_added_at_its_weight():
+    """``nomask_weight`` (HuBERT's pred_nomask_weight): the last layer's logits of the real
+    frames left unmasked (none of the padding) against the main labels, added at its weight
+    beside the masked frames' and the MFCC codebook's; the accuracy stays the masked frames'."""
+    import numpy as np
+
+    from speechdistill.teachers.pretrain import HuBERTPretrainModel, MaskedPrediction, PretrainConfig, _Pretraining
+
+    cfg = PretrainConfig(
+        **TINY_TEACHER | {"clusters": 40},
+        labels_alignment="synth",
+        mfcc_clusters=7,
+        mfcc_weight=0.5,
+        nomask_weight=0.25,
+    )
+    torch.manual_seed(0)
+    model = HuBERTPretrainModel(cfg).eval()
+    wavs, lens = _wavs()
+    with torch.no_grad():
+        np.random.seed(0)
+        logits, mask = model(wavs, lens)
+        frames = torch.arange(mask.shape[1])[None] < model.hubert._get_feat_extract_output_lengths(lens)[:, None]
+        seen = frames & ~mask
+        assert [z.shape for z in logits] == [(int(mask.sum()), 40), (int(mask.sum()), 7), (int(seen.sum()), 40)]
+        assert 0 < int(seen.sum()) < int((~mask).sum())  # the second utterance's padding is not scored
+        att = (torch.arange(wavs.shape[1])[None] < lens[:, None]).long()
+        out = model.hubert(wavs, attention_mask=att, mask_time_indices=mask)
+        torch.testing.assert_close(logits[2], model.logits(out.last_hidden_state[seen], model.proj))
+        g = torch.Generator().manual_seed(1)
+        labels, mfcc = torch.randint(40, mask.shape, generator=g), torch.randint(7, mask.shape, generator=g)
+        np.random.seed(0)
+        loss, acc = _Pretraining(model, MaskedPrediction(0.1))(wavs, lens, labels, mfcc)
+    crit = MaskedPrediction(0.1)
+    main, main_acc = crit(logits[:1], labels[mask])
+    want = main + 0.5 * crit(logits[1:2], mfcc[mask])[0] + 0.25 * crit(logits[2:], labels[seen])[0]
+    assert float(loss) == pytest.approx(float(want), rel=1e-6) and acc == main_acc
+    with pytest.raises(ValueError, match="nomask_weight must be >= 0, got -1"):
+        PretrainConfig(nomask_weight=-1)
+
+
+def test_teacher_dropout_and_pre_norm_reach_the_model():
+    """``dropout`` is the Transformer's hidden and attention dropout (0: two training-mode
+    passes with the same masks agree; at 0.1 they do not); ``pre_norm`` picks HF's pre-LN
+    encoder."""
+    import numpy as np
+
+    from speechdistill.teachers.pretrain import HuBERTPretrainModel, PretrainConfig
+
+    wavs, lens = _wavs()
+    for dropout, same in ((0.0, True), (0.1, False)):
+        torch.manual_seed(0)
+        model = HuBERTPretrainModel(PretrainConfig(**TINY_TEACHER, dropout=dropout)).train()
+        assert model.hubert.config.hidden_dropout == model.hubert.config.attention_dropout == dropout
+        assert type(model.hubert.encoder).__name__ == "HubertEncoder"  # HuBERT Base's post-LN
+        runs = []
+        for _ in range(2):
+            np.random.seed(0)
+            runs.append(model(wavs, lens)[0][0])
+        assert torch.equal(runs[0], runs[1]) is same
+    pre = HuBERTPretrainModel(PretrainConfig(**TINY_TEACHER, pre_norm=True))
+    assert type(pre.hubert.encoder).__name__ == "HubertEncoderStableLayerNorm"
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        PretrainConfig(dropout=1.0)
 
 
 def test_second_iteration_labels_cluster_a_models_layer(hubert_dir, tiny_units, tmp_path):

@@ -104,6 +104,13 @@ class PretrainConfig(EngineConfig):
     # clusters, its masked-prediction loss (last layer, own projection) added x mfcc_weight
     mfcc_clusters: int = 0
     mfcc_weight: float = 1.0
+    # pre-LN Transformer layers (HF's do_stable_layer_norm, HuBERT Large's and WavLM's);
+    # the default is HuBERT Base's post-LN
+    pre_norm: bool = False
+    dropout: float = 0.1  # hidden and attention dropout
+    # HuBERT's pred_nomask_weight: the loss on the frames left unmasked (last layer, main
+    # labels) is added at this weight; HuBERT's own recipes keep it at 0
+    nomask_weight: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -114,6 +121,10 @@ class PretrainConfig(EngineConfig):
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.nomask_weight < 0:
+            raise ValueError(f"nomask_weight must be >= 0, got {self.nomask_weight}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.mix_prob <= 1:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.labels_alignment and self.labels_from:
@@ -255,8 +266,9 @@ class HuBERTPretrainModel(nn.Module):
                 conv_dim=(cfg.conv_dim,) * 7,
                 num_conv_pos_embeddings=64,
                 num_conv_pos_embedding_groups=16,
-                hidden_dropout=0.1,
-                attention_dropout=0.1,
+                hidden_dropout=cfg.dropout,
+                attention_dropout=cfg.dropout,
+                do_stable_layer_norm=cfg.pre_norm,
                 activation_dropout=0.0,
                 feat_proj_dropout=0.0,
                 layerdrop=0.0,
@@ -283,7 +295,8 @@ class HuBERTPretrainModel(nn.Module):
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(N, S), (N,) -> [(M, clusters)] cosine logits of the M masked frames, from the
         last layer then each of ``ils_layers``, then (``mfcc_clusters``) the last layer's
-        against the MFCC codebook; (N, T) the mask. The masks are drawn by
+        against the MFCC codebook, then (``nomask_weight``) the last layer's of the real
+        frames left unmasked; (N, T) the mask. The masks are drawn by
         HF's ``_compute_mask_indices`` (numpy's global RNG)."""
         frame_lens = self.hubert._get_feat_extract_output_lengths(lens).long()
         T = self.num_frames(wavs.shape[1])
@@ -303,6 +316,8 @@ class HuBERTPretrainModel(nn.Module):
             logits.append(self.logits(out.hidden_states[k][mask], proj))
         if self.cfg.mfcc_clusters:
             logits.append(self.logits(out.last_hidden_state[mask], self.mfcc_proj, self.mfcc_embeddings))
+        if self.cfg.nomask_weight:
+            logits.append(self.logits(out.last_hidden_state[real & ~mask], self.proj))
         return logits, mask
 
 
@@ -329,15 +344,24 @@ class _Pretraining(nn.Module):
         self.model, self.criterion = model, criterion
 
     def forward(self, wavs, lens, labels, mfcc_labels=None):
-        """The loss (plus ``mfcc_weight`` x the MFCC codebook's, when there is one) and the
-        accuracy of the last layer on the main labels."""
+        """The loss (plus ``mfcc_weight`` x the MFCC codebook's, when there is one, and
+        ``nomask_weight`` x the unmasked frames') and the accuracy of the last layer on the
+        main labels of the masked frames."""
+        cfg = self.model.cfg
         logits, mask = self.model(wavs, lens)
-        target = labels[:, : mask.shape[1]][mask]
+        labels = labels[:, : mask.shape[1]]
+        extra = 0.0
+        if cfg.nomask_weight:
+            *logits, seen = logits
+            frame_lens = self.model.hubert._get_feat_extract_output_lengths(lens).long()
+            real = ~padding_mask(frame_lens, mask.shape[1])
+            extra = cfg.nomask_weight * self.criterion([seen], labels[real & ~mask])[0]
         if mfcc_labels is None:
-            return self.criterion(logits, target)
-        loss, acc = self.criterion(logits[:-1], target)
+            loss, acc = self.criterion(logits, labels[mask])
+            return loss + extra, acc
+        loss, acc = self.criterion(logits[:-1], labels[mask])
         mfcc, _ = self.criterion(logits[-1:], mfcc_labels[:, : mask.shape[1]][mask])
-        return loss + self.model.cfg.mfcc_weight * mfcc, acc
+        return loss + cfg.mfcc_weight * mfcc + extra, acc
 
 
 class WaveTask(Task):
