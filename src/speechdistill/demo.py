@@ -160,7 +160,7 @@ def run_demo(
 SSL_TEACHER = "configs/ssl/pretrain-pbert.yaml"
 SSL_STUDENTS = ("distilhubert", "distilhubert-cut", "fithubert")  # configs/ssl/{name}.yaml
 SSL_PROBES = ("pr", "sid")
-# The teacher pre-trains first and alone: on two threads its step is 1.75x faster than on
+# The teacher pre-trains first and alone: on two threads its step is 1.66x faster than on
 # one (bench/pretrain_step.py), which two one-thread jobs side by side do not make up for.
 # A fixed count, not the machine's, so that the teacher is the same on every CPU.
 SSL_TEACHER_THREADS = 2
