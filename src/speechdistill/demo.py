@@ -161,7 +161,8 @@ SSL_TEACHER = "configs/ssl/pretrain-pbert.yaml"
 SSL_STUDENTS = ("distilhubert", "distilhubert-cut", "fithubert")  # configs/ssl/{name}.yaml
 SSL_PROBES = ("pr", "sid")
 # The teacher pre-trains first and alone: on two threads its step is 1.66x faster than on
-# one (bench/pretrain_step.py), which two one-thread jobs side by side do not make up for.
+# one (bench/pretrain_step.py), and nothing but the filterbank's two short probes could run
+# beside it (on one thread it left a core idle for 5.7 of its 8.4 minutes: findings 6f).
 # A fixed count, not the machine's, so that the teacher is the same on every CPU.
 SSL_TEACHER_THREADS = 2
 
