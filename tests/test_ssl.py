@@ -346,13 +346,13 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, 
     from speechdistill.utils import UsageError
 
     monkeypatch.chdir(Path(__file__).parent.parent)  # the configs/ the demo names
-    assert SSL_STUDENTS == ("distilhubert", "distilhubert-cut", "fithubert")
+    assert SSL_STUDENTS == {"distilhubert-cut": ("data.max_hours=0",), "fithubert": ()}
     corpus, out = CorpusDir(tmp_path / "corpus"), tmp_path / "ssl"
     teacher, fbank = out / "teacher" / "hf", out / "fbank"
     students = [out / k / "student" for k in SSL_STUDENTS]
     calls, after, upstreams = ssl_demo_steps(corpus, out, 20, 1.0, show_progress=False)
     assert upstreams == [teacher, *students, fbank]
-    assert len(calls) == len(after) == 1 + 3 + 5 * 2
+    assert len(calls) == len(after) == 1 + 2 + 4 * 2
     fn, cfg = calls[0]
     assert fn is pretrain and after[0] == ()
     assert (cfg.labels_alignment, cfg.mfcc_clusters, cfg.out_dir, cfg.data.corpus, cfg.progress) == (
@@ -366,15 +366,16 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, 
         fn, cfg = calls[i]
         assert fn is distill and after[i] == (0,)
         assert (cfg.teacher, cfg.out_dir, cfg.student.kind) == (str(teacher), str(out / kind), kind.split("-")[0])
-    probes = {(c[1], c[2].task): (a, c[2].max_hours) for c, a in zip(calls[4:], after[4:], strict=True)}
-    assert {c[0] for c in calls[4:]} == {probe_kept} and all(c[3:] == (False, False) for c in calls[4:])
+        assert cfg.data.max_hours == (0.0 if kind == "distilhubert-cut" else 1.0)  # the cut one: all of train
+    probes = {(c[1], c[2].task): (a, c[2].max_hours) for c, a in zip(calls[3:], after[3:], strict=True)}
+    assert {c[0] for c in calls[3:]} == {probe_kept} and all(c[3:] == (False, False) for c in calls[3:])
     assert probes[(teacher, "pr")] == ((0,), 1.0) and probes[(teacher, "sid")] == ((0,), 0.0)  # SID: all of train
-    assert [probes[(s, "pr")][0] for s in students] == [(1,), (2,), (3,)]
+    assert [probes[(s, "pr")][0] for s in students] == [(1,), (2,)]
     assert probes[(fbank, "pr")][0] == probes[(fbank, "sid")][0] == ()
     rest = after_first(after)  # the teacher pre-trained alone: nothing waits on it any more
-    shifted = {(c[1], c[2].task): a for c, a in zip(calls[4:], rest[3:], strict=True)}
-    assert rest[:3] == [(), (), ()]
-    assert [shifted[(s, t)] for s in students for t in ("pr", "sid")] == [(0,), (0,), (1,), (1,), (2,), (2,)]
+    shifted = {(c[1], c[2].task): a for c, a in zip(calls[3:], rest[2:], strict=True)}
+    assert rest[:2] == [(), ()]
+    assert [shifted[(s, t)] for s in students for t in ("pr", "sid")] == [(0,), (0,), (1,), (1,)]
     assert shifted[(teacher, "pr")] == shifted[(teacher, "sid")] == shifted[(fbank, "sid")] == ()
 
     teacher_cfg = calls[0][1]
@@ -385,13 +386,13 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, 
     (out / "fithubert").mkdir()
     (out / "fithubert" / "summary.json").write_text("{}")
     calls, after, _ = ssl_demo_steps(corpus, out, 20, 1.0)  # its progress bars differ: still the same run
-    assert len(calls) == 14 - 3
-    assert [c[1].out_dir for c in calls[:2]] == [str(out / "distilhubert"), str(out / "distilhubert-cut")]
-    assert after[:2] == [(), ()] and calls[0][1].progress
-    probes = {(c[1], c[2].task): a for c, a in zip(calls[2:], after[2:], strict=True)}
+    assert len(calls) == 11 - 3
+    assert [c[1].out_dir for c in calls[:1]] == [str(out / "distilhubert-cut")]
+    assert after[:1] == [()] and calls[0][1].progress
+    probes = {(c[1], c[2].task): a for c, a in zip(calls[1:], after[1:], strict=True)}
     assert (teacher, "pr") not in probes and probes[(teacher, "sid")] == ()
-    assert probes[(students[0], "sid")] == (0,) and probes[(students[1], "pr")] == (1,)
-    assert probes[(students[2], "pr")] == probes[(students[2], "sid")] == ()
+    assert probes[(students[0], "sid")] == probes[(students[0], "pr")] == (0,)
+    assert probes[(students[1], "pr")] == probes[(students[1], "sid")] == ()
 
     # an older demo's teacher (MFCC targets) is not compared as if this demo had made it
     save_config(dataclasses.replace(teacher_cfg, labels_alignment="", mfcc_clusters=0), out / "teacher" / "config.yaml")
