@@ -287,6 +287,10 @@ class HuBERTPretrainModel(nn.Module):
     def num_frames(self, num_samples: int) -> int:
         return int(self.hubert._get_feat_extract_output_lengths(torch.tensor(num_samples)))
 
+    def real_frames(self, lens: torch.Tensor, T: int) -> torch.Tensor:
+        """(N,) waveform lengths -> (N, T) True on each utterance's frames, False on padding."""
+        return ~padding_mask(self.hubert._get_feat_extract_output_lengths(lens).long(), T)
+
     def logits(self, h: torch.Tensor, proj: nn.Module, embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """(M, C) hidden states -> (M, clusters) cosine similarities to the cluster embeddings."""
         embeddings = self.label_embeddings if embeddings is None else embeddings
@@ -298,9 +302,8 @@ class HuBERTPretrainModel(nn.Module):
         against the MFCC codebook, then (``nomask_weight``) the last layer's of the real
         frames left unmasked; (N, T) the mask. The masks are drawn by
         HF's ``_compute_mask_indices`` (numpy's global RNG)."""
-        frame_lens = self.hubert._get_feat_extract_output_lengths(lens).long()
         T = self.num_frames(wavs.shape[1])
-        real = ~padding_mask(frame_lens, T)
+        real = self.real_frames(lens, T)
         mask = torch.from_numpy(
             _compute_mask_indices(
                 (wavs.shape[0], T), self.cfg.mask_prob, self.cfg.mask_length, attention_mask=real.cpu(), min_masks=2
@@ -353,9 +356,8 @@ class _Pretraining(nn.Module):
         extra = 0.0
         if cfg.nomask_weight:
             *logits, seen = logits
-            frame_lens = self.model.hubert._get_feat_extract_output_lengths(lens).long()
-            real = ~padding_mask(frame_lens, mask.shape[1])
-            extra = cfg.nomask_weight * self.criterion([seen], labels[real & ~mask])[0]
+            seen_frames = self.model.real_frames(lens, mask.shape[1]) & ~mask
+            extra = cfg.nomask_weight * self.criterion([seen], labels[seen_frames])[0]
         if mfcc_labels is None:
             loss, acc = self.criterion(logits, labels[mask])
             return loss + extra, acc
