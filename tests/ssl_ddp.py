@@ -1,5 +1,7 @@
 """SSL distillation under DDP, for test_ssl.py:
-``torchrun --nproc-per-node 2 tests/ssl_ddp.py TEACHER CORPUS OUT``. Each rank writes its
+``torchrun --nproc-per-node 2 tests/ssl_ddp.py TEACHER CORPUS OUT [STUDENT]``, STUDENT one of
+``fithubert`` (the default), ``supernet`` (a subnet drawn per step, which leaves layers
+unused) and ``sandwich`` (a supernet under the sandwich rule). Each rank writes its
 student's weights after training, so the test can check that DDP kept them equal."""
 
 import dataclasses
@@ -14,6 +16,13 @@ from speechdistill.students.ssl import StudentConfig
 from speechdistill.teachers.pretrain import ssl_optim
 
 teacher, corpus, out = sys.argv[1:4]
+kind = sys.argv[4] if len(sys.argv) > 4 else "fithubert"
+shape = {"num_layers": 2, "d_model": 16, "ff_dim": 32, "num_heads": 2, "conv_dim": 8}
+students = {
+    "fithubert": StudentConfig(kind="fithubert", **shape),
+    "supernet": StudentConfig(kind="supernet", **shape),
+    "sandwich": StudentConfig(kind="supernet", sandwich=True, **shape),
+}
 run = Engine.run
 
 
@@ -34,6 +43,6 @@ distill(
         progress=False,
         strategy="ddp",
         devices=2,
-        student=StudentConfig(kind="fithubert", num_layers=2, d_model=16, ff_dim=32, num_heads=2, conv_dim=8),
+        student=students[kind],
     )
 )

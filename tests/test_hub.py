@@ -185,6 +185,39 @@ def test_an_extracted_subnet_gives_the_supernets_outputs(models, tmp_path):
     assert upstream_params(sup) == sup.subnet_params(sup.largest)
 
 
+def test_the_sandwich_rule_trains_the_smallest_a_drawn_and_the_largest_subnet(models):
+    from types import SimpleNamespace
+
+    from speechdistill.distill.ssl_distill import DistillConfig, DistillCriterion, DistillTask
+    from speechdistill.students.supernet import Subnet
+
+    sup = _supernet(models, sandwich=True).train()
+    torch.manual_seed(0)
+    subnets = sup.step_subnets()
+    assert len(subnets) == 3 and subnets[0] == sup.smallest == Subnet(16, (2, 2), (32, 32))
+    assert subnets[2] == sup.largest and subnets[1].num_layers in (2, 3, 4)
+    teacher = load_teacher(models["teacher"])
+    wavs, lens = _padded(_waves(16000, 9000, seed=2))
+    with torch.no_grad():
+        states, t_lens = teacher(wavs, lens)
+    states = dict(enumerate(states))
+    cfg = DistillConfig(student=sup.cfg)
+    task = DistillTask.__new__(DistillTask)  # the step alone, without a corpus or an engine
+    task.cfg, task.model, task.criterion = cfg, sup, DistillCriterion(cfg, sup, teacher.num_layers)
+    task.engine = SimpleNamespace(fabric=SimpleNamespace(device=torch.device("cpu")))
+    task.teacher_states = lambda ids, w, n: (states, t_lens, None)
+    torch.manual_seed(0)  # the same draw as above
+    loss, terms = task.step(sup, (["a", "b"], wavs, lens))
+    each = [task.criterion(sup, sup.predict(wavs, lens, subnet=s), states, t_lens, None)[0] for s in subnets]
+    assert len({round(float(x), 4) for x in each}) == 3
+    assert float(loss) == pytest.approx(float(sum(each)) / 3, rel=1e-6) == terms["loss"]
+    # one drawn subnet leaves layers unused: DDP must look for them (tests/ssl_ddp.py runs both)
+    assert DistillConfig(student=StudentConfig(kind="supernet")).leaves_parameters_unused()
+    assert not DistillConfig(student=StudentConfig(kind="supernet", sandwich=True)).leaves_parameters_unused()
+    with pytest.raises(ValueError, match="set student.sample=true"):
+        StudentConfig(kind="supernet", sandwich=True, sample=False)
+
+
 def test_supernet_samples_subnets_in_training_and_picks_one_for_a_budget(models):
     from speechdistill.students.supernet import subnet_for_budget
 

@@ -512,7 +512,8 @@ def test_teacher_cache_is_fp16_and_refused_when_the_layers_change(hubert_dir, ti
     assert f"{cut.id}/3" in again and f"{cut.id}/2" not in again
 
 
-def test_ssl_distillation_under_ddp_keeps_ranks_equal(ssl_run, tiny_units, tmp_path):
+@pytest.mark.parametrize("student", ["fithubert", "supernet", "sandwich"])
+def test_ssl_distillation_under_ddp_keeps_ranks_equal(ssl_run, tiny_units, tmp_path, student):
     import subprocess
     import sys
     from pathlib import Path
@@ -533,6 +534,7 @@ def test_ssl_distillation_under_ddp_keeps_ranks_equal(ssl_run, tiny_units, tmp_p
             teacher,
             tiny_units.parent,
             tmp_path,
+            student,
         ],
         capture_output=True,
         text=True,

@@ -148,6 +148,11 @@ class EngineConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; valid: {', '.join(PRECISIONS)}")
 
+    def leaves_parameters_unused(self) -> bool:
+        """Whether a training step may leave some of the model's parameters without a
+        gradient (then DDP must look for them each step, or it waits for them forever)."""
+        return False
+
 
 RUN_STARTS = ("auto", "new", "resume", "overwrite")
 # what makes a directory hold a run (config.yaml alone is written before any work)
@@ -249,7 +254,9 @@ class Engine:
             accelerator=cfg.accelerator,
             devices=cfg.devices,
             num_nodes=cfg.num_nodes,
-            strategy=cfg.strategy,
+            strategy="ddp_find_unused_parameters_true"
+            if cfg.strategy == "ddp" and cfg.leaves_parameters_unused()
+            else cfg.strategy,
             precision=self.precision,
         )
         self.fabric.launch()

@@ -51,6 +51,10 @@ class DistillConfig(EngineConfig):
     init: str = ""  # a student checkpoint of the same kind and shape to start from (e.g. a supernet's stage 1)
     queries: QueryConfig = field(default_factory=QueryConfig)  # budget > 0: a black-box teacher (queries.py)
 
+    def leaves_parameters_unused(self) -> bool:
+        # a supernet's sampled subnet skips layers; the sandwich rule's largest uses them all
+        return self.student.kind == "supernet" and self.student.sample and not self.student.sandwich
+
     def __post_init__(self):
         super().__post_init__()
         if self.queries.budget and not self.cache_teacher:
@@ -205,8 +209,14 @@ class DistillTask(WaveTask):
         device = self.engine.fabric.device
         wavs, lens = wavs.to(device), lens.to(device)
         t_states, t_lens, t_att = self.teacher_states(ids, wavs, lens)
-        out = model.predict(wavs, lens, output_attentions=self.cfg.attention_weight > 0)
-        return self.criterion(model, out, t_states, t_lens, t_att)
+        step_subnets = getattr(self.model, "step_subnets", None)
+        if step_subnets is None or len(subnets := step_subnets()) == 1:
+            out = model.predict(wavs, lens, output_attentions=self.cfg.attention_weight > 0)
+            return self.criterion(model, out, t_states, t_lens, t_att)
+        # a supernet's sandwich rule: the mean of its subnets' losses, one backward
+        runs = [self.criterion(model, model.predict(wavs, lens, subnet=s), t_states, t_lens, t_att) for s in subnets]
+        terms = {k: sum(t[k] for _, t in runs) / len(runs) for k in runs[0][1]}
+        return sum(loss for loss, _ in runs) / len(runs), terms
 
     def on_epoch_end(self, engine: Engine) -> None:
         if engine.is_main:

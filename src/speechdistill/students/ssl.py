@@ -71,10 +71,12 @@ class StudentConfig:
     rate_max: float = 4.0
     # supernet only (students/supernet.py): the widths and depths its subnets may take, as
     # fractions of d_model / num_heads / ff_dim and of num_layers; whether training samples
-    # one per step; the subnet it runs (empty: the largest); heads' width (0: d_model // num_heads)
+    # one per step, or (sandwich) trains the smallest, one sampled and the largest each step;
+    # the subnet it runs (empty: the largest); heads' width (0: d_model // num_heads)
     width_choices: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
     depth_choices: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
     sample: bool = True
+    sandwich: bool = False
     subnet: dict = field(default_factory=dict)
     head_dim: int = 0
     pos_dim: int = 0  # positions are computed at this width, then cut (0: d_model)
@@ -88,6 +90,8 @@ class StudentConfig:
                 f"student.cnn_channels must be >= 1 and student.pos_kernel >= 0 (0: the teacher's), "
                 f"got {self.cnn_channels} and {self.pos_kernel}"
             )
+        if self.sandwich and not self.sample:
+            raise ValueError("student.sandwich draws a subnet per step besides the extremes: set student.sample=true")
         if self.time_reduction not in (1, 2):
             raise ValueError(f"student.time_reduction must be 1 or 2, got {self.time_reduction}")
         if not 1 <= self.rate_min <= self.rate_max or not 1 <= self.rate:

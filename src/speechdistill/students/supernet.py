@@ -6,7 +6,8 @@ attention heads (each ``head_dim`` wide) and the FFN width, and the depth (the f
 ``num_layers`` layers). Every weight of a subnet is the leading block of the supernet's
 (``W[:out, :in]``), as in LightHuBERT and Once-for-All; layer norms normalise over the
 subnet's width with the leading part of their affine weights. Training samples a subnet
-per step (``sample``); evaluation runs ``student.subnet`` (the largest by default).
+per step (``sample``), or with ``sandwich`` the smallest, one drawn and the largest per
+step; evaluation runs ``student.subnet`` (the largest by default).
 
     speechdistill distill-ssl configs/ssl/supernet.yaml teacher=exp/ssl/teacher/hf
     speechdistill ssl subnet exp/ssl/supernet/student --params 0.25 --out exp/ssl/subnet25
@@ -174,9 +175,23 @@ class SupernetStudent(nn.Module):
         )
         return front + self.cfg.conv_dim * d + d + layers + 2 * d
 
+    @property
+    def smallest(self) -> Subnet:
+        ch = self.choices()
+        depth = ch["num_layers"][0]
+        return Subnet(ch["d_model"][0], (ch["heads"][0],) * depth, (ch["ff_dim"][0],) * depth)
+
     # --- running ----------------------------------------------------------------------
     def step_subnet(self) -> Subnet:
         return self.sample_subnet() if self.training and self.cfg.sample else self.subnet
+
+    def step_subnets(self) -> list[Subnet]:
+        """The subnets one training step trains: with ``sandwich`` (BigNAS's sandwich rule,
+        Yu et al. 2020) the smallest, one drawn and the largest, the largest last (its
+        forward uses every parameter, so DDP need not look for unused ones); else one."""
+        if self.training and self.cfg.sandwich:
+            return [self.smallest, self.sample_subnet(), self.largest]
+        return [self.step_subnet()]
 
     def _run(self, wavs, lens, s: Subnet):
         r = self.cfg.time_reduction
@@ -198,10 +213,10 @@ class SupernetStudent(nn.Module):
     def forward(self, wavs, lens):
         return self._run(wavs, lens, self.step_subnet())
 
-    def predict(self, wavs, lens, output_attentions: bool = False):
+    def predict(self, wavs, lens, output_attentions: bool = False, subnet: Subnet | None = None):
         """-> [(N, r*T, teacher C)] one per target layer from the last layer, teacher-rate
-        lengths, the hidden states, None."""
-        s = self.step_subnet()
+        lengths, the hidden states, None; of ``subnet`` (default: ``step_subnet()``)."""
+        s = subnet or self.step_subnet()
         states, slens = self._run(wavs, lens, s)
         r, d = self.cfg.time_reduction, s.d_model
         preds = []
@@ -232,6 +247,7 @@ def extract(supernet: SupernetStudent, s: Subnet) -> SupernetStudent:
         pos_dim=supernet.cfg.pos_dim or supernet.cfg.d_model,
         subnet=s.to_dict(),
         sample=False,
+        sandwich=False,
     )
     big = supernet.largest
     if s.d_model > big.d_model or s.num_layers > big.num_layers or heads > big.heads[0] or ff > big.ff_dims[0]:
