@@ -232,6 +232,29 @@ def test_fithubert_student_is_thin_deep_and_upsamples(hubert_dir, tmp_path):
         build_student(StudentConfig(kind="fithubert", num_layers=1, teacher_layers=[7]), teacher)
 
 
+def test_a_thin_students_cnn_can_start_from_the_teachers(hubert_dir):
+    teacher = load_teacher(hubert_dir)  # a CNN of 16 channels per layer
+    t_cnn = teacher.upstream.model.feature_extractor
+    shape = dict(num_layers=2, d_model=16, ff_dim=32, num_heads=2)
+    same = build_student(StudentConfig(kind="fithubert", conv_dim=16, cnn_from_teacher=True, **shape), teacher)
+    fresh = build_student(StudentConfig(kind="fithubert", conv_dim=16, **shape), teacher)
+    wavs, _ = _wavs()
+    with torch.no_grad():
+        torch.testing.assert_close(same.cnn(wavs), t_cnn(wavs), rtol=0, atol=0)
+        assert not torch.allclose(fresh.cnn(wavs), t_cnn(wavs))
+    # narrower: each layer keeps the filters of largest L1 norm over the inputs kept below it
+    thin = build_student(StudentConfig(kind="supernet", conv_dim=8, cnn_from_teacher=True, **shape), teacher)
+    kept = []
+    for mine, theirs in zip(thin.cnn.conv_layers, t_cnn.conv_layers, strict=True):
+        w = theirs.conv.weight[:, kept[-1]] if kept else theirs.conv.weight
+        kept.append(w.abs().sum(dim=(1, 2)).topk(8).indices.sort().values)
+        assert torch.equal(mine.conv.weight, w[kept[-1]])
+    first = (thin.cnn.conv_layers[0].layer_norm, t_cnn.conv_layers[0].layer_norm)  # the group norm's channels too
+    assert torch.equal(first[0].weight, first[1].weight[kept[0]]) and torch.equal(first[0].bias, first[1].bias[kept[0]])
+    with pytest.raises(DataError, match="conv_dim=32 is wider than the teacher's CNN"):
+        build_student(StudentConfig(kind="supernet", conv_dim=32, cnn_from_teacher=True, **shape), teacher)
+
+
 def _optim(lr: float = 5e-4, **kw):
     """The SSL tasks' optimisation with a tiny schedule."""
     return dataclasses.replace(ssl_optim(lr), **kw)

@@ -59,6 +59,9 @@ class StudentConfig:
     ff_dim: int = 384
     conv_dim: int = 64  # channels of every CNN layer
     time_reduction: int = 2
+    # fithubert and supernet: start the CNN from the teacher's instead of afresh (cut to
+    # conv_dim channels where the teacher's is wider, as cut_front_end cuts DistilHuBERT's)
+    cnn_from_teacher: bool = False
     # distilhubert only: a front end cheaper than the teacher's, cut from it: the CNN's
     # channels, one per layer or one for all ([]: the teacher's), and the positional
     # convolution's kernel (0: the teacher's)
@@ -232,6 +235,34 @@ def cut_front_end(teacher: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
     return {k: v for k, v in cut.items() if own[k].shape == v.shape}
 
 
+def copy_teacher_cnn(cnn: HubertFeatureEncoder, cnn_config: HubertConfig, teacher) -> None:
+    """Load a Hugging Face teacher's CNN into a thin student's ``cnn`` of the same kernels
+    and strides, cut to its channels (``cut_front_end``: the largest filters)."""
+    up = teacher.upstream
+    if not isinstance(up, HFUpstream):
+        raise DataError(
+            f"student.cnn_from_teacher copies a Hugging Face teacher's CNN; this teacher is a "
+            f"{type(up).__name__}: set student.cnn_from_teacher=false"
+        )
+    hf = up.model.config
+    mine = (list(cnn_config.conv_kernel), list(cnn_config.conv_stride), cnn_config.feat_extract_norm)
+    theirs = (list(hf.conv_kernel), list(hf.conv_stride), hf.feat_extract_norm)
+    if mine != theirs:
+        raise DataError(
+            f"student.cnn_from_teacher: the teacher's CNN (kernels, strides, norm) {theirs} is not the "
+            f"student's {mine}; set student.cnn_from_teacher=false"
+        )
+    if any(a > b for a, b in zip(cnn_config.conv_dim, hf.conv_dim, strict=True)):
+        raise DataError(
+            f"student.cnn_from_teacher: student.conv_dim={cnn_config.conv_dim[0]} is wider than the "
+            f"teacher's CNN ({list(hf.conv_dim)}); it can only be cut narrower"
+        )
+    own = {f"feature_extractor.{k}": v for k, v in cnn.state_dict().items()}
+    cut = cut_front_end(up.model.state_dict(), own)
+    assert cut.keys() == own.keys(), sorted(own.keys() - cut.keys())  # a CNN of the same shape, narrower
+    cnn.load_state_dict({k.removeprefix("feature_extractor."): v for k, v in cut.items()})
+
+
 @STUDENTS.register("fithubert")
 class FitHuBERTStudent(nn.Module):
     criterion: ClassVar[str] = "hints"  # layer-to-layer MSE, 0.1 on intermediate blocks, 1.0 on the last
@@ -273,7 +304,10 @@ class FitHuBERTStudent(nn.Module):
                 f"fithubert hints one teacher layer per student block: got {len(targets)} "
                 f"student.teacher_layers for {cfg.num_layers} blocks"
             )
-        return cls(cfg, teacher.dim, targets)
+        student = cls(cfg, teacher.dim, targets)
+        if cfg.cnn_from_teacher:
+            copy_teacher_cnn(student.cnn, student.cnn_config, teacher)
+        return student
 
     @classmethod
     def from_meta(cls, cfg: StudentConfig, meta: dict) -> FitHuBERTStudent:
