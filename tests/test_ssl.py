@@ -369,7 +369,7 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, 
     from speechdistill.utils import UsageError
 
     monkeypatch.chdir(Path(__file__).parent.parent)  # the configs/ the demo names
-    assert SSL_STUDENTS == {"distilhubert-cut": ("data.max_hours=0",), "fithubert": ()}
+    assert SSL_STUDENTS == {"distilhubert-cut": ("data.max_hours=0",), "fithubert": ("student.cnn_from_teacher=true",)}
     corpus, out = CorpusDir(tmp_path / "corpus"), tmp_path / "ssl"
     teacher, fbank = out / "teacher" / "hf", out / "fbank"
     students = [out / k / "student" for k in SSL_STUDENTS]
@@ -390,6 +390,7 @@ def test_ssl_demo_steps_wait_for_what_they_read_and_skip_what_is_kept(tmp_path, 
         assert fn is distill and after[i] == (0,)
         assert (cfg.teacher, cfg.out_dir, cfg.student.kind) == (str(teacher), str(out / kind), kind.split("-")[0])
         assert cfg.data.max_hours == (0.0 if kind == "distilhubert-cut" else 1.0)  # the cut one: all of train
+        assert cfg.student.cnn_from_teacher == (kind == "fithubert")
     probes = {(c[1], c[2].task): (a, c[2].max_hours) for c, a in zip(calls[3:], after[3:], strict=True)}
     assert {c[0] for c in calls[3:]} == {probe_kept} and all(c[3:] == (False, False) for c in calls[3:])
     assert probes[(teacher, "pr")] == ((0,), 1.0) and probes[(teacher, "sid")] == ((0,), 0.0)  # SID: all of train
@@ -1058,6 +1059,12 @@ def test_black_box_distillation_keeps_its_query_budget(ssl_run, tiny_units, tmp_
     assert s["teacher_params"] is None and s["epoch"] == 2  # two epochs, one question per clip
     with pytest.raises(ValueError, match="black box"):
         distill(dataclasses.replace(cfg, out_dir=str(tmp_path / "dh"), student=StudentConfig(kind="distilhubert")))
+    with pytest.raises(ValueError, match="black box"):  # nor can its CNN be copied
+        distill(
+            dataclasses.replace(
+                cfg, out_dir=str(tmp_path / "fc"), student=dataclasses.replace(fit, cnn_from_teacher=True)
+            )
+        )
     box = BlackBoxTeacher(load_teacher(out / "teacher" / "hf"), budget=2)
     box(torch.zeros(2, 4000), torch.tensor([4000, 3000]))
     with pytest.raises(ValueError, match="query budget exhausted: 2 of 2 clips asked, 1 more wanted"):
