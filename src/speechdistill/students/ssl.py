@@ -12,7 +12,8 @@
 * ``fithubert`` (Lee et al. 2022): thin and deep; a narrow CNN, a stride-2 time
   reduction (20 ms -> 40 ms), ``num_layers`` narrow transformer blocks, and for each
   hinted block an up-sampling head (one linear layer to 2 x the teacher's width,
-  unfolded into 2 frames) back to the teacher's frame rate.
+  unfolded into 2 frames) back to the teacher's frame rate. Its CNN is learnt afresh,
+  or with ``cnn_from_teacher`` starts from the teacher's, cut to its channels.
 
 Both are upstreams (``student(wavs, lens) -> (hidden_states, lengths)``) and always
 saved as safetensors + JSON (``kind: ssl-student``). Kinds are registered
