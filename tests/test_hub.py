@@ -211,6 +211,15 @@ def test_the_sandwich_rule_trains_the_smallest_a_drawn_and_the_largest_subnet(mo
     each = [task.criterion(sup, sup.predict(wavs, lens, subnet=s), states, t_lens, None)[0] for s in subnets]
     assert len({round(float(x), 4) for x in each}) == 3
     assert float(loss) == pytest.approx(float(sum(each)) / 3, rel=1e-6) == terms["loss"]
+    # without it, one subnet drawn once per step (the RNG moves as for one draw)
+    drawn = _supernet(models).train()
+    task.model, task.criterion = drawn, DistillCriterion(cfg, drawn, teacher.num_layers)
+    torch.manual_seed(1)
+    one, after = drawn.sample_subnet(), torch.rand(1)
+    torch.manual_seed(1)
+    loss, _ = task.step(drawn, (["a", "b"], wavs, lens))
+    assert torch.equal(torch.rand(1), after)
+    assert float(loss) == float(task.criterion(drawn, drawn.predict(wavs, lens, subnet=one), states, t_lens, None)[0])
     # one drawn subnet leaves layers unused: DDP must look for them (tests/ssl_ddp.py runs both)
     assert DistillConfig(student=StudentConfig(kind="supernet")).leaves_parameters_unused()
     assert not DistillConfig(student=StudentConfig(kind="supernet", sandwich=True)).leaves_parameters_unused()

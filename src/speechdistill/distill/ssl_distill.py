@@ -210,10 +210,12 @@ class DistillTask(WaveTask):
         wavs, lens = wavs.to(device), lens.to(device)
         t_states, t_lens, t_att = self.teacher_states(ids, wavs, lens)
         step_subnets = getattr(self.model, "step_subnets", None)
-        if step_subnets is None or len(subnets := step_subnets()) == 1:
+        if step_subnets is None:
             out = model.predict(wavs, lens, output_attentions=self.cfg.attention_weight > 0)
             return self.criterion(model, out, t_states, t_lens, t_att)
-        # a supernet's sandwich rule: the mean of its subnets' losses, one backward
+        # a supernet: the mean of the losses of the subnets this step trains (three under the
+        # sandwich rule), one backward; each subnet is drawn once, here
+        subnets = step_subnets()
         runs = [self.criterion(model, model.predict(wavs, lens, subnet=s), t_states, t_lens, t_att) for s in subnets]
         terms = {k: sum(t[k] for _, t in runs) / len(runs) for k in runs[0][1]}
         return sum(loss for loss, _ in runs) / len(runs), terms
