@@ -305,10 +305,7 @@ class FitHuBERTStudent(nn.Module):
                 f"fithubert hints one teacher layer per student block: got {len(targets)} "
                 f"student.teacher_layers for {cfg.num_layers} blocks"
             )
-        student = cls(cfg, teacher.dim, targets)
-        if cfg.cnn_from_teacher:
-            copy_teacher_cnn(student.cnn, student.cnn_config, teacher)
-        return student
+        return cls(cfg, teacher.dim, targets)
 
     @classmethod
     def from_meta(cls, cfg: StudentConfig, meta: dict) -> FitHuBERTStudent:
@@ -423,8 +420,13 @@ class SeqCompressionStudent(FitHuBERTStudent):
 
 
 def build_student(cfg: StudentConfig, teacher) -> nn.Module:
-    """A student of kind ``cfg.kind`` for ``teacher`` (a FrozenTeacher)."""
-    return STUDENTS[cfg.kind].build(cfg, teacher)
+    """A student of kind ``cfg.kind`` for ``teacher`` (a FrozenTeacher); a kind with a thin
+    CNN of its own (fithubert, seqcomp, supernet) starts it from the teacher's when
+    ``cnn_from_teacher`` (distilhubert copies its whole front end always)."""
+    student = STUDENTS[cfg.kind].build(cfg, teacher)
+    if cfg.cnn_from_teacher and hasattr(student, "cnn_config"):
+        copy_teacher_cnn(student.cnn, student.cnn_config, teacher)
+    return student
 
 
 def save_student(student: nn.Module, prefix: str | Path, extra: dict | None = None) -> None:

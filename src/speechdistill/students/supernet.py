@@ -34,7 +34,7 @@ from transformers.models.hubert.modeling_hubert import HubertFeatureEncoder
 
 from speechdistill.masks import padding_mask
 from speechdistill.students.encoders import sinusoidal
-from speechdistill.students.ssl import STUDENTS, DistilHuBERTStudent, FitHuBERTStudent, StudentConfig, copy_teacher_cnn
+from speechdistill.students.ssl import STUDENTS, DistilHuBERTStudent, FitHuBERTStudent, StudentConfig
 from speechdistill.utils import DataError
 
 
@@ -127,10 +127,7 @@ class SupernetStudent(nn.Module):
 
     @classmethod
     def build(cls, cfg: StudentConfig, teacher) -> SupernetStudent:
-        student = cls(cfg, teacher.dim, cfg.targets(teacher.num_layers))
-        if cfg.cnn_from_teacher:
-            copy_teacher_cnn(student.cnn, student.cnn_config, teacher)
-        return student
+        return cls(cfg, teacher.dim, cfg.targets(teacher.num_layers))
 
     @classmethod
     def from_meta(cls, cfg: StudentConfig, meta: dict) -> SupernetStudent:
