@@ -843,6 +843,47 @@ def test_seqcomp_student_runs_at_any_rate_and_round_trips(hubert_dir, tmp_path):
         StudentConfig(kind="seqcomp", rate_min=3.0, rate_max=2.0)
 
 
+def test_hedge_step_by_hand():
+    from speechdistill.probe import hedge
+
+    # errors 0.5 and 0.4 at rates 1 and 2, a cost of 0.2 per whole frame budget: objectives 0.7, 0.5
+    logits = hedge(torch.zeros(2, dtype=torch.float64), [0.5, 0.4], [1.0, 2.0], cost=0.2, step=2.0)
+    assert logits.tolist() == pytest.approx([-1.4, -1.0])
+    assert logits.softmax(0)[1] == pytest.approx(1 / (1 + math.exp(-0.4)))  # the cheaper, better rate gains
+
+
+def test_a_learnt_rate_is_probed_as_if_given(ssl_run, tiny_units, tmp_path):
+    """The search draws each step's rate from p, moves p by each rate's dev error, keeps the
+    most probable rate and probes it exactly as ``rate`` would; a high frame cost picks the
+    slowest rate; an upstream of one rate, or a tuned one, is refused."""
+    from speechdistill.probe import ProbeConfig, probe, probe_kept, probe_result_path
+
+    torch.manual_seed(0)
+    teacher = load_teacher(ssl_run[0] / "teacher" / "hf")
+    cfg = StudentConfig(kind="seqcomp", num_layers=2, d_model=16, ff_dim=32, conv_dim=8, num_heads=2)
+    save_student(build_student(cfg, teacher).eval(), tmp_path / "student")
+    up, corpus, rates = tmp_path / "student", str(tiny_units.parent), [1.0, 2.0, 4.0]
+    learn = ProbeConfig("pr", corpus, epochs=2, learn_rates=rates, rate_epochs=2, rate_step=50.0)
+    r, path = probe_kept(up, learn)
+    assert path == probe_result_path(up, "pr", "@rlearnt") == tmp_path / "student.probe-pr@rlearnt.json"
+    search = r["rate_search"]
+    assert search["epochs"][0]["p"] == pytest.approx([1 / 3] * 3, abs=1e-4)
+    steps = sum(search["epochs"][-1]["drawn"])
+    assert steps == 2 * sum(search["epochs"][0]["drawn"]) > 0  # every step drew one rate
+    objective = torch.tensor([e["dev_error"] for e in search["epochs"]], dtype=torch.float64).sum(0)
+    assert search["p"] == pytest.approx((-50.0 * objective).softmax(0).tolist(), abs=1e-4)
+    assert r["rate"] == search["rate"] == rates[int(objective.argmin())]
+    given = probe(up, ProbeConfig("pr", corpus, epochs=2, rate=r["rate"]), show_progress=False)
+    assert (given["dev"], given["test"], given["history"]) == (r["dev"], r["test"], r["history"])
+    costly = dataclasses.replace(learn, rate_cost=100.0, rate_epochs=1)
+    assert probe(up, costly, show_progress=False)["rate"] == 4.0  # frames cost more than any error
+    with pytest.raises(DataError, match="runs at one frame rate; learn_rates is for seqcomp"):
+        probe(ssl_run[0] / "teacher" / "hf", learn, show_progress=False)
+    for bad in (dict(learn_rates=[2.0]), dict(learn_rates=[1.0, 0.5]), dict(rate=2.0), dict(tune="all")):
+        with pytest.raises(ValueError, match="learn_rates"):
+            dataclasses.replace(learn, **bad)
+
+
 def test_shapes_are_refused_unless_their_sizes_match(hubert_dir, tmp_path):
     from speechdistill.compare import upstream_params
     from speechdistill.config import ConfigError

@@ -227,10 +227,17 @@ def cmd_probe(args):
             "tune": args.tune,
             "tune_layers": args.tune_layers,
             "upstream_lr": args.upstream_lr,
+            "learn_rates": args.learn_rate,
+            "rate_cost": args.rate_cost,
+            "rate_epochs": args.rate_epochs,
+            "rate_step": args.rate_step,
         },
     )
     r, path = probe_kept(args.upstream, cfg, again=True)
     unit = " phones/s" if r["metric"] == "mae" else "%"
+    if "rate_search" in r:
+        p = ", ".join(f"{x:g}: {q:.3f}" for x, q in zip(r["rate_search"]["rates"], r["rate_search"]["p"], strict=True))
+        console.print(f"learnt rate {r['rate']:g} (x 20 ms); the draws' last probabilities {p}")
     console.print(
         f"{args.upstream} {args.task} ({r['tune']}): test {r['metric']} {r['test']:.2f}{unit} "
         f"(dev {r['dev']:.2f}{unit}; control, ignoring the audio: {r['control']:.2f}{unit}) -> {path}"
@@ -390,6 +397,12 @@ def _number(kind: type, minimum: float, strict: bool = False):
 
 POSITIVE, COUNT = _number(int, 0, strict=True), _number(int, 0)  # >= 1; >= 0
 POSITIVE_FLOAT, NONNEG_FLOAT = _number(float, 0.0, strict=True), _number(float, 0.0)
+RATE = _number(float, 1.0)
+
+
+def RATES(text: str) -> list[float]:  # noqa: N802 (an argparse type, named like the others)
+    """Frame rates, comma-separated, each >= 1 (x 20 ms)."""
+    return [RATE(x) for x in text.split(",")]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -607,6 +620,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--tune-layers", type=POSITIVE, default=2, help="K for --tune top")
     pr.add_argument("--upstream-lr", type=POSITIVE_FLOAT, default=1e-4, help="the tuned upstream's peak rate")
+    pr.add_argument(
+        "--learn-rate",
+        type=RATES,
+        default=[],
+        metavar="R1,R2,...",
+        help="seqcomp students: learn the task's rate among these (x 20 ms), then probe at it",
+    )
+    pr.add_argument("--rate-cost", type=NONNEG_FLOAT, default=0.0, help="dev error worth all 20 ms frames")
+    pr.add_argument("--rate-epochs", type=POSITIVE, default=5, help="epochs of the rate search")
+    pr.add_argument("--rate-step", type=POSITIVE_FLOAT, default=10.0, help="Hedge's step per epoch")
     example = (
         "  speechdistill attack --upstream exp/ssl/teacher/hf --task sid --method pgd --snr 30\n"
         "  speechdistill attack --upstream exp/ssl/distilhubert/student --task sid --surrogate exp/ssl/teacher/hf\n"

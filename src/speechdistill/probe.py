@@ -27,6 +27,10 @@ utterance and kept in memory as fp16), ``top`` (its top ``tune_layers`` layers t
 too, at ``upstream_lr``), ``all`` (every upstream parameter trains), ``adapters``
 (bottleneck adapters after its transformer layers, the rest frozen) or ``chapter``
 (adapters after its CNN layers too); tune.py.
+
+``learn_rates`` (a seqcomp student, frozen): the task's preferred frame rate is learnt by a
+short probe of its own before the probe proper (:class:`RateSearchTask`), instead of a
+probe per rate.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -77,6 +82,12 @@ class ProbeConfig:
     tune: str = "frozen"  # frozen (the probe), top (the top tune_layers layers train too), all
     tune_layers: int = 2
     upstream_lr: float = 1e-4  # the tuned upstream parameters' peak rate (the head's: lr)
+    # seqcomp students: learn the rate among these (x 20 ms) in a search of rate_epochs
+    # epochs, each rate's dev error plus rate_cost / rate moving the draws by rate_step
+    learn_rates: list[float] = field(default_factory=list)
+    rate_cost: float = 0.0
+    rate_epochs: int = 5
+    rate_step: float = 10.0
 
     @property
     def tune_name(self) -> str:
@@ -92,6 +103,18 @@ class ProbeConfig:
             raise ValueError("probe epochs must be >= 1 and lr > 0")
         if self.rate and self.rate < 1:
             raise ValueError(f"probe rate must be >= 1 (x 20 ms), got {self.rate}")
+        if self.learn_rates:
+            if self.rate or self.tune != "frozen":
+                raise ValueError("learn_rates searches the rate of a frozen upstream: give no rate and tune=frozen")
+            if len(set(self.learn_rates)) < 2 or min(self.learn_rates) < 1:
+                raise ValueError(f"learn_rates needs 2+ distinct rates >= 1 (x 20 ms), got {self.learn_rates}")
+            if self.rate_cost < 0 or self.rate_step <= 0 or self.rate_epochs < 1:
+                raise ValueError("rate_cost must be >= 0, rate_step > 0 and rate_epochs >= 1")
+
+    @property
+    def rate_name(self) -> str:
+        """How result files name the rate: '' (the upstream's own), ``@r3``, ``@rlearnt``."""
+        return "@rlearnt" if self.learn_rates else (f"@r{self.rate:g}" if self.rate else "")
 
 
 def char_ids(text: str) -> list[int]:
@@ -181,13 +204,13 @@ def probe_train_hours(task: str, hours: float) -> float:
     return 0.0 if task == "sid" else hours
 
 
-def probe_result_path(upstream: str | Path, task: str, rate: float = 0.0, tune: str = "frozen") -> Path:
-    """Where a probe's result is kept, beside the upstream (``@r{rate}`` for a seqcomp
-    student run at a chosen frame rate, ``+{tune}`` when the upstream was tuned too, e.g.
-    ``+top2``); ``speechdistill compare`` reads it from there."""
+def probe_result_path(upstream: str | Path, task: str, rate: str = "", tune: str = "frozen") -> Path:
+    """Where a probe's result is kept, beside the upstream (``rate``: ProbeConfig.rate_name,
+    for a seqcomp student run at a chosen or learnt frame rate; ``+{tune}`` when the
+    upstream was tuned too, e.g. ``+top2``); ``speechdistill compare`` reads it from there."""
     upstream = Path(upstream)
     tuned = "" if tune == "frozen" else f"+{tune}"
-    return upstream.parent / f"{upstream.name}.probe-{task}{f'@r{rate:g}' if rate else ''}{tuned}.json"
+    return upstream.parent / f"{upstream.name}.probe-{task}{rate}{tuned}.json"
 
 
 def probe_kept(
@@ -196,7 +219,7 @@ def probe_kept(
     """Probe ``upstream`` and keep the result beside it (JSON, written whole, and the plot
     of its layer weights), or read the result already kept there unless ``again``: a
     recipe stopped between probes resumes at the first probe it lacks."""
-    path = probe_result_path(upstream, cfg.task, cfg.rate, cfg.tune_name)
+    path = probe_result_path(upstream, cfg.task, cfg.rate_name, cfg.tune_name)
     if again or not path.exists():
         result = probe(upstream, cfg, show_progress=show_progress)
         atomic_write_text(path, json.dumps(result, indent=1) + "\n")
@@ -366,22 +389,25 @@ class ProbeTask(Task):
 
     def step(self, model, batch):
         cuts, wavs, lens = batch
-        y, flens = self.predict(model, cuts, wavs, lens)
-        if self.cfg.task in CLASSIFY:
-            loss = F.cross_entropy(y, torch.tensor([self.target(c) for c in cuts], device=y.device))
-        elif self.cfg.task == "rate":
-            z = (torch.tensor([self.target(c) for c in cuts], device=y.device) - self.scale[0]) / self.scale[1]
-            loss = F.mse_loss(y[:, 0], z.to(y.dtype))
-        else:
-            tg = [torch.tensor(self.target(c)) for c in cuts]
-            loss = F.ctc_loss(
-                y.log_softmax(-1).transpose(0, 1),
-                torch.cat(tg).to(y.device),
-                flens,
-                torch.tensor([len(t) for t in tg]),
-                zero_infinity=True,
-            )
+        loss = self.loss(*self.predict(model, cuts, wavs, lens), cuts)
         return loss, {"loss": float(loss.detach())}
+
+    def loss(self, y: torch.Tensor, flens: torch.Tensor, cuts) -> torch.Tensor:
+        """The head's training loss on a batch of ``cuts``: cross-entropy, the standardised
+        rate's squared error, or CTC (per target token, as ``F.ctc_loss`` means it)."""
+        if self.cfg.task in CLASSIFY:
+            return F.cross_entropy(y, torch.tensor([self.target(c) for c in cuts], device=y.device))
+        if self.cfg.task == "rate":
+            z = (torch.tensor([self.target(c) for c in cuts], device=y.device) - self.scale[0]) / self.scale[1]
+            return F.mse_loss(y[:, 0], z.to(y.dtype))
+        tg = [torch.tensor(self.target(c)) for c in cuts]
+        return F.ctc_loss(
+            y.log_softmax(-1).transpose(0, 1),
+            torch.cat(tg).to(y.device),
+            flens,
+            torch.tensor([len(t) for t in tg]),
+            zero_infinity=True,
+        )
 
     def score(self, split: str) -> float:
         def predict(cuts, wavs, lens):
@@ -396,6 +422,97 @@ class ProbeTask(Task):
 
     def on_best(self, engine: Engine) -> None:
         self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+
+def hedge(logits: torch.Tensor, errors, rates, cost: float, step: float) -> torch.Tensor:
+    """One exponentiated-gradient (Hedge) step of the draws' log-odds: rate r loses
+    ``step`` x (its dev error + ``cost`` / r), 1 / r being the share of 20 ms frames its
+    transformer still runs on. Written out because it is one line no library keeps."""
+    objective = torch.as_tensor(errors, dtype=torch.float64) + cost / torch.as_tensor(rates, dtype=torch.float64)
+    return logits - step * objective
+
+
+def set_rate(upstream: nn.Module, rate: float) -> None:
+    """The frame rate of a seqcomp student, frozen (in a FrozenTeacher) or not."""
+    getattr(upstream, "upstream", upstream).rate = rate
+
+
+def _at_rate(upstream, rate: float, wavs, lens):
+    set_rate(upstream, rate)
+    return upstream(wavs, lens)
+
+
+class RateSearchTask(ProbeTask):
+    """A task's preferred frame rate, learnt (#16 item 3; Chen et al. 2023 learn it rather
+    than search a grid): the probe's head trains with each step's rate drawn from p, a
+    softmax over the candidate rates, starting uniform; after each epoch every rate's dev
+    error under the shared head moves p by :func:`hedge`, so the head trains more on the
+    rates the task does well at. The error is PER or WER, 1 - accuracy, or the rate
+    probe's MAE over its control's, each a fraction."""
+
+    monitor = None  # the search keeps its last head and its draws
+
+    def __init__(self, cfg: ProbeConfig, engine: Engine, upstream, parts, num_classes: int, target):
+        super().__init__(cfg, engine, upstream, parts, num_classes, target, cache=True)
+        self.rates = cfg.learn_rates
+        self.caches = {r: StateCache(partial(_at_rate, upstream, r)) for r in self.rates}
+        self.states = self.caches[self.rates[0]]
+        self.logits = torch.zeros(len(self.rates), dtype=torch.float64)
+        self.draws = torch.Generator().manual_seed(cfg.seed)
+        self.drawn = [0] * len(self.rates)
+        self.history: list[dict] = []
+        self.unit = control(cfg.task, parts["train"], parts["dev"], target) if cfg.task == "rate" else 100.0
+
+    def step(self, model, batch):
+        k = int(torch.multinomial(self.logits.softmax(0), 1, generator=self.draws))
+        self.states, self.drawn[k] = self.caches[self.rates[k]], self.drawn[k] + 1
+        return super().step(model, batch)
+
+    def validate(self, model) -> dict[str, float]:
+        errors = []
+        for r in self.rates:
+            self.states = self.caches[r]
+            dev = self.score("dev")
+            errors.append(round((100.0 - dev if self.cfg.task in CLASSIFY else dev) / self.unit, 6))
+        p = self.logits.softmax(0)
+        self.history.append({"p": [round(float(x), 4) for x in p], "drawn": list(self.drawn), "dev_error": errors})
+        self.logits = hedge(self.logits, errors, self.rates, self.cfg.rate_cost, self.cfg.rate_step)
+        return {"expected_dev_error": float(p @ torch.tensor(errors, dtype=torch.float64))}
+
+
+def learn_rate(upstream_path: str | Path, cfg: ProbeConfig, show_progress: bool = True) -> dict:
+    """Search ``cfg.learn_rates`` for the rate ``upstream_path`` (a seqcomp student) does
+    the task best at (less ``rate_cost`` per frame): -> the draws' history and the rate."""
+    start = time.time()
+    upstream = load_upstream(upstream_path)
+    if not hasattr(upstream, "rate"):
+        raise DataError(f"{upstream_path} runs at one frame rate; learn_rates is for seqcomp students")
+    engine = Engine(EngineConfig(out_dir="", seed=cfg.seed, optim=_optim(cfg, cfg.rate_epochs), progress=show_progress))
+    torch.manual_seed(cfg.seed)
+    task = RateSearchTask(cfg, engine, FrozenTeacher(upstream), *probe_splits(cfg))
+    engine.fit(task)
+    p = task.logits.softmax(0)
+    return {
+        "rates": task.rates,
+        "cost": cfg.rate_cost,
+        "step": cfg.rate_step,
+        "epochs": task.history,
+        "p": [round(float(x), 4) for x in p],
+        "rate": task.rates[int(p.argmax())],
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def _optim(cfg: ProbeConfig, epochs: int) -> OptimConfig:
+    return OptimConfig(
+        lr=cfg.lr,
+        weight_decay=0.01,
+        warmup_steps=0,
+        grad_clip=0.0 if cfg.tune == "frozen" else 5.0,
+        max_epochs=epochs,
+        schedule="constant",
+        early_stop_patience=0,
+    )
 
 
 def probe(
@@ -418,18 +535,18 @@ def probe(
 def train_probe(
     upstream_path: str | Path, cfg: ProbeConfig, cache: bool = True, show_progress: bool = True
 ) -> tuple[dict, ProbeTask]:
-    """The probe's scores, and the task with its trained head at the best dev epoch."""
+    """The probe's scores, and the task with its trained head at the best dev epoch. With
+    ``learn_rates``, the rate is learnt first and then probed as ``rate`` would be."""
+    if cfg.learn_rates:
+        search = learn_rate(upstream_path, cfg, show_progress)
+        result, task = train_probe(
+            upstream_path, replace(cfg, rate=search["rate"], learn_rates=[]), cache, show_progress
+        )
+        result |= {"rate": search["rate"], "rate_search": search, "config": asdict(cfg)}
+        result["seconds"] += search["seconds"]
+        return result, task
     start = time.time()
-    optim = OptimConfig(
-        lr=cfg.lr,
-        weight_decay=0.01,
-        warmup_steps=0,
-        grad_clip=0.0 if cfg.tune == "frozen" else 5.0,
-        max_epochs=cfg.epochs,
-        schedule="constant",
-        early_stop_patience=0,
-    )
-    engine = Engine(EngineConfig(out_dir="", seed=cfg.seed, optim=optim, progress=show_progress))
+    engine = Engine(EngineConfig(out_dir="", seed=cfg.seed, optim=_optim(cfg, cfg.epochs), progress=show_progress))
     torch.manual_seed(cfg.seed)
     upstream = load_upstream(upstream_path)
     if cfg.rate:
