@@ -906,6 +906,46 @@ def test_shapes_are_refused_unless_their_sizes_match(hubert_dir, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything trained
 
 
+def test_the_ofa_check_sets_each_subnet_against_its_shape_alone(ssl_run, tiny_units, tmp_path, monkeypatch):
+    """``ssl ofa``: stage 1, stage 2 from it, each size cut out, the same shape distilled
+    alone for both stages' epochs, all probed; the relative loss from the kept probes; a
+    second run trains nothing; a stage 2 that draws no subnets is refused."""
+    from speechdistill.config import read_yaml
+    from speechdistill.ofa import markdown, run_ofa
+    from speechdistill.utils import DataError
+
+    corpus, teacher = tiny_units.parent, ssl_run[0] / "teacher" / "hf"
+    (tmp_path / "s1.yaml").write_text(
+        f"data: {{corpus: {corpus}, max_duration: 30.0}}\nprogress: false\n"
+        "optim: {lr: 0.001, warmup_steps: 2, max_epochs: 1}\n"
+        "student: {kind: supernet, num_layers: 2, d_model: 16, num_heads: 2, ff_dim: 32, conv_dim: 8, sample: false,"
+        " width_choices: [0.5, 1.0], depth_choices: [0.5, 1.0]}\n"
+    )
+    (tmp_path / "s2.yaml").write_text("base: s1.yaml\nstudent: {sample: true, sandwich: true}\n")
+    plan = f"stage1: s1.yaml\nstage2: s2.yaml\nteacher: {teacher}\nout_dir: {tmp_path / 'ofa'}\nprobe_epochs: 1\n"
+    (tmp_path / "ofa.yaml").write_text(plan + "params: [0.5, 1.0]\n")
+    rows = run_ofa(tmp_path / "ofa.yaml", jobs=1)
+    assert [r["params"] for r in rows] == [0.5, 1.0] and rows[0]["num_params"] < rows[1]["num_params"]
+    assert rows[1]["subnet"] == {"d_model": 16, "heads": [2, 2], "ff_dims": [32, 32]}
+    alone = read_yaml(tmp_path / "ofa" / "alone0.5" / "config.yaml")
+    assert alone["optim"]["max_epochs"] == 2 and alone["student"]["width_choices"] == [1.0]
+    assert alone["student"]["d_model"] == rows[0]["subnet"]["d_model"] and not alone.get("init")
+    sub = json.loads((tmp_path / "ofa" / "subnet0.5" / "student.probe-pr.json").read_text())
+    by_itself = json.loads((tmp_path / "ofa" / "alone0.5" / "student.probe-pr.json").read_text())
+    assert rows[0]["pr"]["test"]["relative"] == pytest.approx(sub["test"] / by_itself["test"] - 1)
+    assert (tmp_path / "ofa" / "ofa.md").read_text() == markdown(rows, ["pr"])
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("trained again")
+
+    monkeypatch.setattr("speechdistill.ofa.distill", fail)
+    monkeypatch.setattr("speechdistill.ofa.probe_kept", fail)
+    assert run_ofa(tmp_path / "ofa.yaml", jobs=1) == rows  # everything kept
+    (tmp_path / "s2.yaml").write_text("base: s1.yaml\n")
+    with pytest.raises(DataError, match="must train a supernet's subnets"):
+        run_ofa(tmp_path / "ofa.yaml", jobs=1)
+
+
 def test_utterance_mixing_adds_a_scaled_crop_of_another_utterance():
     from speechdistill.teachers.pretrain import mix_utterances
 

@@ -334,6 +334,13 @@ def cmd_ssl_shapes(args):
     print(markdown(rows[1:], [t for t in ("pr", "sid", "asr") if t in rows[1]]))
 
 
+def cmd_ssl_ofa(args):
+    from speechdistill.ofa import markdown, run_ofa
+
+    rows = run_ofa(args.config, args.overrides)
+    print(markdown(rows, [t for t in rows[0] if t in TASKS]))
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         # a help text that names its own default (in words) gets no second one
@@ -699,6 +706,8 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--dev-hours", type=POSITIVE_FLOAT, default=0.1)
     example = "  speechdistill ssl shapes configs/ssl/shapes.yaml"
     _config_args(ssl.add("shapes", cmd_ssl_shapes, "depth vs width: students of equal size, probed", example))
+    example = "  speechdistill ssl ofa configs/ssl/ofa.yaml     # after make demo-ssl, with its teacher"
+    _config_args(ssl.add("ofa", cmd_ssl_ofa, "a supernet's subnets against the same shapes distilled alone", example))
     return p
 
 
