@@ -844,12 +844,15 @@ def test_seqcomp_student_runs_at_any_rate_and_round_trips(hubert_dir, tmp_path):
 
 
 def test_hedge_step_by_hand():
-    from speechdistill.probe import hedge
+    from speechdistill.probe import hedge, most_probable
 
     # errors 0.5 and 0.4 at rates 1 and 2, a cost of 0.2 per whole frame budget: objectives 0.7, 0.5
     logits = hedge(torch.zeros(2, dtype=torch.float64), [0.5, 0.4], [1.0, 2.0], cost=0.2, step=2.0)
     assert logits.tolist() == pytest.approx([-1.4, -1.0])
     assert logits.softmax(0)[1] == pytest.approx(1 / (1 + math.exp(-0.4)))  # the cheaper, better rate gains
+    tie = hedge(torch.zeros(3, dtype=torch.float64), [0.1 + 0.2, 0.3, 0.4], [1.0, 2.0, 4.0], 0.0, 10.0)
+    assert most_probable(tie.softmax(0), [1.0, 2.0, 4.0]) == 2.0  # equal errors: the cheaper rate
+    assert most_probable(torch.tensor([0.5, 0.3, 0.2]), [1.0, 2.0, 4.0]) == 1.0
 
 
 def test_a_learnt_rate_is_probed_as_if_given(ssl_run, tiny_units, tmp_path):

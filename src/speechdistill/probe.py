@@ -432,6 +432,13 @@ def hedge(logits: torch.Tensor, errors, rates, cost: float, step: float) -> torc
     return logits - step * objective
 
 
+def most_probable(p: torch.Tensor, rates) -> float:
+    """The rate of highest probability; of rates equally probable (to 1e-9: a task that
+    cannot tell them apart, as accuracy on a few hundred utterances often cannot), the
+    highest, which costs least."""
+    return max(zip((round(float(x), 9) for x in p), rates, strict=True))[1]
+
+
 def set_rate(upstream: nn.Module, rate: float) -> None:
     """The frame rate of a seqcomp student, frozen (in a FrozenTeacher) or not."""
     getattr(upstream, "upstream", upstream).rate = rate
@@ -498,7 +505,7 @@ def learn_rate(upstream_path: str | Path, cfg: ProbeConfig, show_progress: bool 
         "step": cfg.rate_step,
         "epochs": task.history,
         "p": [round(float(x), 4) for x in p],
-        "rate": task.rates[int(p.argmax())],
+        "rate": most_probable(p, task.rates),
         "seconds": round(time.time() - start, 1),
     }
 
