@@ -879,7 +879,8 @@ def test_a_learnt_rate_is_probed_as_if_given(ssl_run, tiny_units, tmp_path):
     given = probe(up, ProbeConfig("pr", corpus, epochs=2, rate=r["rate"]), show_progress=False)
     assert (given["dev"], given["test"], given["history"]) == (r["dev"], r["test"], r["history"])
     costly = dataclasses.replace(learn, rate_cost=100.0, rate_epochs=1)
-    assert probe(up, costly, show_progress=False)["rate"] == 4.0  # frames cost more than any error
+    assert probe_kept(up, costly)[0]["rate"] == 4.0  # frames cost more than any error
+    assert (tmp_path / "student.probe-pr@rlearnt-c100.json").exists() and path.exists()  # kept apart
     with pytest.raises(DataError, match="runs at one frame rate; learn_rates is for seqcomp"):
         probe(ssl_run[0] / "teacher" / "hf", learn, show_progress=False)
     for bad in (dict(learn_rates=[2.0]), dict(learn_rates=[1.0, 0.5]), dict(rate=2.0), dict(tune="all")):

@@ -113,8 +113,11 @@ class ProbeConfig:
 
     @property
     def rate_name(self) -> str:
-        """How result files name the rate: '' (the upstream's own), ``@r3``, ``@rlearnt``."""
-        return "@rlearnt" if self.learn_rates else (f"@r{self.rate:g}" if self.rate else "")
+        """How result files name the rate: '' (the upstream's own), ``@r3``, ``@rlearnt``
+        (``@rlearnt-c0.05`` with a frame cost)."""
+        if self.learn_rates:
+            return f"@rlearnt-c{self.rate_cost:g}" if self.rate_cost else "@rlearnt"
+        return f"@r{self.rate:g}" if self.rate else ""
 
 
 def char_ids(text: str) -> list[int]:
