@@ -916,7 +916,7 @@ def test_the_ofa_check_sets_each_subnet_against_its_shape_alone(ssl_run, tiny_un
     second run trains nothing; a stage 2 that draws no subnets is refused."""
     from speechdistill.config import read_yaml
     from speechdistill.ofa import markdown, run_ofa
-    from speechdistill.utils import DataError
+    from speechdistill.utils import DataError, UsageError
 
     corpus, teacher = tiny_units.parent, ssl_run[0] / "teacher" / "hf"
     (tmp_path / "s1.yaml").write_text(
@@ -945,6 +945,10 @@ def test_the_ofa_check_sets_each_subnet_against_its_shape_alone(ssl_run, tiny_un
     monkeypatch.setattr("speechdistill.ofa.distill", fail)
     monkeypatch.setattr("speechdistill.ofa.probe_kept", fail)
     assert run_ofa(tmp_path / "ofa.yaml", jobs=1) == rows  # everything kept
+    with pytest.raises(UsageError, match=r"stage1 holds a finished run of other settings .*seed: 0 -> 1"):
+        run_ofa(tmp_path / "ofa.yaml", ["seed=1"], jobs=1)  # not another seed's rows under this one's name
+    with pytest.raises(RuntimeError, match="trained again"):  # a new out_dir is a new check
+        run_ofa(tmp_path / "ofa.yaml", ["seed=1", f"out_dir={tmp_path / 'ofa-s1'}"], jobs=1)
     (tmp_path / "s2.yaml").write_text("base: s1.yaml\n")
     with pytest.raises(DataError, match="must train a supernet's subnets"):
         run_ofa(tmp_path / "ofa.yaml", jobs=1)

@@ -200,6 +200,23 @@ def config_changes(before: dict, now: dict, ignore: tuple[str, ...] = ()) -> lis
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def finished_run(run_dir: str | Path, cfg, source: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (its ``summary.json``) of ``cfg``, read from
+    ``source``. A finished run of other settings (an older recipe's, another seed's) is
+    refused, naming them: a recipe that kept it would report what it did not make."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").exists():
+        return False
+    saved = run_dir / "config.yaml"
+    changed = config_changes(read_yaml(saved), to_dict(cfg), ignore=("progress",)) if saved.exists() else []
+    if changed:
+        raise UsageError(
+            f"{run_dir} holds a finished run of other settings than {source} ({'; '.join(changed)}): move it "
+            f"aside (or the whole {run_dir.parent}) to make it again"
+        )
+    return True
+
+
 def apply_override(data: dict, override: str) -> None:
     """``"a.b.c=value"`` sets ``data["a"]["b"]["c"]``; the value is parsed as YAML."""
     key, sep, raw = override.partition("=")

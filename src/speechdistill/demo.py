@@ -21,7 +21,7 @@ from pathlib import Path
 from speechdistill.ablate import ablate
 from speechdistill.align.run import align_corpus
 from speechdistill.compare import compare, markdown, write_report
-from speechdistill.config import config_changes, load_config, read_yaml, to_dict
+from speechdistill.config import finished_run, load_config
 from speechdistill.data.corpus import build_corpus
 from speechdistill.data.features import compute_features
 from speechdistill.data.layout import CorpusDir, SoftLabelSpec
@@ -33,7 +33,6 @@ from speechdistill.probe import ProbeConfig, probe_kept, probe_result_path, prob
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
 from speechdistill.units.inventory import Units
-from speechdistill.utils import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +223,7 @@ def ssl_demo_steps(
 
     def run(fn, config_cls, path: str, run_dir: Path, overrides: list[str], deps=()) -> int | None:
         cfg = load_config(config_cls, path, [*common, *overrides, f"out_dir={run_dir}"])
-        return step(_finished(run_dir, cfg, path), (fn, cfg), deps)
+        return step(finished_run(run_dir, cfg, path), (fn, cfg), deps)
 
     teacher = out / "teacher" / "hf"
     trained = {teacher: run(pretrain, PretrainConfig, SSL_TEACHER, teacher.parent, [])}  # upstream -> its step
@@ -247,19 +246,3 @@ def after_first(after: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     """``run_jobs``'s waits for the calls after the first, once that one has run: the waits
     on it dropped, the other indices one less."""
     return [tuple(j - 1 for j in a if j > 0) for a in after[1:]]
-
-
-def _finished(run_dir: Path, cfg, path: str) -> bool:
-    """Whether ``run_dir`` holds a finished run of ``cfg``. A finished run of other settings
-    (an older demo's teacher, a hand-edited config) is refused: the table would compare
-    what this demo did not make."""
-    if not (run_dir / "summary.json").exists():
-        return False
-    saved = run_dir / "config.yaml"
-    changed = config_changes(read_yaml(saved), to_dict(cfg), ignore=("progress",)) if saved.exists() else []
-    if changed:
-        raise UsageError(
-            f"{run_dir} holds a finished run of other settings than {path} ({'; '.join(changed)}): move it "
-            f"aside (or the whole {run_dir.parent}) to make the SSL demo again"
-        )
-    return True

@@ -16,7 +16,9 @@ width) is distilled alone by stage 1's recipe for the epochs of both stages toge
 supernet's whole budget. Every model is probed alike; ``ofa.md`` and ``ofa.json`` in
 ``out_dir`` give each subnet's score against its shape alone (#16: within 5% relative).
 The steps go side by side, one torch thread each, as ``make demo-ssl``'s do, and a step
-whose result exists is kept, so an interrupted check resumes.
+whose result exists is kept, so an interrupted check resumes (a finished run of other
+settings is refused). Overrides name the file's keys (``out_dir=exp/ssl/ofa-s1``) or go to
+every distillation (``seed=1``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from speechdistill.compare import upstream_params
-from speechdistill.config import from_dict, load_config, read_yaml, to_dict
+from speechdistill.config import apply_override, finished_run, from_dict, load_config, read_yaml, to_dict
 from speechdistill.distill.ssl_distill import DistillConfig, distill
 from speechdistill.downstream import CLASSIFY, METRICS, TASKS
 from speechdistill.parallel import call, run_jobs, usable_cpus
@@ -56,6 +58,9 @@ class OFAConfig:
             raise ValueError(f"params: fractions of the supernet's parameters in (0, 1], got {self.params}")
         if unknown := [t for t in self.tasks if t not in TASKS]:
             raise ValueError(f"tasks: {unknown} unknown; valid: {', '.join(TASKS)}")
+
+
+PLAN_KEYS = {f.name for f in dataclasses.fields(OFAConfig)}
 
 
 def cut_subnet(supernet: Path, fraction: float, out: Path) -> None:
@@ -86,9 +91,14 @@ def alone_config(stage1: DistillConfig, stage2: DistillConfig, s: Subnet, head_d
 def run_ofa(path: str | Path, overrides: list[str] | None = None, jobs: int = 0) -> list[dict]:
     """Train (or keep) the supernet, cut each size out, distil each shape alone, probe all;
     -> one row per size."""
-    path = Path(path)
-    plan = from_dict(OFAConfig, read_yaml(path))
-    out, extra = Path(plan.out_dir), [f"teacher={plan.teacher}", *(overrides or [])]
+    path, data, extra = Path(path), read_yaml(path), []
+    for o in overrides or []:  # the file's own keys (out_dir, params...) here; the rest to every distillation
+        if o.partition("=")[0].strip() in PLAN_KEYS:
+            apply_override(data, o)
+        else:
+            extra.append(o)
+    plan = from_dict(OFAConfig, data)
+    out, extra = Path(plan.out_dir), [f"teacher={plan.teacher}", *extra]
     stage1 = load_config(DistillConfig, path.parent / plan.stage1, [f"out_dir={out / 'stage1'}", *extra])
     stage2 = load_config(
         DistillConfig,
@@ -111,16 +121,16 @@ def run_ofa(path: str | Path, overrides: list[str] | None = None, jobs: int = 0)
         after.append(tuple(d for d in deps if d is not None))
         return len(calls) - 1
 
-    def trained(cfg: DistillConfig, deps=()) -> int | None:
-        return step((Path(cfg.out_dir) / "summary.json").exists(), (distill, cfg), deps)
+    def trained(cfg: DistillConfig, source: str, deps=()) -> int | None:
+        return step(finished_run(cfg.out_dir, cfg, source), (distill, cfg), deps)
 
-    supernet = trained(stage2, (trained(stage1),))
+    supernet = trained(stage2, plan.stage2, (trained(stage1, plan.stage1),))
     for p, s in subnets.items():
         sub, alone = out / f"subnet{p:g}" / "student", out / f"alone{p:g}"
         made[sub] = step(
             sub.with_suffix(".json").exists(), (cut_subnet, out / "supernet" / "student", p, sub), (supernet,)
         )
-        made[alone / "student"] = trained(alone_config(stage1, stage2, s, shape.head_dim, alone))
+        made[alone / "student"] = trained(alone_config(stage1, stage2, s, shape.head_dim, alone), plan.stage1)
     probes = {}
     for up, dep in made.items():
         for task in plan.tasks:

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from transformers import AutoConfig
 
 from speechdistill.compare import compare, upstream_params
-from speechdistill.config import ConfigError, from_dict, load_config, read_yaml, to_dict
+from speechdistill.config import ConfigError, finished_run, from_dict, load_config, read_yaml, to_dict
 from speechdistill.distill.ssl_distill import DistillConfig, distill
 from speechdistill.probe import ProbeConfig, probe_kept, probe_train_hours
 from speechdistill.students.ssl import STUDENTS, StudentConfig
@@ -91,7 +91,7 @@ def run_shapes(path: str | Path, overrides: list[str] | None = None) -> list[dic
     }
     check_balance(counts, plan.tolerance)
     for name, cfg in configs.items():
-        if not (out / name / "summary.json").exists():
+        if not finished_run(out / name, cfg, path):
             distill(cfg)
         for task in plan.tasks:
             hours = probe_train_hours(task, plan.probe_hours)
