@@ -255,6 +255,18 @@ def test_every_shipped_config_loads():
         "data": mfcc["data"] | {"max_hours": 0.0},
         "optim": mfcc["optim"] | {"lr": 0.001, "max_epochs": 3},
     }
+    # the GPU teacher: the demo's recipe, wider, on bigger batches for longer, on a GPU
+    gpu = to_dict(load_config(PretrainConfig, root / "ssl" / "pretrain-gpu.yaml"))
+    assert {k: gpu[k] for k in gpu if gpu[k] != pbert[k]} == {
+        "out_dir": "exp/ssl/teacher-gpu",
+        "accelerator": "gpu",
+        "hidden_size": 384,
+        "num_heads": 6,
+        "ff_dim": 1536,
+        "conv_dim": 128,
+        "data": pbert["data"] | {"max_duration": 200.0},
+        "optim": pbert["optim"] | {"lr": 0.0005, "warmup_steps": 200, "max_epochs": 20},
+    }
     for kind in ("distilhubert", "fithubert"):
         assert load_config(DistillConfig, root / "ssl" / f"{kind}.yaml").student.kind == kind
     # the cut front end: DistilHuBERT's recipe, a narrower first CNN layer and positional kernel
