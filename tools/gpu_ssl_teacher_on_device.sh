@@ -4,7 +4,8 @@
 # run. Carry .whl and .gpu (tools/gpu_medium_on_device.sh says how to make them); run
 # tools/gpu_smoke_on_device.sh first at a first loan. On a CPU (the venv's Python on PATH),
 # CPU_TEST=1 ACC=cpu STEPS=3 PROBE_EPOCHS=1 PROBE_HOURS=0.05 SID_HOURS=0.05 tries the
-# pipeline in minutes, as it was tried before it was committed.
+# pipeline in minutes: tried so on 2026-12-05 (AMD EPYC, 2 cores, the corpus and alignment
+# already made), every step ran, 201 s.
 # Usage (repo root): bash tools/gpu_ssl_teacher_on_device.sh
 set -o pipefail
 T0=$(date +%s); el() { echo "[t=$(( $(date +%s) - T0 ))s] $*"; }
