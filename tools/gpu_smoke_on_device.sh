@@ -4,14 +4,7 @@
 # the end: the twenty-fourth session's try forgot --text (the device has no `bible`) and
 # spent the rest of the loan; each command there took 15-20 s to start (imports), so the
 # whole script needs about 6 minutes of device time.
-set -o pipefail
-T0=$(date +%s); el() { echo "[t=$(( $(date +%s) - T0 ))s] $*"; }
-export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-if [ -z "$CPU_TEST" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD/src
-fi
-xz -dc .gpu/kjv.txt.xz > /tmp/kjv.txt
+source tools/device_env.sh
 # the LM and probe commands have no accelerator option: they run on the CPU
 C=${C:-/tmp/tinyc}; ACC=${ACC:-gpu}; SD="python3 -m speechdistill.cli"; J=$(nproc)
 run() { local name=$1; shift; if "$@" > $OUT/$name.log 2>&1; then el "OK $name"; else el "FAIL $name"; tail -25 $OUT/$name.log; fi; }

@@ -7,17 +7,7 @@
 # pipeline in minutes: tried so on 2026-12-05 (AMD EPYC, 2 cores, the corpus and alignment
 # already made), every step ran, 201 s.
 # Usage (repo root): bash tools/gpu_ssl_teacher_on_device.sh
-set -o pipefail
-T0=$(date +%s); el() { echo "[t=$(( $(date +%s) - T0 ))s] $*"; }
-export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-if [ -z "$CPU_TEST" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD/src
-  mkdir -p /tmp/fl && tar xJf .gpu/flite.tar.xz -C /tmp/fl || exit 3
-  export PATH=/tmp/fl/flite/bin:$PATH LD_LIBRARY_PATH=/tmp/fl/flite/lib
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-fi
-xz -dc .gpu/kjv.txt.xz > /tmp/kjv.txt
+source tools/device_env.sh
 C=${C:-data/small}; ACC=${ACC:-gpu}; SD="python3 -m speechdistill.cli"; J=$(nproc); T=exp/ssl/teacher-gpu
 run() { local name=$1; shift; if "$@" > $OUT/$name.log 2>&1; then el "OK $name"; else el "FAIL $name"; tail -25 $OUT/$name.log; exit 4; fi; }
 run corpus $SD corpus build --preset small --out $C --text /tmp/kjv.txt --jobs $J
