@@ -1105,6 +1105,12 @@ def test_attacks_stay_inside_the_snr_bound_and_hurt_more_than_chance(ssl_run, ti
         assert r["setting"] == ("zero-knowledge" if surrogate else "limited-knowledge")
     with pytest.raises(ValueError, match="computed outside autograd"):
         attack("fbank", AttackConfig(pc, "fgsm"), False)
+    r = attack("fbank", AttackConfig(pc, "noise", 25.0), False)  # the control needs no gradient
+    assert r["setting"] == "control" and 25.0 - 1e-3 <= r["lowest_snr_db"] <= 25.5
+    assert torch.equal(
+        perturb(teacher, wavs, lens, AttackConfig(pc, "noise", 20.0)),
+        perturb(None, wavs, lens, AttackConfig(pc, "noise", 20.0)),
+    )
     with pytest.raises(ValueError, match="attack task 'asr'; valid: pr, sid, accent, rate"):
         AttackConfig(ProbeConfig("asr", corpus))
 

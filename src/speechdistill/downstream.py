@@ -12,4 +12,4 @@ CLASSIFY = ("sid", "accent")  # pooled over the utterance, scored by accuracy
 POOLED = (*CLASSIFY, "rate")  # one answer per utterance (rate: a regression, scored by MAE)
 METRICS = {"pr": "per", "asr": "wer", "sid": "accuracy", "accent": "accuracy", "rate": "mae"}
 ATTACKABLE = tuple(t for t in TASKS if t != "asr")  # `attack` scores these; the BiLSTM asr probe is left out
-ATTACKS = ("fgsm", "pgd")  # robust.py's waveform attacks
+ATTACKS = ("fgsm", "pgd", "noise")  # robust.py's waveform attacks, and random noise at the bound (the control)

@@ -17,7 +17,9 @@ FGSM here is its L2 form (the fast gradient method: one step of the full radius 
 the normalised gradient) from a random start at a tenth of the radius (R+FGSM, Tramer et
 al. 2018: at the clean input the gradient of a distance to the clean states is zero, so
 a step from there moves nothing); PGD takes ``steps`` steps of ``step_frac`` of the radius from
-a random start, projecting back onto the ball after each. Written by hand: the attack
+a random start, projecting back onto the ball after each. ``noise``, the control: a random
+Gaussian perturbation scaled onto the ball's surface, the same energy as the attacks at
+their limit but no gradient. Written by hand: the attack
 libraries (torchattacks, ART) bound an L-infinity or L2 norm on images with a
 classifier's loss, not an SNR per variable-length utterance on a feature distortion.
 """
@@ -87,11 +89,16 @@ def distortion(upstream, wavs: torch.Tensor, lens: torch.Tensor, clean: list[tor
 
 
 def perturb(upstream, wavs: torch.Tensor, lens: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
-    """The perturbation that most distorts ``upstream``'s hidden states within the bound."""
-    with torch.no_grad():
-        clean = [s.detach() for s in upstream(wavs, lens)[0]]
+    """The perturbation that most distorts ``upstream``'s hidden states within the bound
+    (``noise``: a random one on the bound)."""
     r = radius(wavs, lens, cfg.snr_db)[:, None]
     m = sample_mask(wavs, lens)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    start = project(torch.randn(wavs.shape, generator=g).to(wavs.device) * m * 1e6, wavs, lens, cfg.snr_db)
+    if cfg.method == "noise":
+        return start
+    with torch.no_grad():
+        clean = [s.detach() for s in upstream(wavs, lens)[0]]
 
     def step(delta: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         delta = delta.detach().requires_grad_(True)
@@ -102,8 +109,6 @@ def perturb(upstream, wavs: torch.Tensor, lens: torch.Tensor, cfg: AttackConfig)
             delta.detach() + size * grad / grad.norm(dim=1, keepdim=True).clamp(min=1e-12), wavs, lens, cfg.snr_db
         )
 
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    start = project(torch.randn(wavs.shape, generator=g).to(wavs.device) * m * 1e6, wavs, lens, cfg.snr_db)
     if cfg.method == "fgsm":  # at delta = 0 the distortion's gradient is zero: start a little off it
         return step(0.1 * start, r)
     delta = start * torch.rand(len(wavs), 1, generator=g).to(wavs.device)
@@ -117,7 +122,7 @@ def attack(upstream_path: str | Path, cfg: AttackConfig, show_progress: bool = T
     clean_result, task = train_probe(upstream_path, cfg.probe, show_progress=show_progress)
     target = task.states.upstream  # the attacked upstream, frozen (no gradients to its weights)
     source = target.upstream if not cfg.surrogate else load_upstream(cfg.surrogate).eval().requires_grad_(False)
-    if not getattr(source, "differentiable", True):
+    if cfg.method != "noise" and not getattr(source, "differentiable", True):
         raise DataError(
             f"{cfg.surrogate or upstream_path}: its features are computed outside autograd (filterbank), so it "
             "gives no gradients to attack with; attack it through --surrogate (zero knowledge)"
@@ -137,7 +142,7 @@ def attack(upstream_path: str | Path, cfg: AttackConfig, show_progress: bool = T
     higher = cfg.probe.task in CLASSIFY
     return {
         "upstream": str(upstream_path),
-        "setting": "zero-knowledge" if cfg.surrogate else "limited-knowledge",
+        "setting": "control" if cfg.method == "noise" else ("zero-knowledge" if cfg.surrogate else "limited-knowledge"),
         "metric": clean_result["metric"],
         "clean": clean_result["test"],
         "attacked": attacked,
