@@ -28,7 +28,7 @@ from speechdistill.data.layout import CorpusDir, SoftLabelSpec
 from speechdistill.data.units import build_units
 from speechdistill.distill.soft_labels import SoftLabelCache, StaleCacheError, build_cache
 from speechdistill.distill.ssl_distill import DistillConfig, distill
-from speechdistill.parallel import call, run_jobs, usable_cpus
+from speechdistill.parallel import Steps, call, run_jobs, usable_cpus
 from speechdistill.probe import ProbeConfig, probe_kept, probe_result_path, probe_train_hours
 from speechdistill.teachers.lm_train import train_lm
 from speechdistill.teachers.pretrain import PretrainConfig, pretrain
@@ -211,15 +211,8 @@ def ssl_demo_steps(
     what each must wait for, and the upstreams to compare (the teacher first, the
     filterbank last). A step whose result exists is left out, and so is a wait on it."""
     common = [f"data.corpus={corpus}", f"progress={str(show_progress).lower()}"]
-    calls: list[tuple] = []
-    after: list[tuple[int, ...]] = []
-
-    def step(done: bool, job: tuple, deps: tuple[int | None, ...] = ()) -> int | None:
-        if done:
-            return None
-        calls.append(job)
-        after.append(tuple(d for d in deps if d is not None))
-        return len(calls) - 1
+    steps = Steps()
+    step = steps.add
 
     def run(fn, config_cls, path: str, run_dir: Path, overrides: list[str], deps=()) -> int | None:
         cfg = load_config(config_cls, path, [*common, *overrides, f"out_dir={run_dir}"])
@@ -239,7 +232,7 @@ def ssl_demo_steps(
             cfg = ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours))
             kept = probe_result_path(up, task, cfg.rate_name, cfg.tune_name).exists()
             step(kept, (probe_kept, up, cfg, False, show_progress), (trained[up],))
-    return calls, after, upstreams
+    return steps.calls, steps.after, upstreams
 
 
 def after_first(after: list[tuple[int, ...]]) -> list[tuple[int, ...]]:

@@ -34,7 +34,7 @@ from speechdistill.compare import upstream_params
 from speechdistill.config import apply_override, finished_run, from_dict, load_config, read_yaml, to_dict
 from speechdistill.distill.ssl_distill import DistillConfig, distill
 from speechdistill.downstream import CLASSIFY, METRICS, TASKS
-from speechdistill.parallel import call, run_jobs, usable_cpus
+from speechdistill.parallel import Steps, call, run_jobs, usable_cpus
 from speechdistill.probe import ProbeConfig, probe_kept, probe_result_path, probe_train_hours
 from speechdistill.students.ssl import STUDENTS, load_student, save_student
 from speechdistill.students.supernet import Subnet, extract, subnet_for_budget
@@ -112,14 +112,8 @@ def run_ofa(path: str | Path, overrides: list[str] | None = None, jobs: int = 0)
     shape = STUDENTS["supernet"].from_meta(stage2.student, meta)  # untrained: its subnets' shapes only
     subnets = {p: subnet_for_budget(shape, p) for p in plan.params}
 
-    calls, after, made = [], [], {}
-
-    def step(done: bool, job: tuple, deps=()) -> int | None:
-        if done:
-            return None
-        calls.append(job)
-        after.append(tuple(d for d in deps if d is not None))
-        return len(calls) - 1
+    steps, made = Steps(), {}
+    step = steps.add
 
     def trained(cfg: DistillConfig, source: str, deps=()) -> int | None:
         return step(finished_run(cfg.out_dir, cfg, source), (distill, cfg), deps)
@@ -139,7 +133,7 @@ def run_ofa(path: str | Path, overrides: list[str] | None = None, jobs: int = 0)
             )
             probes[up, task] = probe_result_path(up, task)
             step(probes[up, task].exists(), (probe_kept, up, cfg, False, False), (dep,))
-    run_jobs(call, calls, jobs or usable_cpus(), threads=1, after=after)
+    run_jobs(call, steps.calls, jobs or usable_cpus(), threads=1, after=steps.after)
 
     rows, teacher_params = [], upstream_params(load_upstream(plan.teacher))
     for p, s in subnets.items():

@@ -53,6 +53,23 @@ def _worker(threads: int, level: int, parent: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(processName)s %(message)s", datefmt="%H:%M:%S")
 
 
+class Steps:
+    """Calls for :func:`run_jobs` and what each waits for, gathered step by step: a step
+    already done is left out, and so is every wait on it."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.after: list[tuple[int, ...]] = []
+
+    def add(self, done: bool, job: tuple, deps: Sequence[int | None] = ()) -> int | None:
+        """-> the step's index, or None when ``done`` (what a later step may wait on)."""
+        if done:
+            return None
+        self.calls.append(job)
+        self.after.append(tuple(d for d in deps if d is not None))
+        return len(self.calls) - 1
+
+
 def call(fn: Callable, *args):
     """``fn(*args)``: lets jobs of different functions share one ``run_jobs``."""
     return fn(*args)

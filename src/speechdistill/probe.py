@@ -442,6 +442,14 @@ def most_probable(p: torch.Tensor, rates) -> float:
     return max(zip((round(float(x), 9) for x in p), rates, strict=True))[1]
 
 
+def rated(upstream: nn.Module, path: str | Path, option: str) -> nn.Module:
+    """``upstream`` if it runs at a chosen frame rate (a seqcomp student), else a DataError
+    naming ``path`` and the ``option`` that asked for a rate."""
+    if not hasattr(upstream, "rate"):
+        raise DataError(f"{path} runs at one frame rate; {option} is for seqcomp students")
+    return upstream
+
+
 def set_rate(upstream: nn.Module, rate: float) -> None:
     """The frame rate of a seqcomp student, frozen (in a FrozenTeacher) or not."""
     getattr(upstream, "upstream", upstream).rate = rate
@@ -494,9 +502,7 @@ def learn_rate(upstream_path: str | Path, cfg: ProbeConfig, show_progress: bool 
     """Search ``cfg.learn_rates`` for the rate ``upstream_path`` (a seqcomp student) does
     the task best at (less ``rate_cost`` per frame): -> the draws' history and the rate."""
     start = time.time()
-    upstream = load_upstream(upstream_path)
-    if not hasattr(upstream, "rate"):
-        raise DataError(f"{upstream_path} runs at one frame rate; learn_rates is for seqcomp students")
+    upstream = rated(load_upstream(upstream_path), upstream_path, "learn_rates")
     engine = Engine(EngineConfig(out_dir="", seed=cfg.seed, optim=_optim(cfg, cfg.rate_epochs), progress=show_progress))
     torch.manual_seed(cfg.seed)
     task = RateSearchTask(cfg, engine, FrozenTeacher(upstream), *probe_splits(cfg))
@@ -560,9 +566,7 @@ def train_probe(
     torch.manual_seed(cfg.seed)
     upstream = load_upstream(upstream_path)
     if cfg.rate:
-        if not hasattr(upstream, "rate"):
-            raise DataError(f"{upstream_path} runs at one frame rate; --rate is for seqcomp students")
-        upstream.rate = cfg.rate
+        rated(upstream, upstream_path, "--rate").rate = cfg.rate
     counts = set_trainable(upstream, cfg.tune, cfg.tune_layers)
     if cfg.tune in ("adapters", "chapter"):
         adapters = add_adapters(upstream, cnn=cfg.tune == "chapter")
