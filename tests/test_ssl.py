@@ -1008,6 +1008,34 @@ def test_accent_and_rate_probes_and_their_controls(ssl_run, tiny_units):
     assert r["metric"] == "mae" and r["control"] == pytest.approx(mean_error) and 0 < r["test"] < 10
 
 
+def test_a_pool_conv_head_sees_the_order_of_frames_and_not_the_padding(tiny_units, tmp_path, monkeypatch):
+    """SUPERB's mean-pool gives the same answer for any order of the same frames, so it
+    cannot count changes (a speaking rate); the 5-frame conv before the pool can. Padding
+    never reaches the answer; results are named ``-conv{N}``; other tasks refuse it."""
+    from speechdistill.probe import ProbeConfig, ProbeHead, probe_kept
+
+    torch.manual_seed(0)
+    a, b = torch.randn(4), torch.randn(4)
+    slow = torch.stack([a, a, a, b, b, b])[None]  # one change
+    fast = torch.stack([a, b, a, b, a, b])[None]  # five
+    lens = torch.tensor([6])
+    for conv, differs in ((0, False), (3, True)):
+        head = ProbeHead("rate", 1, 4, 1, pool_conv=conv)
+        y_slow, y_fast = head([slow], lens), head([fast], lens)
+        assert torch.allclose(y_slow, y_fast, atol=1e-6) != differs
+        padded = torch.cat([fast, torch.full((1, 3, 4), 7.0)], 1)  # 3 frames of padding, not zeros
+        both = head([torch.cat([padded, torch.randn(1, 9, 4)])], torch.tensor([6, 9]))
+        torch.testing.assert_close(both[:1], y_fast)
+
+    corpus = str(tiny_units.parent)
+    monkeypatch.chdir(tmp_path)  # the filterbank's results are kept in the working directory
+    r, path = probe_kept("fbank", ProbeConfig("rate", corpus, epochs=1, pool_conv=8), show_progress=False)
+    assert path.name == "fbank.probe-rate-conv8.json" and r["config"]["pool_conv"] == 8 and r["test"] > 0
+    for bad in (dict(task="pr", pool_conv=8), dict(task="sid", pool_conv=-1)):
+        with pytest.raises(ValueError, match="pool_conv is for the utterance tasks"):
+            ProbeConfig(**bad)
+
+
 def test_a_recipes_probe_cap_leaves_sid_all_of_train(tiny_units):
     """``make demo-ssl`` and ``ssl shapes`` cap their probes' audio; SID, which splits the
     training voices' own utterances, is given the whole train split instead."""

@@ -222,6 +222,7 @@ def cmd_probe(args):
             "epochs": args.epochs,
             "lr": args.lr,
             "lstm_dim": args.lstm_dim,
+            "pool_conv": args.pool_conv,
             "max_hours": args.max_hours,
             "rate": args.rate,
             "tune": args.tune,
@@ -615,6 +616,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--epochs", type=POSITIVE, default=20)
     pr.add_argument("--lr", type=POSITIVE_FLOAT, default=5e-3)
     pr.add_argument("--lstm-dim", type=POSITIVE, default=256, help="BiLSTM width of the asr head")
+    pr.add_argument(
+        "--pool-conv", type=COUNT, default=0, help="sid, accent, rate: channels of a 5-frame conv before the mean-pool"
+    )
     pr.add_argument("--max-hours", type=NONNEG_FLOAT, default=0.0, help="cap on the training audio (0: all)")
     pr.add_argument(
         "--rate", type=NONNEG_FLOAT, default=0.0, help="seqcomp students: frame rate, x 20 ms (0: its default)"

@@ -230,7 +230,7 @@ def ssl_demo_steps(
     for up in upstreams:
         for task in SSL_PROBES:
             cfg = ProbeConfig(task, str(corpus), probe_epochs, max_hours=probe_train_hours(task, probe_hours))
-            kept = probe_result_path(up, task, cfg.rate_name, cfg.tune_name).exists()
+            kept = probe_result_path(up, task, cfg.rate_name, cfg.tune_name, cfg.head_name).exists()
             step(kept, (probe_kept, up, cfg, False, show_progress), (trained[up],))
     return steps.calls, steps.after, upstreams
 

@@ -15,6 +15,10 @@ head, as in SUPERB:
 * ``rate``: speaking rate, the transcript's phones per second of audio, mean-pool +
   linear regression on the standardised rate; mean absolute error (phones/s).
 
+``pool_conv`` (utterance tasks): a 1-D convolution over 5 frames with ReLU before the
+mean-pool, so that the head sees time: a mean of the frames themselves cannot count
+changes between them, which is what a speaking rate is (``-conv{N}`` in result names).
+
 PR, ASR, accent and rate train on the train split, pick the epoch on dev and score test
 (the built-in corpus's voices are disjoint across splits, so these are unseen voices).
 SID needs the same speakers in training and scoring, so it splits the train split's
@@ -81,6 +85,7 @@ class ProbeConfig:
     rate: float = 0.0  # seqcomp students: the frame rate to run at, x 20 ms (0: the student's default)
     tune: str = "frozen"  # frozen (the probe), top (the top tune_layers layers train too), all
     tune_layers: int = 2
+    pool_conv: int = 0  # utterance tasks: channels of a 5-frame conv + ReLU before the mean-pool (0: none)
     upstream_lr: float = 1e-4  # the tuned upstream parameters' peak rate (the head's: lr)
     # seqcomp students: learn the rate among these (x 20 ms) in a search of rate_epochs
     # epochs, each rate's dev error plus rate_cost / rate moving the draws by rate_step
@@ -101,6 +106,8 @@ class ProbeConfig:
             raise ValueError(f"tune {self.tune!r}; valid: {', '.join(TUNE_MODES)}")
         if self.epochs < 1 or self.lr <= 0:
             raise ValueError("probe epochs must be >= 1 and lr > 0")
+        if self.pool_conv < 0 or (self.pool_conv and self.task not in POOLED):
+            raise ValueError(f"pool_conv is for the utterance tasks ({', '.join(POOLED)}), >= 0; got {self.pool_conv}")
         if self.rate and self.rate < 1:
             raise ValueError(f"probe rate must be >= 1 (x 20 ms), got {self.rate}")
         if self.learn_rates:
@@ -110,6 +117,11 @@ class ProbeConfig:
                 raise ValueError(f"learn_rates needs 2+ distinct rates >= 1 (x 20 ms), got {self.learn_rates}")
             if self.rate_cost < 0 or self.rate_step <= 0 or self.rate_epochs < 1:
                 raise ValueError("rate_cost must be >= 0, rate_step > 0 and rate_epochs >= 1")
+
+    @property
+    def head_name(self) -> str:
+        """How result files name a head other than SUPERB's: ``-conv64``."""
+        return f"-conv{self.pool_conv}" if self.pool_conv else ""
 
     @property
     def rate_name(self) -> str:
@@ -137,14 +149,15 @@ class WeightedSum(nn.Module):
 
 
 class ProbeHead(nn.Module):
-    def __init__(self, task: str, num_states: int, dim: int, num_classes: int, lstm_dim: int = 256):
+    def __init__(self, task: str, num_states: int, dim: int, num_classes: int, lstm_dim: int = 256, pool_conv: int = 0):
         super().__init__()
         self.task = task
         self.featurizer = WeightedSum(num_states)
         if task == "asr":
             self.lstm = nn.LSTM(dim, lstm_dim, num_layers=2, batch_first=True, bidirectional=True)
             dim = 2 * lstm_dim
-        self.out = nn.Linear(dim, num_classes)
+        self.conv = nn.Conv1d(dim, pool_conv, 5, padding=2) if pool_conv else None
+        self.out = nn.Linear(pool_conv or dim, num_classes)
 
     def forward(self, states: list[torch.Tensor], lens: torch.Tensor) -> torch.Tensor:
         x = self.featurizer(states)
@@ -152,8 +165,10 @@ class ProbeHead(nn.Module):
             packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
             x = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]
         if self.task in POOLED:
-            mask = (~padding_mask(lens, x.shape[1])).to(x.dtype)
-            x = (x * mask[..., None]).sum(1) / lens[:, None].clamp(min=1)
+            mask = (~padding_mask(lens, x.shape[1])).to(x.dtype)[..., None]
+            if self.conv is not None:  # padding frames are zeros to the conv, as past the ends
+                x = F.relu(self.conv((x * mask).transpose(1, 2))).transpose(1, 2)
+            x = (x * mask).sum(1) / lens[:, None].clamp(min=1)
         return self.out(x)
 
 
@@ -207,13 +222,14 @@ def probe_train_hours(task: str, hours: float) -> float:
     return 0.0 if task == "sid" else hours
 
 
-def probe_result_path(upstream: str | Path, task: str, rate: str = "", tune: str = "frozen") -> Path:
+def probe_result_path(upstream: str | Path, task: str, rate: str = "", tune: str = "frozen", head: str = "") -> Path:
     """Where a probe's result is kept, beside the upstream (``rate``: ProbeConfig.rate_name,
     for a seqcomp student run at a chosen or learnt frame rate; ``+{tune}`` when the
-    upstream was tuned too, e.g. ``+top2``); ``speechdistill compare`` reads it from there."""
+    upstream was tuned too, e.g. ``+top2``; ``head``: ProbeConfig.head_name);
+    ``speechdistill compare`` reads it from there."""
     upstream = Path(upstream)
     tuned = "" if tune == "frozen" else f"+{tune}"
-    return upstream.parent / f"{upstream.name}.probe-{task}{rate}{tuned}.json"
+    return upstream.parent / f"{upstream.name}.probe-{task}{head}{rate}{tuned}.json"
 
 
 def probe_kept(
@@ -222,7 +238,7 @@ def probe_kept(
     """Probe ``upstream`` and keep the result beside it (JSON, written whole, and the plot
     of its layer weights), or read the result already kept there unless ``again``: a
     recipe stopped between probes resumes at the first probe it lacks."""
-    path = probe_result_path(upstream, cfg.task, cfg.rate_name, cfg.tune_name)
+    path = probe_result_path(upstream, cfg.task, cfg.rate_name, cfg.tune_name, cfg.head_name)
     if again or not path.exists():
         result = probe(upstream, cfg, show_progress=show_progress)
         atomic_write_text(path, json.dumps(result, indent=1) + "\n")
@@ -360,7 +376,7 @@ class ProbeTask(Task):
     def __init__(self, cfg: ProbeConfig, engine: Engine, upstream, parts, num_classes: int, target, cache: bool):
         self.cfg, self.engine, self.parts, self.target = cfg, engine, parts, target
         self.higher_is_better = cfg.task in CLASSIFY
-        self.head = ProbeHead(cfg.task, upstream.num_layers + 1, upstream.dim, num_classes, cfg.lstm_dim)
+        self.head = ProbeHead(cfg.task, upstream.num_layers + 1, upstream.dim, num_classes, cfg.lstm_dim, cfg.pool_conv)
         self.tuned = cfg.tune != "frozen"
         self.model = TunedProbe(upstream, self.head) if self.tuned else self.head
         self.states = StateCache(upstream, cache and not self.tuned)
