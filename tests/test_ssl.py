@@ -616,6 +616,43 @@ def test_tinybert_terms_run_and_are_logged(ssl_run, tiny_units, tmp_path):
     assert load_student(tmp_path / "tb" / "student").targets == [1, 3, 4]  # hidden projections not saved
 
 
+def test_learned_ssl_loss_weights_start_at_the_hand_weights_and_stay_out_of_the_student(ssl_run, tiny_units, tmp_path):
+    """``loss_weighting: uncertainty`` for the SSL multi-target losses: DistilHuBERT's weighted
+    sum by hand; FitHuBERT's hint weights start at 0.1 / 1.0, stay positive and their logged
+    shares sum to 1; the saved student carries no trace of them; unknown modes are refused."""
+    from speechdistill.checkpoint import load_checkpoint
+    from speechdistill.data.batching import WaveData
+    from speechdistill.distill.ssl_distill import DistillConfig, distill
+
+    torch.manual_seed(0)
+    preds, targets = [torch.randn(2, 5, 4) for _ in range(2)], [torch.randn(2, 5, 4) for _ in range(2)]
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2])
+    plain, terms = distilhubert_loss(preds, targets, mask, 0.5)
+    weighted, _ = distilhubert_loss(preds, targets, mask, 0.5, torch.tensor([2.0, 0.25]))
+    per_layer = [terms[f"l1.{i}"] + 0.5 * terms[f"cos.{i}"] for i in range(2)]
+    assert float(plain) == pytest.approx(sum(per_layer), rel=1e-5)
+    assert float(weighted) == pytest.approx(2.0 * per_layer[0] + 0.25 * per_layer[1], rel=1e-5)
+
+    s = distill(
+        DistillConfig(
+            teacher=str(ssl_run[0] / "teacher" / "hf"),
+            out_dir=str(tmp_path / "lw"),
+            data=WaveData(corpus=str(tiny_units.parent), max_hours=0.01, max_duration=30.0),
+            optim=_optim(lr=1e-3, max_epochs=1, warmup_steps=1),
+            progress=False,
+            student=StudentConfig(kind="fithubert", num_layers=2, d_model=16, ff_dim=32, num_heads=2, conv_dim=8),
+            loss_weighting="uncertainty",
+        )
+    )
+    terms = s["history"][0]
+    assert terms["w.0"] == pytest.approx(0.1, rel=0.05) and terms["w.1"] == pytest.approx(1.0, rel=0.05)
+    assert min(terms["w.0"], terms["w.1"]) > 0 and terms["share.0"] + terms["share.1"] == pytest.approx(1.0)
+    tensors, _ = load_checkpoint(tmp_path / "lw" / "student")
+    assert not [k for k in tensors if "loss_log_vars" in k] and load_student(tmp_path / "lw" / "student")
+    with pytest.raises(ValueError, match="loss_weighting='learned'; valid: fixed, uncertainty"):
+        DistillConfig(loss_weighting="learned")
+
+
 def test_a_partly_given_optim_section_keeps_the_ssl_defaults():
     """`optim: {lr: ..., max_epochs: ...}` in an SSL config replaces those keys only: the
     schedule, weight decay and clipping stay the SSL recipe's (linear, 0.01, 10), not

@@ -214,8 +214,13 @@ class Task:
         return {}
 
     def param_groups(self) -> list[dict]:
-        """The optimizer's parameter groups; a group may set its own ``lr`` (scheduled alike)."""
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        """The optimizer's parameter groups; a group may set its own ``lr`` (scheduled alike).
+        Learned loss weights (a model's ``loss_log_vars``) take no weight decay: it would pull
+        every weight to 1."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        learned = [p for n, p in named if n == "loss_log_vars"]
+        rest = [{"params": [p for n, p in named if n != "loss_log_vars"]}]
+        return rest + ([{"params": learned, "weight_decay": 0.0}] if learned else [])
 
     def on_best(self, engine: Engine) -> None:
         pass

@@ -333,12 +333,6 @@ class AsrTask(Task):
             )
         return teacher.requires_grad_(False).to(engine.fabric.device)
 
-    def param_groups(self) -> list[dict]:
-        """Learned loss weights without weight decay: decay would pull every weight to 1."""
-        learned = [p for n, p in self.model.named_parameters() if n == "loss_log_vars"]
-        rest = [p for n, p in self.model.named_parameters() if n != "loss_log_vars" and p.requires_grad]
-        return [{"params": rest}] + ([{"params": learned, "weight_decay": 0.0}] if learned else [])
-
     def _load_cuts(self):
         d, corpus = self.cfg.data, CorpusDir(self.cfg.data.corpus)
         load = load_split if d.on_the_fly_features else load_cuts_with_features

@@ -29,6 +29,7 @@ from speechdistill.distill.soft_labels import StaleCacheError
 from speechdistill.distill.ssl_losses import align_frames, attention_map_loss, distilhubert_loss, hint_loss
 from speechdistill.engine import Engine, EngineConfig, OptimConfig
 from speechdistill.progress import progress
+from speechdistill.students.model import LOSS_WEIGHTINGS
 from speechdistill.students.ssl import StudentConfig, build_student, layer_map, save_student
 from speechdistill.teachers.pretrain import WaveTask, ssl_optim
 from speechdistill.teachers.upstream import load_teacher
@@ -50,6 +51,9 @@ class DistillConfig(EngineConfig):
     cache_teacher: bool = True  # fp16 teacher layers on disk, computed once; else online
     init: str = ""  # a student checkpoint of the same kind and shape to start from (e.g. a supernet's stage 1)
     queries: QueryConfig = field(default_factory=QueryConfig)  # budget > 0: a black-box teacher (queries.py)
+    # fixed: the per-layer weights above (1 each for distilhubert, hint_weights for hints);
+    # uncertainty: learned per target layer (Kendall et al. 2018), started at them
+    loss_weighting: str = "fixed"
 
     def leaves_parameters_unused(self) -> bool:
         # a supernet's sampled subnet skips layers; the sandwich rule's largest uses them all
@@ -59,6 +63,8 @@ class DistillConfig(EngineConfig):
         super().__post_init__()
         if self.queries.budget and not self.cache_teacher:
             raise ValueError("queries.budget asks each chosen clip once: it needs cache_teacher=true")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting={self.loss_weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
         if self.attention_weight > 0 and self.student.kind != "distilhubert":
             raise ValueError("attention_weight needs equal frame rates: use it with student.kind=distilhubert")
 
@@ -123,12 +129,18 @@ class DistillCriterion:
 
     L_kind is DistilHuBERT's sum over layers of L1 + cos_weight * (-log sigmoid(cos)), or
     FitHuBERT's hints (0.1 on intermediate layers, 1.0 on the last). Returns the loss and
-    every named term."""
+    every named term.
+
+    ``loss_weighting: uncertainty`` learns the target layers' weights instead, as the
+    acoustic model's taps do (train.compute_loss): layer i's loss enters as
+    exp(-s_i) L_i + s_i / 2, s_i (the student's ``loss_log_vars``) started at -log of its
+    hand weight; the log keeps each weight ``w.{i}`` and its share ``share.{i}`` (sum 1)."""
 
     def __init__(self, cfg: DistillConfig, student, teacher_layers: int):
         self.cfg, self.student, self.teacher_layers = cfg, student, teacher_layers
         self.hidden_map = layer_map(cfg.student.num_layers, teacher_layers) if cfg.hidden_weight > 0 else []
         self.weights = [cfg.hint_weights[0]] * (len(student.targets) - 1) + [cfg.hint_weights[1]]
+        self.hand = self.weights if student.criterion == "hints" else [1.0] * len(student.targets)
 
     def __call__(self, module, out, t_states: dict, t_lens: torch.Tensor, t_att) -> tuple[torch.Tensor, dict]:
         cfg, student = self.cfg, self.student
@@ -139,10 +151,17 @@ class DistillCriterion:
             a, mask = align_frames(p, p_lens, T, t_lens)
             aligned.append(a)
         tgt = [t_states[layer] for layer in student.targets]
+        log_vars = module.loss_log_vars if cfg.loss_weighting == "uncertainty" else None
+        learned = None if log_vars is None else torch.exp(-log_vars)
         if student.criterion == "hints":
-            loss, terms = hint_loss(aligned, tgt, mask, self.weights)
+            loss, terms = hint_loss(aligned, tgt, mask, self.weights if learned is None else learned)
         else:
-            loss, terms = distilhubert_loss(aligned, tgt, mask, cfg.cos_weight)
+            loss, terms = distilhubert_loss(aligned, tgt, mask, cfg.cos_weight, learned)
+        if learned is not None:
+            loss = loss + 0.5 * log_vars.sum()
+            w = learned.detach().float()
+            for i, (wi, share) in enumerate(zip(w, w / w.sum(), strict=True)):
+                terms[f"w.{i}"], terms[f"share.{i}"] = float(wi), float(share)
         own_lens = student.own_lengths(p_lens)  # at the student's own rate
         for j, layer in enumerate(self.hidden_map):
             h, _ = align_frames(module.hidden_proj[j](s_states[j + 1]), own_lens, T, t_lens)
@@ -175,6 +194,8 @@ class DistillTask(WaveTask):
             tensors, _ = load_checkpoint(cfg.init)
             load_model_state(self.model, tensors, "student.", cfg.init)
         self.criterion = DistillCriterion(cfg, self.model, self.teacher.num_layers)
+        if cfg.loss_weighting == "uncertainty":  # in the model, so that DDP averages its gradients
+            self.model.loss_log_vars = nn.Parameter(-torch.tensor(self.criterion.hand).log())
         if self.criterion.hidden_map:
             self.model.hidden_proj = nn.ModuleList(
                 nn.Linear(self.model.dim, self.teacher.dim) for _ in self.criterion.hidden_map
@@ -251,7 +272,9 @@ def distill(cfg: DistillConfig) -> dict:
         "utterances": len(cuts),
         "hours": round(sum(c.duration for c in cuts) / 3600, 3),
         "student_params": sum(
-            p.numel() for n, p in student.named_parameters() if not n.startswith(("heads", "hidden_proj"))
+            p.numel()
+            for n, p in student.named_parameters()
+            if not n.startswith(("heads", "hidden_proj", "loss_log_vars"))
         ),
         "teacher_params": sum(p.numel() for p in task.teacher.parameters()) or None,
         "teacher_cached": task.cache is not None,

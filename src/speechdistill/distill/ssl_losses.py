@@ -46,16 +46,24 @@ def _masked_mean(per_frame: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def distilhubert_loss(
-    preds: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor, cos_weight: float = 1.0
+    preds: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    mask: torch.Tensor,
+    cos_weight: float = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """DistilHuBERT (Chang et al. 2022): for each predicted layer,
-    mean over frames of [ (1/C) |h - t|_1  -  lambda * log sigmoid(cos(h, t)) ], summed over layers."""
+    mean over frames of [ (1/C) |h - t|_1  -  lambda * log sigmoid(cos(h, t)) ], summed over
+    layers (each layer's times ``weights[i]`` when given: learned weights)."""
     total = preds[0].new_zeros(())
     terms = {}
     for i, (h, t) in enumerate(zip(preds, targets, strict=True)):
         l1 = _masked_mean((h - t).abs().mean(-1), mask)
         cos = _masked_mean(-F.logsigmoid(F.cosine_similarity(h, t, dim=-1)), mask)
-        total = total + l1 + cos_weight * cos
+        if weights is None:
+            total = total + l1 + cos_weight * cos
+        else:
+            total = total + weights[i] * (l1 + cos_weight * cos)
         terms[f"l1.{i}"], terms[f"cos.{i}"] = float(l1.detach()), float(cos.detach())
     return total, terms
 

@@ -439,8 +439,12 @@ def save_student(student: nn.Module, prefix: str | Path, extra: dict | None = No
         "teacher_dim": student.teacher_dim,
     } | (extra or {})
     student.save_extra(prefix, meta)
-    # training-only projections (TinyBERT hidden-state term) are not part of the student
-    state = {f"student.{k}": v for k, v in student.state_dict().items() if not k.startswith("hidden_proj.")}
+    # training-only parts (TinyBERT's projections, learned loss weights) are not part of the student
+    state = {
+        f"student.{k}": v
+        for k, v in student.state_dict().items()
+        if not k.startswith(("hidden_proj.", "loss_log_vars"))
+    }
     save_checkpoint(prefix, state, meta)
 
 
