@@ -594,22 +594,27 @@ def test_weighted_sum_is_learnable_and_sums_to_one(tmp_path):
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_tinybert_terms_run_and_are_logged(ssl_run, tiny_units, tmp_path):
+def _distil_one_epoch(ssl_run, tiny_units, out_dir: Path, student: StudentConfig, **kw) -> dict:
+    """One epoch of 0.01 h from the tiny teacher; ``kw``: more DistillConfig fields."""
     from speechdistill.data.batching import WaveData
     from speechdistill.distill.ssl_distill import DistillConfig, distill
 
-    s = distill(
+    return distill(
         DistillConfig(
             teacher=str(ssl_run[0] / "teacher" / "hf"),
-            out_dir=str(tmp_path / "tb"),
+            out_dir=str(out_dir),
             data=WaveData(corpus=str(tiny_units.parent), max_hours=0.01, max_duration=30.0),
             optim=_optim(lr=1e-3, max_epochs=1, warmup_steps=1),
             progress=False,
-            student=StudentConfig(kind="distilhubert", num_layers=2),
-            hidden_weight=0.5,
-            attention_weight=1.0,
+            student=student,
+            **kw,
         )
     )
+
+
+def test_tinybert_terms_run_and_are_logged(ssl_run, tiny_units, tmp_path):
+    student = StudentConfig(kind="distilhubert", num_layers=2)
+    s = _distil_one_epoch(ssl_run, tiny_units, tmp_path / "tb", student, hidden_weight=0.5, attention_weight=1.0)
     terms = s["history"][0]
     assert {"hidden.0", "hidden.1", "attention.0", "attention.1"} <= set(terms)
     assert terms["attention.0"] > 0 and terms["hidden.0"] > 0 and not s["teacher_cached"]
@@ -621,8 +626,7 @@ def test_learned_ssl_loss_weights_start_at_the_hand_weights_and_stay_out_of_the_
     sum by hand; FitHuBERT's hint weights start at 0.1 / 1.0, stay positive and their logged
     shares sum to 1; the saved student carries no trace of them; unknown modes are refused."""
     from speechdistill.checkpoint import load_checkpoint
-    from speechdistill.data.batching import WaveData
-    from speechdistill.distill.ssl_distill import DistillConfig, distill
+    from speechdistill.distill.ssl_distill import DistillConfig
 
     torch.manual_seed(0)
     preds, targets = [torch.randn(2, 5, 4) for _ in range(2)], [torch.randn(2, 5, 4) for _ in range(2)]
@@ -633,17 +637,8 @@ def test_learned_ssl_loss_weights_start_at_the_hand_weights_and_stay_out_of_the_
     assert float(plain) == pytest.approx(sum(per_layer), rel=1e-5)
     assert float(weighted) == pytest.approx(2.0 * per_layer[0] + 0.25 * per_layer[1], rel=1e-5)
 
-    s = distill(
-        DistillConfig(
-            teacher=str(ssl_run[0] / "teacher" / "hf"),
-            out_dir=str(tmp_path / "lw"),
-            data=WaveData(corpus=str(tiny_units.parent), max_hours=0.01, max_duration=30.0),
-            optim=_optim(lr=1e-3, max_epochs=1, warmup_steps=1),
-            progress=False,
-            student=StudentConfig(kind="fithubert", num_layers=2, d_model=16, ff_dim=32, num_heads=2, conv_dim=8),
-            loss_weighting="uncertainty",
-        )
-    )
+    student = StudentConfig(kind="fithubert", num_layers=2, d_model=16, ff_dim=32, num_heads=2, conv_dim=8)
+    s = _distil_one_epoch(ssl_run, tiny_units, tmp_path / "lw", student, loss_weighting="uncertainty")
     terms = s["history"][0]
     assert terms["w.0"] == pytest.approx(0.1, rel=0.05) and terms["w.1"] == pytest.approx(1.0, rel=0.05)
     assert min(terms["w.0"], terms["w.1"]) > 0 and terms["share.0"] + terms["share.1"] == pytest.approx(1.0)
