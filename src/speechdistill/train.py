@@ -32,7 +32,7 @@ from speechdistill.distill.soft_labels import SoftLabelCache
 from speechdistill.distill.taps import TAP_LOSSES
 from speechdistill.engine import Engine, EngineConfig, Task
 from speechdistill.evaluate import decoded_rows, score_rows
-from speechdistill.students.model import AcousticModel, ModelConfig, hand_weights, load_acoustic_model
+from speechdistill.students.model import AcousticModel, ModelConfig, hand_weights, learned_weights, load_acoustic_model
 from speechdistill.units.inventory import Units
 from speechdistill.utils import DataError, atomic_write_text
 
@@ -240,9 +240,8 @@ def compute_loss(
         if named or not TAP_LOSSES[tap.kind].frames:  # a frame tap with no part computed (dev
             terms[tap.name] = float(term.detach())  # batches have no soft labels) logs no 0
     if log_vars is not None:
-        w = torch.exp(-log_vars.detach().float())
-        for name, wi, share in zip(["main", *(t.name for t in mcfg.taps)], w, w / w.sum(), strict=True):
-            terms[f"w_{name}"], terms[f"share_{name}"] = float(wi), float(share)
+        for name, (wi, share) in zip(["main", *(t.name for t in mcfg.taps)], learned_weights(log_vars), strict=True):
+            terms[f"w_{name}"], terms[f"share_{name}"] = wi, share
     if teacher is not None:
         with torch.no_grad():
             t = (

@@ -29,8 +29,8 @@ from speechdistill.distill.soft_labels import StaleCacheError
 from speechdistill.distill.ssl_losses import align_frames, attention_map_loss, distilhubert_loss, hint_loss
 from speechdistill.engine import Engine, EngineConfig, OptimConfig
 from speechdistill.progress import progress
-from speechdistill.students.model import LOSS_WEIGHTINGS
-from speechdistill.students.ssl import StudentConfig, build_student, layer_map, save_student
+from speechdistill.students.model import LOSS_WEIGHTINGS, learned_weights, loss_log_vars
+from speechdistill.students.ssl import TRAINING_ONLY, StudentConfig, build_student, layer_map, save_student
 from speechdistill.teachers.pretrain import WaveTask, ssl_optim
 from speechdistill.teachers.upstream import load_teacher
 from speechdistill.utils import atomic_write_text
@@ -139,8 +139,10 @@ class DistillCriterion:
     def __init__(self, cfg: DistillConfig, student, teacher_layers: int):
         self.cfg, self.student, self.teacher_layers = cfg, student, teacher_layers
         self.hidden_map = layer_map(cfg.student.num_layers, teacher_layers) if cfg.hidden_weight > 0 else []
-        self.weights = [cfg.hint_weights[0]] * (len(student.targets) - 1) + [cfg.hint_weights[1]]
-        self.hand = self.weights if student.criterion == "hints" else [1.0] * len(student.targets)
+        n = len(student.targets)  # the target layers' hand weights
+        self.weights = (
+            [cfg.hint_weights[0]] * (n - 1) + [cfg.hint_weights[1]] if student.criterion == "hints" else [1.0] * n
+        )
 
     def __call__(self, module, out, t_states: dict, t_lens: torch.Tensor, t_att) -> tuple[torch.Tensor, dict]:
         cfg, student = self.cfg, self.student
@@ -159,9 +161,8 @@ class DistillCriterion:
             loss, terms = distilhubert_loss(aligned, tgt, mask, cfg.cos_weight, learned)
         if learned is not None:
             loss = loss + 0.5 * log_vars.sum()
-            w = learned.detach().float()
-            for i, (wi, share) in enumerate(zip(w, w / w.sum(), strict=True)):
-                terms[f"w.{i}"], terms[f"share.{i}"] = float(wi), float(share)
+            for i, (wi, share) in enumerate(learned_weights(log_vars)):
+                terms[f"w.{i}"], terms[f"share.{i}"] = wi, share
         own_lens = student.own_lengths(p_lens)  # at the student's own rate
         for j, layer in enumerate(self.hidden_map):
             h, _ = align_frames(module.hidden_proj[j](s_states[j + 1]), own_lens, T, t_lens)
@@ -195,7 +196,7 @@ class DistillTask(WaveTask):
             load_model_state(self.model, tensors, "student.", cfg.init)
         self.criterion = DistillCriterion(cfg, self.model, self.teacher.num_layers)
         if cfg.loss_weighting == "uncertainty":  # in the model, so that DDP averages its gradients
-            self.model.loss_log_vars = nn.Parameter(-torch.tensor(self.criterion.hand).log())
+            self.model.loss_log_vars = loss_log_vars(self.criterion.weights)
         if self.criterion.hidden_map:
             self.model.hidden_proj = nn.ModuleList(
                 nn.Linear(self.model.dim, self.teacher.dim) for _ in self.criterion.hidden_map
@@ -272,9 +273,7 @@ def distill(cfg: DistillConfig) -> dict:
         "utterances": len(cuts),
         "hours": round(sum(c.duration for c in cuts) / 3600, 3),
         "student_params": sum(
-            p.numel()
-            for n, p in student.named_parameters()
-            if not n.startswith(("heads", "hidden_proj", "loss_log_vars"))
+            p.numel() for n, p in student.named_parameters() if not n.startswith(("heads", *TRAINING_ONLY))
         ),
         "teacher_params": sum(p.numel() for p in task.teacher.parameters()) or None,
         "teacher_cached": task.cache is not None,

@@ -34,6 +34,18 @@ LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 ORACLES = ("", "labels", "blind")
 
 
+def loss_log_vars(hand: list[float]) -> nn.Parameter:
+    """Learned loss weights (Kendall et al. 2018): s_i = log sigma_i^2 of each weighted loss,
+    started at its hand weight w_i = exp(-s_i) (at least 1e-3: a zero weight must stay finite)."""
+    return nn.Parameter(-torch.tensor(hand).clamp(min=1e-3).log())
+
+
+def learned_weights(log_vars: torch.Tensor) -> list[tuple[float, float]]:
+    """Each learned weight exp(-s_i) and its share of their sum, for the log."""
+    w = torch.exp(-log_vars.detach().float())
+    return [(float(wi), float(share)) for wi, share in zip(w, w / w.sum(), strict=True)]
+
+
 @dataclass
 class TapConfig:
     layer: int  # 1-based block index
@@ -185,8 +197,7 @@ class AcousticModel(nn.Module):
         if cfg.loss_weighting == "uncertainty":
             # s_i = log sigma_i^2 of the main loss and each tap's, started at the hand weights
             # (w_i = exp(-s_i)); in the model, so that DDP averages its gradients like any other
-            w = torch.tensor(hand_weights(cfg)).clamp(min=1e-3)
-            self.loss_log_vars = nn.Parameter(-w.log())
+            self.loss_log_vars = loss_log_vars(hand_weights(cfg))
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, targets=None, target_lens=None) -> ModelOutput:
         """(N, T, F), (N,) -> ModelOutput with T' = subsampled frames. An oracle teacher

@@ -429,6 +429,11 @@ def build_student(cfg: StudentConfig, teacher) -> nn.Module:
     return student
 
 
+# what distillation adds to a student for training only (TinyBERT's projections, learned loss
+# weights): never saved with it, nor counted in its size
+TRAINING_ONLY = ("hidden_proj.", "loss_log_vars")
+
+
 def save_student(student: nn.Module, prefix: str | Path, extra: dict | None = None) -> None:
     """safetensors + JSON always, and what the kind adds (distilhubert: a HF directory ``{prefix}.hf``)."""
     prefix = Path(prefix)
@@ -439,12 +444,7 @@ def save_student(student: nn.Module, prefix: str | Path, extra: dict | None = No
         "teacher_dim": student.teacher_dim,
     } | (extra or {})
     student.save_extra(prefix, meta)
-    # training-only parts (TinyBERT's projections, learned loss weights) are not part of the student
-    state = {
-        f"student.{k}": v
-        for k, v in student.state_dict().items()
-        if not k.startswith(("hidden_proj.", "loss_log_vars"))
-    }
+    state = {f"student.{k}": v for k, v in student.state_dict().items() if not k.startswith(TRAINING_ONLY)}
     save_checkpoint(prefix, state, meta)
 
 
