@@ -1068,6 +1068,20 @@ def test_a_pool_conv_head_sees_the_order_of_frames_and_not_the_padding(tiny_unit
             ProbeConfig(**bad)
 
 
+def test_a_probe_seed_is_named_in_its_result_and_changes_it(tiny_units, tmp_path, monkeypatch):
+    """``probe --seed N``: another head init and data order, kept as ``-seed{N}`` beside the
+    seed-0 result instead of over it."""
+    from speechdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["probe", "--upstream", "fbank", "--task", "rate", "--corpus", str(tiny_units.parent), "--epochs", "1"]
+    main(args)
+    main([*args, "--seed", "1"])
+    zero, one = (json.loads((tmp_path / f"fbank.probe-rate{s}.json").read_text()) for s in ("", "-seed1"))
+    assert (zero["config"]["seed"], one["config"]["seed"]) == (0, 1)
+    assert zero["dev"] != one["dev"] and zero["control"] == one["control"]
+
+
 def test_a_recipes_probe_cap_leaves_sid_all_of_train(tiny_units):
     """``make demo-ssl`` and ``ssl shapes`` cap their probes' audio; SID, which splits the
     training voices' own utterances, is given the whole train split instead."""

@@ -232,6 +232,7 @@ def cmd_probe(args):
             "rate_cost": args.rate_cost,
             "rate_epochs": args.rate_epochs,
             "rate_step": args.rate_step,
+            "seed": args.seed,
         },
     )
     r, path = probe_kept(args.upstream, cfg, again=True)
@@ -641,6 +642,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--rate-cost", type=NONNEG_FLOAT, default=0.0, help="dev error worth all 20 ms frames")
     pr.add_argument("--rate-epochs", type=POSITIVE, default=5, help="epochs of the rate search")
     pr.add_argument("--rate-step", type=POSITIVE_FLOAT, default=10.0, help="Hedge's step per epoch")
+    pr.add_argument("--seed", type=COUNT, default=0, help="the head's (and adapters') init and the data order")
     example = (
         "  speechdistill attack --upstream exp/ssl/teacher/hf --task sid --method pgd --snr 30\n"
         "  speechdistill attack --upstream exp/ssl/distilhubert/student --task sid --surrogate exp/ssl/teacher/hf\n"

@@ -222,14 +222,17 @@ def probe_train_hours(task: str, hours: float) -> float:
     return 0.0 if task == "sid" else hours
 
 
-def probe_result_path(upstream: str | Path, task: str, rate: str = "", tune: str = "frozen", head: str = "") -> Path:
+def probe_result_path(
+    upstream: str | Path, task: str, rate: str = "", tune: str = "frozen", head: str = "", seed: int = 0
+) -> Path:
     """Where a probe's result is kept, beside the upstream (``rate``: ProbeConfig.rate_name,
     for a seqcomp student run at a chosen or learnt frame rate; ``+{tune}`` when the
-    upstream was tuned too, e.g. ``+top2``; ``head``: ProbeConfig.head_name);
-    ``speechdistill compare`` reads it from there."""
+    upstream was tuned too, e.g. ``+top2``; ``head``: ProbeConfig.head_name; ``-seed{N}``
+    for a seed other than 0); ``speechdistill compare`` reads it from there."""
     upstream = Path(upstream)
     tuned = "" if tune == "frozen" else f"+{tune}"
-    return upstream.parent / f"{upstream.name}.probe-{task}{head}{rate}{tuned}.json"
+    seeded = f"-seed{seed}" if seed else ""
+    return upstream.parent / f"{upstream.name}.probe-{task}{head}{rate}{tuned}{seeded}.json"
 
 
 def probe_kept(
@@ -238,7 +241,7 @@ def probe_kept(
     """Probe ``upstream`` and keep the result beside it (JSON, written whole, and the plot
     of its layer weights), or read the result already kept there unless ``again``: a
     recipe stopped between probes resumes at the first probe it lacks."""
-    path = probe_result_path(upstream, cfg.task, cfg.rate_name, cfg.tune_name, cfg.head_name)
+    path = probe_result_path(upstream, cfg.task, cfg.rate_name, cfg.tune_name, cfg.head_name, cfg.seed)
     if again or not path.exists():
         result = probe(upstream, cfg, show_progress=show_progress)
         atomic_write_text(path, json.dumps(result, indent=1) + "\n")
