@@ -107,6 +107,28 @@ def test_a_run_killed_at_its_last_step_does_not_take_one_more(trained, tiny_unit
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
+def test_a_run_stopped_at_max_steps_continues_to_a_longer_runs_weights(trained, tiny_units, tmp_path):
+    """Stopped by max_steps inside an epoch, a run keeps its place there (not the next
+    epoch's start): resumed with a larger max_steps (noam schedule, which max_steps does not
+    shape), it reaches the weights of a run given that budget from the start."""
+    from speechdistill.config import save_config
+
+    out, _ = trained
+    short = tmp_path / "short"
+    save_config(tiny_config(tiny_units.parent, short, max_steps=6), tmp_path / "cfg.yaml")
+    _cli("train", tmp_path / "cfg.yaml")
+    state = json.loads((short / "last.json").read_text())["state"]
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 0, 6), state
+    assert [h["step"] for h in state["history"]] == [6]  # validated where it stopped
+    proc = _cli("train", tmp_path / "cfg.yaml", "optim.max_steps=16", "--resume")
+    assert "optim.max_steps:" in proc.stderr  # the resumed run says what changed
+    assert json.loads((short / "last.json").read_text())["state"]["step"] == 16
+    a, b = load_file(out / "last.safetensors"), load_file(short / "last.safetensors")
+    for k in a:
+        if k.startswith("model."):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
 def test_ddp_two_processes_match_one(tiny_units, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for d in (one, two):

@@ -13,7 +13,9 @@ owns the rest, once: Fabric, the "every rank still has a batch" barrier, gradien
 accumulation, clipping, the learning-rate schedule, per-epoch reseeding (when the task
 asks), checkpoint/resume of the training state (``{out_dir}/last``), the CSV log (and
 TensorBoard when installed), progress and early stopping. Every term a step returns
-reaches the log. Resuming continues a killed run to the weights of an uninterrupted one.
+reaches the log. Resuming continues a killed run to the weights of an uninterrupted one,
+and a run stopped by ``max_steps`` inside an epoch, given a larger one, to those of a run
+given that budget from the start (under a schedule that max_steps does not shape).
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from lightning_fabric import Fabric
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from speechdistill.checkpoint import finish_interrupted_save, load_training_state, save_training_state
+from speechdistill.checkpoint import (
+    finish_interrupted_save,
+    load_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
 from speechdistill.config import config_changes, read_yaml, save_config, to_dict
 from speechdistill.utils import DirLock, UsageError
 
@@ -381,8 +389,9 @@ class Engine:
 
     def _warn_config_changes(self, before: dict) -> None:
         """A resumed run continues under the config it is given now; say what differs from
-        the one it started with (a larger max_steps also stretches a linear schedule, so
-        the weights will not be those of a run given that budget from the start)."""
+        the one it started with. (A run stopped by max_steps and given a larger one reaches
+        the weights of a run given that budget from the start, except under the linear
+        schedule, which max_steps stretches.)"""
         changed = config_changes(before, to_dict(self.cfg))
         if changed:
             log.warning("resuming %s with a config that differs from the run's own: %s", self.out, "; ".join(changed))
@@ -398,14 +407,16 @@ class Engine:
         cfg, st, task = self.cfg, self.state, self.task
         start = time.time()
         while st.epoch < cfg.optim.max_epochs:
-            if task.reseed_each_epoch:
+            if task.reseed_each_epoch and st.batch_in_epoch == 0:
                 # Dropout draws from torch's RNG and some models (HF's HuBERT masks) from numpy's
                 # global one: reseeding both per epoch and rank makes a run repeat exactly and a run
-                # resumed at an epoch boundary continue as if never stopped.
+                # resumed at an epoch boundary continue as if never stopped (inside an epoch, the
+                # checkpoint's RNG states continue it).
                 seed = np.random.SeedSequence([cfg.seed, st.epoch, self.fabric.global_rank]).generate_state(1)[0]
                 torch.manual_seed(int(seed))
                 np.random.seed(int(seed))
-            more, means = self.train_one_epoch()
+            ended, means = self.train_one_epoch()
+            rng = None if ended else rng_state()  # stopped by max_steps inside the epoch
             scores = task.validate(self.model)
             row = {"epoch": st.epoch, "step": st.step} | means | scores
             st.history.append(row)
@@ -423,12 +434,19 @@ class Engine:
                     st.epoch,
                     ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)),
                 )
-            st.epoch += 1
-            st.batch_in_epoch = 0
+            if ended:
+                st.epoch += 1
+                st.batch_in_epoch = 0
+            else:
+                # The checkpoint keeps the epoch's place and the RNG states of the stop, not of
+                # the validation, so that a resume with a larger max_steps continues the epoch
+                # as a run given that budget from the start would.
+                set_rng_state(*rng)
             self.save()
             task.on_epoch_end(self)
             patience = cfg.optim.early_stop_patience
-            if not more or (task.monitor is not None and patience and st.bad_epochs >= patience):
+            at_max_steps = cfg.optim.max_steps and st.step >= cfg.optim.max_steps
+            if at_max_steps or (task.monitor is not None and patience and st.bad_epochs >= patience):
                 break
         return asdict(st) | {"seconds_this_run": round(time.time() - start, 1)}
 
@@ -447,7 +465,8 @@ class Engine:
         return float(loss.detach()), terms
 
     def train_one_epoch(self) -> tuple[bool, dict[str, float]]:
-        """Returns False when max_steps is reached, and the epoch's mean of every term."""
+        """Whether the epoch's batches ran out (False: max_steps stopped it inside the
+        epoch), and the epoch's mean of every term."""
         cfg, fabric, st = self.cfg, self.fabric, self.state
         it = iter(self.task.batches(st.epoch, st.batch_in_epoch))
         self.model.train()
@@ -456,15 +475,15 @@ class Engine:
         with self._progress() as bar:
             job = bar.add_task(f"epoch {st.epoch}", total=None, completed=st.batch_in_epoch, loss="")
             while True:
-                if cfg.optim.max_steps and st.step >= cfg.optim.max_steps:
-                    # (a run resumed from its checkpoint at max_steps, killed before the end of
-                    # its epoch was saved, must not take one more step)
-                    return False, {k: v / max(1, n) for k, v in sums.items()}
                 batch = next(it, None)
                 # Every rank continues only while all have data (uneven bucketing under DDP).
                 ready = fabric.all_reduce(torch.tensor(float(batch is not None)), reduce_op="sum")
                 if float(ready) < fabric.world_size:
                     break
+                if cfg.optim.max_steps and st.step >= cfg.optim.max_steps:
+                    # (after the fetch, so that batches that ran out at max_steps end the epoch;
+                    # a run resumed from its checkpoint at max_steps takes no more steps)
+                    return False, {k: v / max(1, n) for k, v in sums.items()}
                 accumulating = (st.batch_in_epoch + 1) % cfg.optim.accumulate != 0
                 loss, terms = self.forward_backward(batch, accumulating)
                 st.batch_in_epoch += 1

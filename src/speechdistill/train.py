@@ -23,7 +23,7 @@ from speechdistill.checkpoint import save_checkpoint
 from speechdistill.config import to_dict
 from speechdistill.data.audio import load_cut_audio
 from speechdistill.data.augment import AugmentConfig, WaveAugment
-from speechdistill.data.batching import AsrDataset, Batch, make_sampler
+from speechdistill.data.batching import AsrDataset, Batch, SkipBatches, make_sampler
 from speechdistill.data.corpus import load_split
 from speechdistill.data.features import FbankExtractor, feature_stats, load_cuts_with_features
 from speechdistill.data.layout import CorpusDir, SoftLabelSpec
@@ -257,18 +257,6 @@ def compute_loss(
     return total, terms, {"skipped": skipped, "log_probs": out.main.detach(), "lens": out.lens}
 
 
-class _Skip(torch.utils.data.Sampler):
-    """The sampler's batches after the first ``skip`` (to resume mid-epoch)."""
-
-    def __init__(self, sampler, skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        for i, cuts in enumerate(self.sampler):
-            if i >= self.skip:
-                yield cuts
-
-
 class AsrTask(Task):
     """An acoustic model with its taps, trained on a corpus's training split and scored on dev."""
 
@@ -388,7 +376,7 @@ class AsrTask(Task):
         # Own generator: creating a loader must not draw from the global RNG (resume).
         return torch.utils.data.DataLoader(
             dataset or self.dataset,
-            sampler=_Skip(self._sampler(cuts, shuffle, epoch), skip),
+            sampler=SkipBatches(self._sampler(cuts, shuffle, epoch), skip),
             batch_size=None,
             num_workers=self.cfg.data.num_workers,
             generator=torch.Generator().manual_seed(self.cfg.seed),
@@ -508,7 +496,7 @@ def _train(engine: Engine, task: AsrTask) -> dict:
         "best_dev_error": st["best"],
         "best_epoch": st["best_epoch"],
         "steps": st["step"],
-        "epochs": st["epoch"],
+        "epochs": st["epoch"] + bool(st["batch_in_epoch"]),  # run, the last perhaps in part (max_steps)
         "skipped_utterances": task.skipped,
         "unaligned_utterances": len(task.unaligned),
         "train_seconds_this_run": st["seconds_this_run"],

@@ -13,6 +13,7 @@ use -100 where there is no label (padding), so cross-entropy ignores them.
 
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from collections.abc import Callable
@@ -247,6 +248,17 @@ def subset_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
 def load_wave_cuts(data: WaveData) -> CutSet:
     """The split's utterances, ``max_hours`` of them drawn across its voices (seed 0)."""
     return subset_hours(load_split(data.corpus, data.split), data.max_hours)
+
+
+class SkipBatches(torch.utils.data.Sampler):
+    """A batch sampler's batches after the first ``skip`` (to resume inside an epoch); the
+    skipped ones are drawn but never loaded."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(self.sampler, self.skip, None)
 
 
 class WaveDataset(torch.utils.data.Dataset):

@@ -41,7 +41,7 @@ class DistillConfig(EngineConfig):
     teacher: str = "exp/ssl/teacher/hf"
     out_dir: str = "exp/ssl/distilhubert"
     optim: OptimConfig = field(default_factory=lambda: ssl_optim(2e-4))
-    checkpoint_every: int = 0  # epoch ends: each epoch reseeds, so a resume there is exact
+    checkpoint_every: int = 0  # steps; 0: epoch ends (a resume is exact at either)
     data: WaveData = field(default_factory=WaveData)
     student: StudentConfig = field(default_factory=StudentConfig)
     cos_weight: float = 1.0  # DistilHuBERT's lambda

@@ -47,7 +47,7 @@ from speechdistill.align.store import any_alignment
 from speechdistill.checkpoint import save_hf_dir
 from speechdistill.config import to_dict
 from speechdistill.data.audio import SAMPLE_RATE, load_cut_audio
-from speechdistill.data.batching import WaveData, WaveDataset, load_wave_cuts, make_sampler
+from speechdistill.data.batching import SkipBatches, WaveData, WaveDataset, load_wave_cuts, make_sampler
 from speechdistill.data.features import mfcc_with_deltas
 from speechdistill.engine import Engine, EngineConfig, OptimConfig, Task
 from speechdistill.masks import padding_mask
@@ -78,7 +78,7 @@ def ssl_optim(lr: float) -> OptimConfig:
 class PretrainConfig(EngineConfig):
     out_dir: str = "exp/ssl/teacher"
     optim: OptimConfig = field(default_factory=lambda: ssl_optim(5e-4))
-    checkpoint_every: int = 0  # epoch ends: each epoch reseeds, so a resume there is exact
+    checkpoint_every: int = 0  # steps; 0: epoch ends (a resume is exact at either)
     data: WaveData = field(default_factory=WaveData)
     clusters: int = 100
     kmeans_frames: int = 200_000  # MFCC frames sampled to fit k-means
@@ -382,7 +382,17 @@ class WaveTask(Task):
         return sampler
 
     def batches(self, epoch: int, skip: int):
-        return torch.utils.data.DataLoader(WaveDataset(), sampler=self._sampler(epoch), batch_size=None)
+        loader = torch.utils.data.DataLoader(
+            WaveDataset(), sampler=SkipBatches(self._sampler(epoch), skip), batch_size=None
+        )
+        if not skip:
+            return loader
+        # Resumed inside the epoch: keep the checkpoint's torch RNG state, which is past the
+        # draw (the workers' base seed) that the loader's iterator made when the epoch began.
+        rng = torch.get_rng_state()
+        batches = iter(loader)
+        torch.set_rng_state(rng)
+        return batches
 
     def num_batches(self) -> int:
         return sum(1 for _ in self._sampler(0))
