@@ -110,6 +110,36 @@ def test_every_subcommand_has_help(capsys):
         assert f"usage: speechdistill {' '.join(cmd)}" in capsys.readouterr().out, cmd
 
 
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (
+            "--task sid --corpus c --epochs 3 --lr 0.01 --lstm-dim 8 --pool-conv 4 --max-hours 0.5 --tune top "
+            "--tune-layers 1 --upstream-lr 0.001 --seed 2",
+            dict(task="sid", corpus="c", epochs=3, lr=0.01, lstm_dim=8, pool_conv=4, max_hours=0.5, tune="top")
+            | dict(tune_layers=1, upstream_lr=0.001, seed=2),
+        ),
+        ("--task pr --rate 2 --tune adapters", dict(task="pr", rate=2.0, tune="adapters", epochs=20, lr=5e-3, seed=0)),
+        (
+            "--task pr --learn-rate 1,2.5 --rate-cost 0.1 --rate-epochs 2 --rate-step 5",
+            dict(learn_rates=[1.0, 2.5], rate_cost=0.1, rate_epochs=2, rate_step=5.0, rate=0.0),
+        ),
+    ],
+)
+def test_every_probe_option_reaches_its_config(options, expected, monkeypatch):
+    """``probe`` hands its options to ProbeConfig by field name: none is dropped or renamed."""
+    seen = []
+
+    def kept(upstream, cfg, again):
+        seen.append(cfg)
+        raise KeyboardInterrupt  # stop before anything runs; main() turns it into an exit
+
+    monkeypatch.setattr("speechdistill.probe.probe_kept", kept)
+    with pytest.raises(SystemExit):
+        main(["probe", "--upstream", "up", *options.split()])
+    assert {k: getattr(seen[0], k) for k in expected} == expected
+
+
 def test_cli_errors_are_one_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "speechdistill.cli", "units", "build", str(tmp_path)], capture_output=True, text=True

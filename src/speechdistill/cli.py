@@ -15,6 +15,7 @@ the unit types, tap losses or students it registers can be named in configs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -214,27 +215,8 @@ def cmd_probe(args):
     from speechdistill.config import from_dict
     from speechdistill.probe import ProbeConfig, probe_kept
 
-    cfg = from_dict(
-        ProbeConfig,
-        {
-            "task": args.task,
-            "corpus": args.corpus,
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "lstm_dim": args.lstm_dim,
-            "pool_conv": args.pool_conv,
-            "max_hours": args.max_hours,
-            "rate": args.rate,
-            "tune": args.tune,
-            "tune_layers": args.tune_layers,
-            "upstream_lr": args.upstream_lr,
-            "learn_rates": args.learn_rate,
-            "rate_cost": args.rate_cost,
-            "rate_epochs": args.rate_epochs,
-            "rate_step": args.rate_step,
-            "seed": args.seed,
-        },
-    )
+    options = {f.name for f in dataclasses.fields(ProbeConfig)}  # the --options are named as its fields
+    cfg = from_dict(ProbeConfig, {k: v for k, v in vars(args).items() if k in options})
     r, path = probe_kept(args.upstream, cfg, again=True)
     unit = " phones/s" if r["metric"] == "mae" else "%"
     if "rate_search" in r:
@@ -634,6 +616,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--upstream-lr", type=POSITIVE_FLOAT, default=1e-4, help="the tuned upstream's peak rate")
     pr.add_argument(
         "--learn-rate",
+        dest="learn_rates",
         type=RATES,
         default=[],
         metavar="R1,R2,...",
