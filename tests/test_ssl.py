@@ -317,11 +317,11 @@ def test_pretraining_repeats_exactly_and_resumes_as_if_never_stopped(tiny_units,
     from speechdistill.data.batching import WaveData
     from speechdistill.teachers import pretrain as ssl_train
 
-    def cfg(out):
+    def cfg(out, **optim):
         return ssl_train.PretrainConfig(
             out_dir=str(out),
             data=WaveData(corpus=str(tiny_units.parent), max_duration=30.0),
-            optim=_optim(max_epochs=2, warmup_steps=2, schedule="constant"),  # not shaped by max_steps
+            optim=_optim(max_epochs=2, warmup_steps=2, **optim),
             progress=False,
             **TINY_TEACHER,
         )
@@ -342,19 +342,17 @@ def test_pretraining_repeats_exactly_and_resumes_as_if_never_stopped(tiny_units,
     resumed = ssl_train.pretrain(cfg(tmp_path / "b"))
     assert resumed["seconds_this_run"] > 0 and [h["epoch"] for h in resumed["history"]] == [0, 1]
     # stopped by max_steps inside epoch 0, then given the whole budget: the epoch goes on
-    # under the checkpoint's RNG states, not reseeded as a new epoch would be
-    short = ssl_train.pretrain(
-        dataclasses.replace(
-            cfg(tmp_path / "c"), optim=_optim(max_epochs=2, warmup_steps=2, schedule="constant", max_steps=3)
-        )
-    )
+    # under the checkpoint's RNG states, not reseeded as a new epoch would be (the constant
+    # schedule, which max_steps does not shape, against a run of the same schedule)
+    ssl_train.pretrain(cfg(tmp_path / "d", schedule="constant"))
+    short = ssl_train.pretrain(cfg(tmp_path / "c", schedule="constant", max_steps=3))
     assert (short["step"], short["epoch"], short["batch_in_epoch"]) == (3, 0, 3)
-    ssl_train.pretrain(cfg(tmp_path / "c"))
-    a, b, c = (load_file(tmp_path / d / "hf" / "model.safetensors") for d in ("a", "b", "c"))
-    assert a.keys() == b.keys() == c.keys()
+    ssl_train.pretrain(cfg(tmp_path / "c", schedule="constant"))
+    a, b, c, d = (load_file(tmp_path / x / "hf" / "model.safetensors") for x in "abcd")
+    assert a.keys() == b.keys() == c.keys() == d.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-        torch.testing.assert_close(a[k], c[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(c[k], d[k], rtol=0, atol=0, msg=k)
 
 
 def test_students_learn_and_stay_small(ssl_run):

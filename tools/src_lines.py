@@ -11,8 +11,9 @@ formatting changes (issue #12: "lines of src/ do not grow").
 * code: formatted lines holding code: no blank lines, comments or docstrings.
 
 Each revision is read with `git archive` into a temporary directory; the work tree is not
-touched. Counting code lines is done here by hand because no maintained tool counts
-docstrings apart from other strings (cloc and pygount count them as code).
+touched. Code lines are counted here with the standard library's ast and tokenize rather
+than cloc (which counts docstrings as comments too), so that this script needs no package
+beyond the project's venv (its ruff).
 """
 
 from __future__ import annotations
